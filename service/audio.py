@@ -1,0 +1,135 @@
+"""Audio decoding and Whisper's log-mel front-end.
+
+The log-mel recipe is openai-whisper's (``whisper/audio.py``), with two differences that
+batching and short clips need: the ``max - 8`` dynamic-range floor is taken per example, not
+over the whole batch, and clips are *not* padded to 30 s unless ``pad_to_30s=True``.
+"""
+
+from __future__ import annotations
+
+import io
+from functools import lru_cache
+
+import numpy as np
+import soundfile
+import torch
+import torchaudio.functional as AF
+
+SAMPLE_RATE = 16000
+N_FFT = 400  # 25 ms window
+HOP_LENGTH = 160  # 10 ms hop
+CHUNK_LENGTH = 30  # seconds: Whisper's fixed context
+N_SAMPLES = CHUNK_LENGTH * SAMPLE_RATE  # 480000 samples in a 30-second chunk
+N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames in a 30-second chunk
+FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100
+
+
+class AudioDecodeError(ValueError):
+    """The bytes are not usable audio. ``str(err)`` is a reason a person can act on."""
+
+
+def decode_audio(data: bytes, max_seconds: float | None = CHUNK_LENGTH) -> torch.Tensor:
+    """Decode WAV/FLAC/OGG/MP3 bytes (any rate, any channel count) to mono float32 at 16 kHz.
+
+    Returns a 1-D tensor of samples. Raises ``AudioDecodeError`` for undecodable, empty,
+    non-finite or over-long (``> max_seconds``; ``None`` disables the check) input.
+    """
+    if not data:
+        raise AudioDecodeError("the audio is empty (0 bytes)")
+    try:
+        with soundfile.SoundFile(io.BytesIO(data)) as f:
+            sample_rate, channels, frames = f.samplerate, f.channels, f.frames
+            if sample_rate <= 0 or channels <= 0:
+                raise AudioDecodeError(f"invalid header: {sample_rate} Hz, {channels} channels")
+            # Check the duration the header claims before reading, so that a header claiming
+            # hours of audio is refused without allocating for it.
+            if max_seconds is not None and 0 < frames < 2**62 and frames / sample_rate > max_seconds + 1:
+                raise AudioDecodeError(
+                    f"audio is {frames / sample_rate:.1f} s long; the limit is {max_seconds:g} s"
+                )
+            wave = f.read(dtype="float32", always_2d=True)  # (frames, channels)
+    except AudioDecodeError:
+        raise
+    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError) as e:
+        raise AudioDecodeError(
+            f"could not decode the audio ({e}); send WAV, FLAC, OGG/Vorbis or MP3"
+        ) from None
+    if wave.shape[0] == 0:
+        raise AudioDecodeError("the audio holds no samples")
+    if not np.isfinite(wave).all():
+        raise AudioDecodeError("the audio holds NaN or infinite samples")
+    mono = torch.from_numpy(wave.mean(axis=1, dtype=np.float32))
+    if max_seconds is not None and mono.numel() / sample_rate > max_seconds:
+        raise AudioDecodeError(f"audio is {mono.numel() / sample_rate:.1f} s long; the limit is {max_seconds:g} s")
+    return resample(mono, sample_rate)
+
+
+def resample(audio: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """Resample ``(..., samples)`` from ``sample_rate`` to 16 kHz (band-limited sinc, torchaudio)."""
+    if sample_rate == SAMPLE_RATE:
+        return audio
+    return AF.resample(audio, sample_rate, SAMPLE_RATE)
+
+
+@lru_cache(maxsize=8)
+def mel_filters(n_mels: int, device: str = "cpu") -> torch.Tensor:
+    """Slaney-scale, Slaney-normalised mel filterbank of shape (n_mels, N_FFT // 2 + 1), as librosa's."""
+    fb = AF.melscale_fbanks(
+        n_freqs=N_FFT // 2 + 1,
+        f_min=0.0,
+        f_max=SAMPLE_RATE / 2,
+        n_mels=n_mels,
+        sample_rate=SAMPLE_RATE,
+        norm="slaney",
+        mel_scale="slaney",
+    )
+    return fb.T.contiguous().to(device)
+
+
+@lru_cache(maxsize=4)
+def _hann_window(device: str) -> torch.Tensor:
+    return torch.hann_window(N_FFT, device=device)
+
+
+def pad_or_trim(audio: torch.Tensor, length: int = N_SAMPLES) -> torch.Tensor:
+    """Zero-pad or trim the last axis to ``length`` samples (Whisper's fixed 30-s input)."""
+    n = audio.shape[-1]
+    if n > length:
+        return audio[..., :length]
+    return torch.nn.functional.pad(audio, (0, length - n))
+
+
+def num_frames(num_samples: int) -> int:
+    """Mel frames produced for a clip of ``num_samples`` (Whisper drops the STFT's last frame)."""
+    return num_samples // HOP_LENGTH
+
+
+def log_mel_spectrogram(audio: torch.Tensor, n_mels: int = 80, pad_to_30s: bool = False) -> torch.Tensor:
+    """Whisper's log-mel spectrogram.
+
+    audio: (samples,) or (batch, samples) float waveform at 16 kHz.
+    Returns (n_mels, frames) or (batch, n_mels, frames), frames = samples // 160
+    (3000 with ``pad_to_30s``). The ``max - 8`` floor is per example.
+    """
+    if pad_to_30s:
+        audio = pad_or_trim(audio)
+    if audio.shape[-1] < N_FFT // 2 + 1:
+        # Reflect padding needs more samples than half a window; zero-extend tiny clips.
+        audio = torch.nn.functional.pad(audio, (0, N_FFT // 2 + 1 - audio.shape[-1]))
+    device = str(audio.device)
+    stft = torch.stft(audio.float(), N_FFT, HOP_LENGTH, window=_hann_window(device), return_complex=True)
+    magnitudes = stft[..., :-1].abs() ** 2
+    mel = mel_filters(n_mels, device) @ magnitudes
+    log_spec = torch.clamp(mel, min=1e-10).log10()
+    peak = log_spec.amax(dim=(-2, -1), keepdim=True)
+    log_spec = torch.maximum(log_spec, peak - 8.0)
+    return (log_spec + 4.0) / 4.0
+
+
+def pad_mels(mels: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack (n_mels, T_i) log-mels into a zero-padded (B, n_mels, max T_i) batch plus (B,) lengths."""
+    lengths = torch.tensor([m.shape[-1] for m in mels], dtype=torch.long)
+    batch = mels[0].new_zeros(len(mels), mels[0].shape[0], int(lengths.max()))
+    for i, m in enumerate(mels):
+        batch[i, :, : m.shape[-1]] = m
+    return batch, lengths

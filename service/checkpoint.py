@@ -1,0 +1,254 @@
+"""The QUADS checkpoint format: one ``.safetensors`` file per model and bit width, never pickled.
+
+Layout of a file (all safetensors, so loading executes nothing):
+
+* every weight matrix (a parameter with ``dim > 1``) quantized to ``b`` bits, 1 <= b <= 8, is
+  stored as ``<name>.codes`` (uint8, the b-bit cluster indices densely bit-packed, LSB first)
+  and ``<name>.codebook`` (float32, 2**b centroids); at 16 bits it is stored as float16,
+  at 32 bits as float32;
+* biases and LayerNorms are float32; the sinusoidal positional table is recomputed from dims;
+* metadata: ``format``, ``format_version``, ``dims``, ``labels``, ``bits``, ``provenance``,
+  ``quantization`` (the map name -> shape/bits the loader rebuilds from) and
+  ``content_sha256``, a hash of every tensor and every other metadata field, so a tampered or
+  mismatched file is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from service.model import IntentClassifier, ModelDims
+
+FORMAT = "quads-intent"
+FORMAT_VERSION = 1
+SUPPORTED_BITS = (1, 2, 3, 4, 5, 6, 7, 8, 16, 32)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, truncated, tampered, inconsistent or not in the expected format."""
+
+
+def pack_codes(codes: Tensor, bits: int) -> Tensor:
+    """Densely pack integer codes in [0, 2**bits) into a 1-D uint8 tensor of ceil(n * bits / 8) bytes."""
+    if not 1 <= bits <= 8:
+        raise ValueError(f"bits must be in 1..8, got {bits}")
+    codes = codes.reshape(-1).to(torch.uint8)
+    bitplanes = (codes[:, None] >> torch.arange(bits, dtype=torch.uint8)) & 1  # (n, bits), LSB first
+    flat = torch.nn.functional.pad(bitplanes.reshape(-1), (0, (-codes.numel() * bits) % 8))
+    byte_weights = (1 << torch.arange(8, dtype=torch.int32)).to(torch.uint8)
+    return (flat.view(-1, 8) * byte_weights).sum(dim=1, dtype=torch.int32).to(torch.uint8)
+
+
+def unpack_codes(packed: Tensor, bits: int, count: int) -> Tensor:
+    """Inverse of ``pack_codes``: the first ``count`` codes as a 1-D int64 tensor."""
+    if packed.numel() != packed_size(count, bits):
+        raise ValueError(f"{packed.numel()} packed bytes cannot hold {count} codes of {bits} bits")
+    flat = ((packed[:, None] >> torch.arange(8, dtype=torch.uint8)) & 1).reshape(-1)[: count * bits]
+    return (flat.view(count, bits).long() << torch.arange(bits)).sum(dim=1)
+
+
+def packed_size(count: int, bits: int) -> int:
+    return math.ceil(count * bits / 8)
+
+
+def is_quantizable(name: str, tensor: Tensor) -> bool:
+    """Weight matrices and conv kernels are quantized; biases and LayerNorms stay float32."""
+    return tensor.dim() > 1
+
+
+def to_codebook(weight: Tensor, bits: int) -> tuple[Tensor, Tensor]:
+    """Split a weight already snapped to at most 2**bits values into (codebook (2**bits,), codes)."""
+    values = torch.unique(weight.detach().float())
+    k = 2**bits
+    if values.numel() > k:
+        raise ValueError(
+            f"tensor has {values.numel()} distinct values, more than 2**{bits}={k}; "
+            "quantize it first (training.quantize.quantize_model)"
+        )
+    codes = torch.searchsorted(values, weight.detach().float().reshape(-1))
+    codebook = torch.cat([values, values[-1:].expand(k - values.numel())])  # unused slots repeat the last centroid
+    return codebook, codes
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the float model (dequantized) plus what the file says about it."""
+
+    model: IntentClassifier
+    labels: list[str]
+    bits: int
+    dims: ModelDims
+    provenance: dict = field(default_factory=dict)
+    sha256: str = ""
+    path: Path | None = None
+    file_bytes: int = 0
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    @property
+    def memory_bytes(self) -> int:
+        tensors = [*self.model.parameters(), *self.model.buffers()]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _content_hash(tensors: dict[str, Tensor], metadata: dict[str, str]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(metadata):
+        if key != "content_sha256":
+            h.update(f"{key}={metadata[key]}\n".encode())
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(f"{name}:{t.dtype}:{list(t.shape)}\n".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(
+    path: str | os.PathLike, model: IntentClassifier, labels: list[str], bits: int, provenance: dict | None = None
+) -> Path:
+    """Write ``model`` at ``bits`` bits. For bits <= 8 its weight matrices must already be snapped
+    to at most 2**bits values each (see ``training.quantize``). Returns the path written."""
+    if bits not in SUPPORTED_BITS:
+        raise ValueError(f"bits must be one of {SUPPORTED_BITS}, got {bits}")
+    if len(labels) != model.head.out_features:
+        raise ValueError(f"{len(labels)} labels for a head of {model.head.out_features} outputs")
+    tensors: dict[str, Tensor] = {}
+    qmap: dict[str, dict] = {}
+    for name, t in model.state_dict().items():
+        t = t.detach().float().cpu()
+        if not is_quantizable(name, t) or bits == 32:
+            tensors[name] = t.contiguous()
+        elif bits == 16:
+            tensors[name] = t.half().contiguous()
+        else:
+            try:
+                codebook, codes = to_codebook(t, bits)
+            except ValueError as e:
+                raise ValueError(f"{name}: {e}") from None
+            tensors[f"{name}.codebook"] = codebook
+            tensors[f"{name}.codes"] = pack_codes(codes, bits)
+            qmap[name] = {"shape": list(t.shape), "bits": bits}
+    metadata = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "dims": json.dumps(model.dims.to_dict()),
+        "labels": json.dumps(list(labels)),
+        "bits": str(bits),
+        "provenance": json.dumps(provenance or {}, default=str),
+        "quantization": json.dumps(qmap),
+    }
+    metadata["content_sha256"] = _content_hash(tensors, metadata)
+    path = Path(path)
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    return path
+
+
+def _sniff(path: Path) -> None:
+    """Refuse files that are not safetensors before any parser sees them, naming what they look like."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        raise CheckpointError(
+            f"{path}: this is a PyTorch/pickle file, not a QUADS .safetensors checkpoint; "
+            "pickles are never loaded (import Whisper weights with service.whisper.load_whisper_encoder)"
+        )
+    if len(head) < 10:
+        raise CheckpointError(f"{path}: file is {len(head)} bytes, too short for a .safetensors checkpoint")
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Load and verify a QUADS checkpoint. Raises ``CheckpointError`` with the file name and the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file (expected a QUADS .safetensors file)")
+    _sniff(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: not a readable .safetensors file, truncated or corrupt ({e})") from None
+
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: metadata format is {metadata.get('format')!r}, expected {FORMAT!r}")
+    if metadata.get("format_version") != str(FORMAT_VERSION):
+        raise CheckpointError(
+            f"{path}: format version {metadata.get('format_version')!r}; this build reads version {FORMAT_VERSION}"
+        )
+    if metadata.get("content_sha256") != _content_hash(tensors, metadata):
+        raise CheckpointError(f"{path}: content hash mismatch: the tensors or metadata were modified after saving")
+    try:
+        dims = ModelDims(**json.loads(metadata["dims"]))
+        labels = json.loads(metadata["labels"])
+        bits = int(metadata["bits"])
+        qmap = json.loads(metadata["quantization"])
+        provenance = json.loads(metadata.get("provenance", "{}"))
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: invalid metadata ({e})") from None
+
+    model = IntentClassifier(dims, len(labels))
+    expected = model.state_dict()
+    state: dict[str, Tensor] = {}
+    for name, ref in expected.items():
+        if name in qmap:
+            state[name] = _dequantize(path, name, tensors, qmap[name], ref.shape)
+        elif name in tensors:
+            state[name] = tensors[name].float()
+        else:
+            raise CheckpointError(f"{path}: tensor {name!r} is missing")
+        if state[name].shape != ref.shape:
+            raise CheckpointError(
+                f"{path}: tensor {name!r} has shape {tuple(state[name].shape)}, but dims "
+                f"and {len(labels)} labels need {tuple(ref.shape)}"
+            )
+    stored = {n for n in tensors if n.rsplit(".", 1)[0] not in qmap}
+    if extra := stored - set(expected):
+        raise CheckpointError(f"{path}: unexpected tensors {sorted(extra)[:5]}")
+    model.load_state_dict(state)
+    model.eval()
+    return Checkpoint(model, labels, bits, dims, provenance, metadata["content_sha256"], path, path.stat().st_size)
+
+
+def _dequantize(path: Path, name: str, tensors: dict[str, Tensor], entry: dict, shape: torch.Size) -> Tensor:
+    bits = int(entry["bits"])
+    codes, codebook = tensors.get(f"{name}.codes"), tensors.get(f"{name}.codebook")
+    if codes is None or codebook is None:
+        raise CheckpointError(f"{path}: {name!r} is marked quantized but its codes or codebook are missing")
+    if list(entry["shape"]) != list(shape) or codebook.numel() != 2**bits:
+        raise CheckpointError(
+            f"{path}: {name!r} quantization entry (shape {entry['shape']}, {codebook.numel()} centroids) "
+            f"does not fit shape {list(shape)} at {bits} bits"
+        )
+    try:
+        indices = unpack_codes(codes, bits, math.prod(shape))
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {name!r}: {e}") from None
+    return codebook.float()[indices].reshape(shape)
