@@ -214,6 +214,9 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: invalid metadata ({e})") from None
 
+    head_bias = tensors.get("head.bias")
+    if head_bias is not None and head_bias.numel() != len(labels):
+        raise CheckpointError(f"{path}: metadata lists {len(labels)} labels but the head has {head_bias.numel()} outputs")
     model = IntentClassifier(dims, len(labels))
     expected = model.state_dict()
     state: dict[str, Tensor] = {}

@@ -1,0 +1,137 @@
+"""The packed checkpoint format: exact round-trips, real size savings, and refusal of bad files."""
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from service.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    pack_codes,
+    packed_size,
+    save_checkpoint,
+    unpack_codes,
+)
+from service.model import WHISPER_TINY, IntentClassifier, ModelDims
+from training.quantize import quantize_model
+
+SMALL = ModelDims(n_mels=80, n_ctx=1500, n_state=64, n_head=4, n_layer=2)
+LABELS = [f"intent_{i}" for i in range(5)]
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+@pytest.mark.parametrize("count", [1, 7, 8, 1001])
+def test_pack_unpack_round_trips_exactly(bits, count):
+    codes = torch.randint(0, 2**bits, (count,))
+    packed = pack_codes(codes, bits)
+    assert packed.dtype == torch.uint8 and packed.numel() == math.ceil(count * bits / 8) == packed_size(count, bits)
+    assert torch.equal(unpack_codes(packed, bits, count), codes)
+
+
+def test_packing_is_dense_lsb_first():
+    assert pack_codes(torch.tensor([1, 0, 1, 1]), 2).tolist() == [0b01_01_00_01]
+    assert pack_codes(torch.tensor([1, 1, 1]), 3).tolist() == [0b01_001_001, 0b0000000_0]
+
+
+def quantized(dims, bits, seed=0):
+    torch.manual_seed(seed)
+    model = IntentClassifier(dims, len(LABELS)).eval()
+    quantize_model(model, bits)
+    return model
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 8, 16, 32])
+def test_loaded_model_equals_the_saved_one(tmp_path, bits):
+    model = quantized(SMALL, bits)
+    path = save_checkpoint(tmp_path / "m.safetensors", model, LABELS, bits, {"strategy": "test"})
+    ck = load_checkpoint(path)
+    assert ck.labels == LABELS and ck.bits == bits and ck.dims == SMALL and ck.provenance == {"strategy": "test"}
+    assert len(ck.sha256) == 64 and ck.file_bytes == path.stat().st_size
+    mel = torch.randn(2, 80, 123)
+    with torch.no_grad():
+        assert torch.equal(ck.model(mel)[1], model(mel)[1])
+    for name, p in ck.model.named_parameters():
+        if p.dim() > 1 and bits <= 8:
+            assert p.unique().numel() <= 2**bits, name
+
+
+def test_unquantized_weights_are_refused_at_low_bit_widths(tmp_path):
+    model = IntentClassifier(SMALL, len(LABELS))
+    with pytest.raises(ValueError, match="distinct values, more than 2\\*\\*4"):
+        save_checkpoint(tmp_path / "m.safetensors", model, LABELS, 4)
+    assert not list(tmp_path.iterdir())  # nothing partial left behind
+
+
+def test_whisper_tiny_files_shrink_with_bits(tmp_path):
+    torch.manual_seed(0)
+    model = IntentClassifier(WHISPER_TINY, 31).eval()
+    sizes = {}
+    for bits in (32, 8, 4):
+        if bits < 32:
+            quantize_model(model, bits, iters=2)
+        sizes[bits] = save_checkpoint(tmp_path / f"{bits}.safetensors", model, [str(i) for i in range(31)], bits).stat().st_size
+    assert sizes[4] <= 0.13 * sizes[32]
+    assert sizes[8] <= 0.26 * sizes[32]
+
+
+@pytest.fixture
+def saved(tmp_path):
+    return save_checkpoint(tmp_path / "m.safetensors", quantized(SMALL, 4), LABELS, 4)
+
+
+def test_truncated_file_is_refused(saved):
+    data = saved.read_bytes()
+    saved.write_bytes(data[: len(data) - 100])
+    with pytest.raises(CheckpointError, match="m.safetensors: not a readable .safetensors file"):
+        load_checkpoint(saved)
+
+
+def rewrite(path, edit_tensors=None, edit_metadata=None):
+    with safe_open(str(path), "pt") as f:
+        metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    if edit_tensors:
+        edit_tensors(tensors)
+    if edit_metadata:
+        edit_metadata(metadata)
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def test_tampered_tensor_is_refused(saved):
+    def flip(t):
+        t["encoder.conv1.weight.codes"][0] ^= 0xFF
+
+    rewrite(saved, edit_tensors=flip)
+    with pytest.raises(CheckpointError, match="content hash mismatch"):
+        load_checkpoint(saved)
+
+
+def test_metadata_inconsistent_with_tensors_is_refused(saved):
+    from service import checkpoint as fmt
+
+    def more_labels(m):  # a consistent hash but a label list that no longer fits the head
+        m["labels"] = json.dumps(LABELS + ["extra"])
+        m["content_sha256"] = fmt._content_hash(tensors_of(saved), m)
+
+    rewrite(saved, edit_metadata=more_labels)
+    with pytest.raises(CheckpointError, match="lists 6 labels but the head has 5 outputs"):
+        load_checkpoint(saved)
+
+
+def tensors_of(path):
+    with safe_open(str(path), "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+def test_wrong_files_are_refused_with_their_name(tmp_path):
+    with pytest.raises(CheckpointError, match="nope.safetensors: no such checkpoint file"):
+        load_checkpoint(tmp_path / "nope.safetensors")
+    torch.save({"x": torch.zeros(1)}, tmp_path / "pickled.safetensors")
+    with pytest.raises(CheckpointError, match="PyTorch/pickle file, not a QUADS"):
+        load_checkpoint(tmp_path / "pickled.safetensors")
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "foreign.safetensors"))
+    with pytest.raises(CheckpointError, match="format is None, expected 'quads-intent'"):
+        load_checkpoint(tmp_path / "foreign.safetensors")
