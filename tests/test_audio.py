@@ -1,5 +1,6 @@
 """The front-end against openai-whisper's, and decoding of every format we accept."""
 
+import math
 import numpy as np
 import pytest
 import torch
@@ -118,3 +119,19 @@ def test_non_finite_and_over_long_and_empty_audio_are_refused():
     assert decode_audio(encode(np.zeros(16000 * 31, np.float32), 16000, "WAV"), max_seconds=None).numel() == 16000 * 31
     with pytest.raises(AudioDecodeError, match="no samples"):
         decode_audio(encode(np.zeros(0, np.float32), 16000, "WAV", "PCM_16"))
+
+
+@pytest.mark.parametrize("sr", [44101, 7919, 100_003])
+def test_odd_sample_rates_resample_through_a_nearby_tractable_rate(sr):
+    from service.audio import _tractable_rate
+
+    rate = _tractable_rate(sr)  # an exact kernel for these rates would take minutes to build
+    assert rate // math.gcd(rate, 16000) <= 1000 and abs(rate - sr) / sr < 0.001
+    audio = decode_audio(encode(np.zeros((sr, 1), np.float32), sr, "WAV", "FLOAT"))
+    assert abs(audio.numel() - 16000) <= 16
+
+
+@pytest.mark.parametrize("sr", [1, 999, 400_000])
+def test_absurd_sample_rates_are_refused(sr):
+    with pytest.raises(AudioDecodeError, match="unsupported sample rate"):
+        decode_audio(encode(np.zeros(64, np.float32), sr, "WAV", "FLOAT"))
