@@ -135,3 +135,26 @@ def test_wrong_files_are_refused_with_their_name(tmp_path):
     save_file({"x": torch.zeros(1)}, str(tmp_path / "foreign.safetensors"))
     with pytest.raises(CheckpointError, match="format is None, expected 'quads-intent'"):
         load_checkpoint(tmp_path / "foreign.safetensors")
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("name", ["evil.safetensors", "evil.pt", "evil.bin"])
+def test_pickle_payload_is_never_executed(tmp_path, name):
+    import pickle
+
+    marker = tmp_path / "pwned"
+    (tmp_path / name).write_bytes(pickle.dumps(_Payload(marker)))
+    torch.save({"x": _Payload(marker)}, tmp_path / f"zip-{name}")
+    for path in (tmp_path / name, tmp_path / f"zip-{name}"):
+        with pytest.raises(CheckpointError, match="pickle file, not a QUADS"):
+            load_checkpoint(path)
+    assert not marker.exists()
