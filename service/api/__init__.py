@@ -1,0 +1,9 @@
+"""The HTTP API: one router per concern, combined into ``api_router``."""
+
+from fastapi import APIRouter
+
+from service.api.routes import health, intent, metrics, model
+
+api_router = APIRouter()
+for _module in (intent, model, health, metrics):
+    api_router.include_router(_module.router)

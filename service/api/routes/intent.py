@@ -1,0 +1,75 @@
+"""POST /intent: classify the spoken command in an audio clip."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from service.api.deps import FILE_FIELD, AudioBytesDep, EngineDep, MetricsDep
+from service.api.schemas import IntentResponse, IntentScore, ModelSummary, StageTimings
+from service.problems import problem_responses
+
+router = APIRouter(tags=["intent"])
+
+# The body is read by a dependency (to accept both multipart and raw audio), so describe it here.
+_REQUEST_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": [FILE_FIELD],
+                "properties": {FILE_FIELD: {"type": "string", "format": "binary", "description": "WAV, FLAC, OGG or MP3"}},
+            }
+        },
+        "audio/*": {"schema": {"type": "string", "format": "binary"}},
+    },
+}
+
+
+@router.post(
+    "/intent",
+    response_model=IntentResponse,
+    responses=problem_responses(400, 408, 413, 415, 422, 503),
+    openapi_extra={"requestBody": _REQUEST_BODY},
+)
+async def classify_intent(
+    engine: EngineDep,
+    metrics: MetricsDep,
+    audio: AudioBytesDep,
+    top_k: Annotated[int, Query(ge=1, le=1000, description="How many intents to list (at most the label count).")] = 3,
+) -> IntentResponse:
+    """Classify a spoken command (any sample rate and channel count, at most 30 s)."""
+    with metrics.in_flight.track_inprogress():
+        start = time.perf_counter()
+        prediction = await engine.predict(audio)
+        total = time.perf_counter() - start
+
+    metrics.observe_stages(
+        {
+            "decode": prediction.decode_seconds,
+            "features": prediction.features_seconds,
+            "inference": prediction.inference_seconds,
+            "total": total,
+        }
+    )
+    metrics.audio_duration.observe(prediction.audio_seconds)
+
+    labels = engine.checkpoint.labels
+    confidences, indices = prediction.probabilities.topk(min(top_k, len(labels)))
+    scores = [IntentScore(intent=labels[i], confidence=float(c)) for c, i in zip(confidences.tolist(), indices.tolist())]
+    return IntentResponse(
+        intent=scores[0].intent,
+        confidence=scores[0].confidence,
+        top_k=scores,
+        audio_seconds=prediction.audio_seconds,
+        model=ModelSummary(name=engine.model_name, bits=engine.checkpoint.bits, file_bytes=engine.checkpoint.file_bytes),
+        timing_ms=StageTimings(
+            decode=prediction.decode_seconds * 1000,
+            features=prediction.features_seconds * 1000,
+            inference=prediction.inference_seconds * 1000,
+            total=total * 1000,
+        ),
+    )

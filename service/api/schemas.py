@@ -1,0 +1,50 @@
+"""Pydantic models of the API's JSON bodies (they appear in the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class IntentScore(BaseModel):
+    intent: str = Field(description="An intent label of the model.", examples=["activate_lights"])
+    confidence: float = Field(ge=0, le=1, description="Softmax probability of this intent.")
+
+
+class ModelSummary(BaseModel):
+    name: str = Field(description="Checkpoint file name without extension.", examples=["quads-fsc-4bit"])
+    bits: int = Field(description="Bit width of the quantized weights.")
+    file_bytes: int = Field(description="Size of the checkpoint file.")
+
+
+class StageTimings(BaseModel):
+    """Milliseconds per stage; ``inference`` is the model call of the whole micro-batch."""
+
+    decode: float
+    features: float
+    inference: float
+    total: float = Field(description="From the body being received to the answer, queueing included.")
+
+
+class IntentResponse(BaseModel):
+    intent: str = Field(description="The most probable intent.", examples=["activate_lights"])
+    confidence: float = Field(ge=0, le=1, description="Its softmax probability.")
+    top_k: list[IntentScore] = Field(description="The top_k most probable intents, most probable first.")
+    audio_seconds: float = Field(description="Duration of the decoded audio.")
+    model: ModelSummary
+    timing_ms: StageTimings
+
+
+class ModelInfo(BaseModel):
+    name: str
+    labels: list[str]
+    bits: int
+    params: int = Field(description="Number of parameters.")
+    file_bytes: int = Field(description="Size of the checkpoint file (packed codes).")
+    memory_bytes: int = Field(description="Bytes of the loaded model (dequantized to float32).")
+    dims: dict[str, int] = Field(description="Architecture (ModelDims).")
+    sha256: str = Field(description="Content hash stored in the checkpoint.")
+    max_audio_seconds: float = Field(description="Longest clip accepted.")
+
+
+class Status(BaseModel):
+    status: str = Field(examples=["ok"])

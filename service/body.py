@@ -1,0 +1,108 @@
+"""Request-body limits: size (413) and upload time (408), enforced while the body streams in.
+
+Starlette reads bodies without any limit, and a Content-Length header may be missing (chunked
+upload) or wrong, so the bytes are counted as they arrive: the request is cut off as soon as it
+passes ``max_bytes``, whatever its headers said. A declared Content-Length over the limit is
+refused at the app's first read, before any byte is read; the route is known by then, so the
+refusal is counted under it. A client that uploads too slowly (or stalls) is cut off after
+``timeout_seconds``, so it cannot hold a connection and its buffer forever.
+"""
+
+from __future__ import annotations
+
+import anyio
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.problems import ProblemError, problem_response
+
+
+class BodyTooLarge(ProblemError):
+    def __init__(self, max_bytes: int):
+        super().__init__(
+            413, "body-too-large",
+            f"the request body is over the {max_bytes}-byte limit; send a shorter or more compressed clip "
+            "(e.g. 16 kHz mono FLAC) or raise QUADS_MAX_BODY_BYTES",
+        )
+
+
+class BodyTimeout(ProblemError):
+    def __init__(self, timeout_seconds: float):
+        super().__init__(
+            408, "body-timeout",
+            f"the request body did not arrive within {timeout_seconds:g} s; upload it in one go",
+            headers={"Connection": "close"},
+        )
+
+
+class BodyLimitMiddleware:
+    """Pure ASGI middleware: answers 413/408 problem+json when a body breaks the limits."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_seconds: float):
+        self.app = app
+        self.max_bytes = max_bytes
+        self.timeout_seconds = timeout_seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        received = 0
+        deadline: float | None = None
+        violation: ProblemError | None = None
+        response_started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received, deadline, violation
+            if violation is not None:
+                raise violation
+            if declared is not None and declared > self.max_bytes:
+                violation = BodyTooLarge(self.max_bytes)  # refuse before reading (nor sending 100 Continue)
+                raise violation
+            if deadline is None:
+                deadline = anyio.current_time() + self.timeout_seconds
+            try:
+                with anyio.fail_after(max(deadline - anyio.current_time(), 0.0)):
+                    message = await receive()
+            except TimeoutError:
+                violation = BodyTimeout(self.timeout_seconds)
+                raise violation from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    violation = BodyTooLarge(self.max_bytes)
+                    raise violation
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal response_started
+            if violation is not None and not response_started:
+                return  # the app's answer to a body we cut off (say, a 400 from a parser) is replaced below
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except ProblemError as e:
+            if e is not violation or response_started:
+                raise
+        if violation is not None and not response_started:
+            await self._reject(violation, scope, receive, send)
+
+    @staticmethod
+    async def _reject(problem: ProblemError, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        headers = {"Connection": "close", **(problem.headers or {})}
+        response = problem_response(request, problem.status, problem.slug, problem.detail, headers)
+        await response(scope, receive, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    value = Headers(scope=scope).get("content-length")
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None

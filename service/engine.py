@@ -1,0 +1,250 @@
+"""The inference engine: audio bytes in, intent probabilities out, off the event loop.
+
+One worker thread does all torch work (decode, log-mel, model), so the process never runs more
+than ``threads`` compute threads however many requests are in flight. Requests wait in a
+bounded queue; when it is full, ``submit`` refuses at once (``EngineOverloaded``, HTTP 503)
+instead of letting latency grow without bound.
+
+Micro-batching: the worker takes the first waiting request, then up to ``max_batch_size - 1``
+more that arrive within ``max_wait_ms`` (0 = only those already queued), and runs the model
+once on the batch. Clips of different lengths are padded and masked (``pad_mels`` +
+``mel_lengths``), so each answer equals the one the clip gets alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import queue
+import re
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import soundfile
+import torch
+
+from service.audio import FRAMES_PER_SECOND, SAMPLE_RATE, AudioDecodeError, decode_audio, log_mel_spectrogram, pad_mels
+from service.checkpoint import Checkpoint
+from service.metrics import ServiceMetrics
+
+
+class InvalidAudio(ValueError):
+    """The request's audio cannot be classified; ``str(err)`` says why and what to send instead."""
+
+
+class UndecodableAudio(InvalidAudio):
+    """Not audio in a format we read, or corrupt."""
+
+
+class EmptyAudio(InvalidAudio):
+    """Well-formed audio with no samples, or no bytes at all."""
+
+
+class AudioTooLong(InvalidAudio):
+    """Longer than the configured limit."""
+
+
+class EngineOverloaded(RuntimeError):
+    """The queue is full; the client should retry later."""
+
+
+class EngineDraining(RuntimeError):
+    """The engine is shutting down and takes no new work."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One clip's answer. ``probabilities`` is (n_labels,), softmax over the checkpoint's labels."""
+
+    probabilities: torch.Tensor
+    audio_seconds: float
+    decode_seconds: float
+    features_seconds: float
+    inference_seconds: float  # the whole batch's model call
+    batch_size: int
+
+
+@dataclass
+class _Job:
+    data: bytes
+    future: Future
+
+
+_STOP = object()  # queued by close(): the worker finishes what is ahead of it, then exits
+
+
+class InferenceEngine:
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        *,
+        threads: int = 1,
+        max_batch_size: int = 1,
+        max_wait_ms: float = 0.0,
+        max_queue: int = 64,
+        max_audio_seconds: float = 30.0,
+        pad_to_30s: bool = False,
+        metrics: ServiceMetrics | None = None,
+    ):
+        self.checkpoint = checkpoint
+        self.threads = threads
+        self.max_batch_size = max_batch_size
+        self.max_wait = max_wait_ms / 1000
+        self.max_queue = max_queue
+        # The encoder has n_ctx positions, two mel frames each: 1500 positions = 30 s.
+        self.max_audio_seconds = min(max_audio_seconds, checkpoint.dims.n_ctx * 2 / FRAMES_PER_SECOND)
+        self.pad_to_30s = pad_to_30s
+        self.metrics = metrics
+        self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
+        self._lock = threading.Lock()  # orders "closed" against submissions, so _STOP is queued last
+        self._closed = False
+        self._worker = threading.Thread(target=self._run, name="quads-inference", daemon=True)
+        if metrics is not None:
+            metrics.queue_depth.set_function(self._queue.qsize)
+
+    @property
+    def model_name(self) -> str:
+        """The checkpoint's file name without extension, e.g. ``quads-fsc-4bit``."""
+        return self.checkpoint.path.stem if self.checkpoint.path is not None else "model"
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    def start(self) -> "InferenceEngine":
+        self._worker.start()
+        return self
+
+    def submit(self, data: bytes) -> Future:
+        """Queue one clip (encoded audio bytes); the future resolves to a ``Prediction`` or raises
+        ``InvalidAudio``. Raises ``EngineOverloaded`` or ``EngineDraining`` at once. Thread-safe."""
+        job = _Job(data, Future())
+        with self._lock:
+            if self._closed:
+                self._count_rejection("draining")
+                raise EngineDraining("the service is shutting down; retry on another replica")
+            try:
+                self._queue.put_nowait(job)
+            except queue.Full:
+                self._count_rejection("overloaded")
+                raise EngineOverloaded(f"{self.max_queue} requests are already waiting; retry shortly") from None
+        return job.future
+
+    async def predict(self, data: bytes) -> Prediction:
+        """``submit`` awaited without blocking the event loop; cancelling it drops the queued job."""
+        return await asyncio.wrap_future(self.submit(data))
+
+    def close(self, timeout: float | None = 60.0) -> None:
+        """Refuse new work, finish every queued job, stop the worker. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if not self._worker.is_alive():  # never started: nobody will answer the queued jobs
+            self._fail_queued(EngineDraining("the service shut down before this request ran"))
+            return
+        self._queue.put(_STOP)
+        self._worker.join(timeout)
+
+    def _count_rejection(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.rejected.labels(reason).inc()
+
+    def _fail_queued(self, error: Exception) -> None:
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if job is not _STOP and job.future.set_running_or_notify_cancel():
+                job.future.set_exception(error)
+
+    # --- worker thread ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        torch.set_num_threads(self.threads)
+        stopping = False
+        while not stopping:
+            batch, stopping = self._next_batch()
+            if batch:
+                self._run_batch(batch)
+
+    def _next_batch(self) -> tuple[list[_Job], bool]:
+        """Block for one job, then gather more until the batch is full or the wait is over."""
+        first = self._queue.get()
+        if first is _STOP:
+            return [], True
+        batch = [first]
+        deadline = time.monotonic() + self.max_wait
+        while len(batch) < self.max_batch_size:
+            remaining = deadline - time.monotonic()
+            try:
+                job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is _STOP:
+                return batch, True
+            batch.append(job)
+        return batch, False
+
+    def _run_batch(self, batch: list[_Job]) -> None:
+        """Answer every job of the batch: a bad clip fails only its own request."""
+        clips = []  # (job, audio_seconds, mel (n_mels, T), decode_s, features_s)
+        for job in batch:
+            if not job.future.set_running_or_notify_cancel():
+                continue  # the client went away while it waited
+            try:
+                t0 = time.perf_counter()
+                audio = decode_clip(job.data, self.max_audio_seconds)
+                t1 = time.perf_counter()
+                mel = log_mel_spectrogram(audio, self.checkpoint.dims.n_mels, pad_to_30s=self.pad_to_30s)
+                t2 = time.perf_counter()
+            except BaseException as e:  # noqa: BLE001 - reported to that request, never kills the worker
+                job.future.set_exception(e)
+                continue
+            clips.append((job, audio.numel() / SAMPLE_RATE, mel, t1 - t0, t2 - t1))
+        if not clips:
+            return
+        try:
+            t0 = time.perf_counter()
+            mels, lengths = pad_mels([mel for _, _, mel, _, _ in clips])
+            with torch.inference_mode():
+                _, logits = self.checkpoint.model(mels, lengths)
+            probabilities = logits.float().softmax(dim=-1)
+            inference = time.perf_counter() - t0
+        except BaseException as e:  # noqa: BLE001
+            for job, *_ in clips:
+                job.future.set_exception(e)
+            return
+        if self.metrics is not None:
+            self.metrics.batch_size.observe(len(clips))
+        for (job, seconds, _, decode, features), probs in zip(clips, probabilities):
+            job.future.set_result(Prediction(probs, seconds, decode, features, inference, len(clips)))
+
+
+def decode_clip(data: bytes, max_seconds: float) -> torch.Tensor:
+    """``decode_audio`` with its failures sorted into ``InvalidAudio`` subclasses. (samples,) at 16 kHz."""
+    if not data:
+        raise EmptyAudio("the audio is empty (0 bytes); send a recording of the spoken command")
+    try:
+        return decode_audio(data, max_seconds=max_seconds)
+    except AudioDecodeError as e:
+        claimed = _header_duration(data)
+        if claimed is not None and claimed > max_seconds:
+            raise AudioTooLong(f"{e}; trim the recording to at most {max_seconds:g} s") from None
+        if claimed == 0:
+            raise EmptyAudio(f"{e}; the recording has no samples") from None
+        # libsndfile names the in-memory file object ("Error opening <_io.BytesIO object at 0x...>: ");
+        # that tells the client nothing.
+        raise UndecodableAudio(re.sub(r"Error opening <[^>]*>: ", "", str(e))) from None
+
+
+def _header_duration(data: bytes) -> float | None:
+    """Seconds the file's header claims, or None when there is no readable header."""
+    try:
+        info = soundfile.info(io.BytesIO(data))
+    except Exception:  # noqa: BLE001 - any failure means "no usable header"
+        return None
+    return info.frames / info.samplerate if info.samplerate > 0 else None

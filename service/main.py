@@ -1,0 +1,158 @@
+"""The FastAPI app factory and the ``quads-serve`` command.
+
+``create_app`` builds a fresh app (its own settings, metrics registry and state); the model is
+loaded in ``lifespan``, never at import. ``quads-serve`` runs one uvicorn worker: the engine
+already uses every CPU the container allows, so scale by replicas, not by workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import uvicorn
+from fastapi import FastAPI
+from pydantic import ValidationError
+
+from service.api import api_router
+from service.body import BodyLimitMiddleware
+from service.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from service.cpu import resolve_threads
+from service.engine import InferenceEngine
+from service.metrics import HttpMetricsMiddleware, ServiceMetrics
+from service.problems import install_problem_handlers
+from service.settings import Settings
+
+logger = logging.getLogger("service")
+
+
+def load_served_checkpoint(settings: Settings) -> Checkpoint:
+    """Load the checkpoint the settings name; ``CheckpointError`` if it is missing, bad or of the wrong width."""
+    path = settings.model_path
+    checkpoint = load_checkpoint(path)
+    expected = settings.expected_bits
+    if expected is not None and checkpoint.bits != expected:
+        raise CheckpointError(f"{path}: holds {checkpoint.bits}-bit weights, but QUADS_BITS={expected}")
+    return checkpoint
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    threads = resolve_threads(settings.threads)  # applied by the engine's worker thread, where torch runs
+    try:
+        checkpoint = await anyio.to_thread.run_sync(load_served_checkpoint, settings)
+    except CheckpointError as e:
+        app.state.startup_error = e
+        raise
+    engine = InferenceEngine(
+        checkpoint,
+        threads=threads,
+        max_batch_size=settings.max_batch_size,
+        max_wait_ms=settings.max_wait_ms,
+        max_queue=settings.max_queue,
+        max_audio_seconds=settings.max_audio_seconds,
+        pad_to_30s=settings.pad_to_30s,
+        metrics=app.state.metrics,
+    ).start()
+    app.state.metrics.set_model(
+        name=engine.model_name,
+        bits=checkpoint.bits,
+        sha256=checkpoint.sha256,
+        file_bytes=checkpoint.file_bytes,
+        memory_bytes=checkpoint.memory_bytes,
+        parameters=checkpoint.n_params,
+    )
+    app.state.engine = engine
+    logger.info(
+        "serving %s (%d-bit, %d labels) with %d torch threads, batches of up to %d",
+        checkpoint.path, checkpoint.bits, len(checkpoint.labels), threads, settings.max_batch_size,
+    )
+    try:
+        yield
+    finally:
+        app.state.draining = True
+        await anyio.to_thread.run_sync(engine.close)  # answers every queued request first
+        app.state.engine = None
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A new app; ``settings`` default to the ``QUADS_*`` environment."""
+    settings = settings if settings is not None else Settings()
+    app = FastAPI(
+        title="QUADS intent service",
+        summary="Spoken-intent recognition with a compressed Whisper encoder.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = ServiceMetrics()
+    app.state.engine = None
+    app.state.draining = False
+    app.state.startup_error = None
+    install_problem_handlers(app)
+    # The last added is the outermost: metrics see the body limiter's 413/408 answers too.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_seconds=settings.body_timeout_seconds)
+    app.add_middleware(HttpMetricsMiddleware, metrics=app.state.metrics)
+    app.include_router(api_router)
+    return app
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, plus a drain period: on the first SIGTERM, /readyz turns 503 at once while requests
+    are still served for ``drain_seconds``, so load balancers stop routing here before the
+    listening socket closes. Then uvicorn's graceful shutdown finishes in-flight requests."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI, drain_seconds: float):
+        super().__init__(config)
+        self.app = app
+        self.drain_seconds = drain_seconds
+        self._drain_timer: threading.Timer | None = None
+
+    def handle_exit(self, sig: int, frame) -> None:
+        already_draining = self.app.state.draining
+        self.app.state.draining = True
+        if sig == signal.SIGTERM and self.drain_seconds > 0 and not already_draining:
+            logger.info("SIGTERM: draining for %.1f s before shutting down", self.drain_seconds)
+            self._drain_timer = threading.Timer(self.drain_seconds, super().handle_exit, (sig, frame))
+            self._drain_timer.daemon = True
+            self._drain_timer.start()
+            return
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()  # a second signal: stop now
+        super().handle_exit(sig, frame)
+
+
+def cli(argv: list[str] | None = None) -> None:
+    """``quads-serve [--host H] [--port P]``; everything else comes from QUADS_* variables."""
+    parser = argparse.ArgumentParser(
+        prog="quads-serve",
+        description="Serve the QUADS intent model over HTTP (configure with QUADS_* environment variables).",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a container)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
+    try:
+        settings = Settings()
+    except ValidationError as e:
+        parser.exit(2, f"quads-serve: invalid QUADS_* configuration:\n{e}\n")
+
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=args.host, port=args.port, workers=1, lifespan="on", log_level=args.log_level)
+    server = DrainingServer(config, app, settings.drain_seconds)
+    server.run()
+    if not server.started:
+        reason = app.state.startup_error or "see the log above"
+        parser.exit(1, f"quads-serve: cannot start: {reason}\n")
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,98 @@
+"""Prometheus metrics of the service, in a registry owned by one app (so several apps can coexist).
+
+The server runs one worker process per container (scale by replicas), so prometheus-client's
+default single-process collectors are correct; there is no multiprocess mode.
+
+Label values are bounded: ``route`` is the matched route template (``/intent``), or
+``unmatched`` for every path that no route matches; ``status`` is the HTTP status code.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+# Seconds; dense over the 1-500 ms a request takes, with a tail for 30-s clips on a busy host.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
+AUDIO_SECONDS_BUCKETS = (0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+STAGES = ("decode", "features", "inference", "total")
+REJECT_REASONS = ("overloaded", "draining")
+UNMATCHED_ROUTE = "unmatched"
+
+
+class ServiceMetrics:
+    """Every metric the service exports, registered in ``self.registry``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = r = registry if registry is not None else CollectorRegistry()
+        self.stage_duration = Histogram(
+            "quads_stage_duration_seconds", "Time per /intent request in each stage; total includes queueing.",
+            ["stage"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.http_requests = Counter(
+            "quads_http_requests", "HTTP requests by route template and status code.", ["route", "status"], registry=r
+        )
+        self.audio_duration = Histogram(
+            "quads_audio_duration_seconds", "Seconds of audio per /intent request.", buckets=AUDIO_SECONDS_BUCKETS, registry=r
+        )
+        self.in_flight = Gauge("quads_requests_in_flight", "POST /intent requests being handled.", registry=r)
+        self.batch_size = Histogram("quads_batch_size", "Clips per model call (micro-batch size).", buckets=BATCH_SIZE_BUCKETS, registry=r)
+        self.queue_depth = Gauge("quads_queue_depth", "Requests waiting for the model.", registry=r)
+        self.rejected = Counter("quads_rejected", "Requests refused with 503, by reason.", ["reason"], registry=r)
+        self.model_file_bytes = Gauge("quads_model_file_bytes", "Size of the checkpoint file.", registry=r)
+        self.model_memory_bytes = Gauge("quads_model_memory_bytes", "Bytes of the loaded (dequantized) model.", registry=r)
+        self.model_parameters = Gauge("quads_model_parameters", "Parameters of the loaded model.", registry=r)
+        # Not quads_model_bits: promtool rejects "bits" as a non-base unit ("use bytes").
+        self.model_bit_width = Gauge("quads_model_bit_width", "Bit width of the quantized weights.", registry=r)
+        self.model_info = Info("quads_model", "The served checkpoint.", registry=r)
+        for stage in STAGES:  # expose every series from the start, at zero
+            self.stage_duration.labels(stage)
+        for reason in REJECT_REASONS:
+            self.rejected.labels(reason)
+
+    def set_model(self, name: str, bits: int, sha256: str, file_bytes: int, memory_bytes: int, parameters: int) -> None:
+        self.model_file_bytes.set(file_bytes)
+        self.model_memory_bytes.set(memory_bytes)
+        self.model_parameters.set(parameters)
+        self.model_bit_width.set(bits)
+        self.model_info.info({"name": name, "bits": str(bits), "sha256": sha256})
+
+    def observe_stages(self, seconds: dict[str, float]) -> None:
+        for stage, value in seconds.items():
+            self.stage_duration.labels(stage).observe(value)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)
+
+
+class HttpMetricsMiddleware:
+    """Counts every HTTP response by route template and status (pure ASGI, so streaming is untouched)."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = "500"  # what the client gets if the app raises before responding
+
+        async def send_and_record_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = str(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record_status)
+        finally:
+            self.metrics.http_requests.labels(route_template(scope), status).inc()
+
+
+def route_template(scope: Scope) -> str:
+    """The path template of the route the router matched (``/intent``), never the raw path."""
+    route = scope.get("route")
+    return getattr(route, "path_format", None) or getattr(route, "path", None) or UNMATCHED_ROUTE

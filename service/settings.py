@@ -1,0 +1,66 @@
+"""Service configuration, read from ``QUADS_*`` environment variables (pydantic-settings).
+
+Which checkpoint is served:
+
+* ``QUADS_MODEL`` set: that file (a relative path is relative to the working directory);
+* otherwise ``<QUADS_MODEL_DIR>/<QUADS_MODEL_PREFIX>-<QUADS_BITS>bit.safetensors``, by default
+  ``<project>/models/quads-fsc-4bit.safetensors`` where ``<project>`` is the directory holding
+  the ``service`` package, so the default works from any working directory.
+
+When the bit width was chosen (``QUADS_BITS`` set, or the directory rule used), the loaded file
+must hold weights of that width, so a mislabelled file is a startup error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.checkpoint import SUPPORTED_BITS
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL_DIR = PROJECT_ROOT / "models"
+DEFAULT_MODEL_PREFIX = "quads-fsc"
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="QUADS_", protected_namespaces=(), extra="ignore")
+
+    model: Path | None = Field(None, description="Checkpoint file; overrides QUADS_MODEL_DIR/QUADS_BITS.")
+    model_dir: Path = Field(DEFAULT_MODEL_DIR, description="Directory searched with QUADS_BITS.")
+    model_prefix: str = Field(DEFAULT_MODEL_PREFIX, description="File-name prefix in QUADS_MODEL_DIR.")
+    bits: int = Field(4, description="Bit width of the checkpoint to serve from QUADS_MODEL_DIR.")
+
+    threads: int = Field(0, ge=0, description="Torch intra-op threads; 0 = the container's CPU limit.")
+    max_body_bytes: int = Field(10 * MiB, gt=0, description="Largest request body, counted while streaming.")
+    body_timeout_seconds: float = Field(30.0, gt=0, description="Time allowed to upload a request body.")
+    max_audio_seconds: float = Field(30.0, gt=0, description="Longest clip accepted (the model takes at most 30 s).")
+    max_batch_size: int = Field(8, ge=1, description="Largest micro-batch; 1 disables batching.")
+    max_wait_ms: float = Field(0.0, ge=0, description="How long a batch waits to fill; 0 = take what is queued.")
+    max_queue: int = Field(64, ge=1, description="Requests waiting for the model before 503 overloaded.")
+    drain_seconds: float = Field(0.0, ge=0, description="After SIGTERM, keep serving this long while /readyz says 503.")
+    pad_to_30s: bool = Field(False, description="Pad every clip to 30 s as Whisper does (only to benchmark that cost).")
+
+    @field_validator("bits")
+    @classmethod
+    def _supported_bits(cls, bits: int) -> int:
+        if bits not in SUPPORTED_BITS:
+            raise ValueError(f"QUADS_BITS must be one of {SUPPORTED_BITS}, got {bits}")
+        return bits
+
+    @property
+    def model_path(self) -> Path:
+        """The checkpoint to serve, by the rule in the module docstring."""
+        if self.model is not None:
+            return self.model.expanduser()
+        return self.model_dir.expanduser() / f"{self.model_prefix}-{self.bits}bit.safetensors"
+
+    @property
+    def expected_bits(self) -> int | None:
+        """The bit width the served file must have, or None when any width is fine."""
+        if self.model is None or "bits" in self.model_fields_set:
+            return self.bits
+        return None

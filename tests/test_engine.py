@@ -1,0 +1,256 @@
+"""The inference engine: batching equals running alone, bounded queue, shutdown, audio errors, threads."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import io
+import time
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+import service.engine as engine_module
+from service.checkpoint import load_checkpoint
+from service.cpu import cgroup_cpu_limit, resolve_threads
+from service.engine import (
+    AudioTooLong,
+    EmptyAudio,
+    EngineDraining,
+    EngineOverloaded,
+    InferenceEngine,
+    UndecodableAudio,
+    decode_clip,
+)
+from service.metrics import ServiceMetrics
+from tests.service_fixtures import (  # noqa: F401 - fixtures
+    ENCODINGS,
+    PHRASES,
+    checkpoint_path,
+    encode,
+    model_dir,
+    reference_probabilities,
+    speech,
+    wav_bytes,
+)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(checkpoint_path):
+    return load_checkpoint(checkpoint_path)
+
+
+@pytest.fixture(scope="module")
+def clips(speech) -> list[bytes]:
+    """Clips of different lengths, formats and rates: batching them needs padding and masks."""
+    out = []
+    for i, phrase in enumerate(PHRASES):
+        samples, rate = speech[phrase]
+        for fmt, subtype, to_rate, channels in ENCODINGS[i::3]:
+            out.append(encode(samples, rate, fmt, subtype, to_rate, channels))
+    return out
+
+
+def test_batched_answers_equal_answers_alone(checkpoint, clips):
+    metrics = ServiceMetrics()
+    # A long wait makes the worker gather every clip submitted below into one batch.
+    engine = InferenceEngine(checkpoint, max_batch_size=len(clips), max_wait_ms=2000, metrics=metrics).start()
+    try:
+        futures = [engine.submit(clip) for clip in clips]
+        batched = [f.result(timeout=30) for f in futures]
+    finally:
+        engine.close()
+    assert {p.batch_size for p in batched} == {len(clips)}
+    assert len({p.audio_seconds for p in batched}) > 2  # the lengths really differ
+    assert metrics.registry.get_sample_value("quads_batch_size_count") == 1  # one model call
+    for clip, prediction in zip(clips, batched):
+        alone = reference_probabilities(checkpoint, clip)
+        torch.testing.assert_close(prediction.probabilities, alone, atol=1e-5, rtol=0)
+
+
+def test_a_bad_clip_fails_only_its_own_request(checkpoint, clips):
+    engine = InferenceEngine(checkpoint, max_batch_size=4, max_wait_ms=300).start()
+    try:
+        good, bad, empty = engine.submit(clips[0]), engine.submit(b"garbage"), engine.submit(b"")
+        assert good.result(timeout=30).batch_size == 1
+        with pytest.raises(UndecodableAudio):
+            bad.result(timeout=30)
+        with pytest.raises(EmptyAudio):
+            empty.result(timeout=30)
+        assert engine.submit(clips[1]).result(timeout=30).probabilities.shape == (len(checkpoint.labels),)
+    finally:
+        engine.close()
+
+
+def test_full_queue_is_refused_at_once(checkpoint, clips):
+    metrics = ServiceMetrics()
+    engine = InferenceEngine(checkpoint, max_queue=2, metrics=metrics)  # not started: the queue only fills
+    first, second = engine.submit(clips[0]), engine.submit(clips[1])
+    assert engine.queue_depth == 2
+    start = time.perf_counter()
+    with pytest.raises(EngineOverloaded, match="2 requests are already waiting"):
+        engine.submit(clips[2])
+    assert time.perf_counter() - start < 0.1
+    assert metrics.registry.get_sample_value("quads_rejected_total", {"reason": "overloaded"}) == 1
+    engine.close()  # never started: the waiting jobs are failed, not left hanging
+    for future in (first, second):
+        with pytest.raises(EngineDraining):
+            future.result(timeout=1)
+
+
+def test_close_finishes_queued_work_then_refuses(checkpoint, clips):
+    metrics = ServiceMetrics()
+    engine = InferenceEngine(checkpoint, max_batch_size=2, metrics=metrics).start()
+    futures = [engine.submit(clip) for clip in clips]
+    engine.close()
+    assert all(f.done() and f.exception() is None for f in futures)
+    with pytest.raises(EngineDraining):
+        engine.submit(clips[0])
+    assert metrics.registry.get_sample_value("quads_rejected_total", {"reason": "draining"}) == 1
+    engine.close()  # idempotent
+
+
+def test_cancelled_requests_are_skipped(checkpoint, clips):
+    engine = InferenceEngine(checkpoint, max_batch_size=8, max_wait_ms=300).start()
+    try:
+        kept, dropped = engine.submit(clips[0]), engine.submit(clips[1])
+        assert dropped.cancel()
+        assert kept.result(timeout=30).batch_size == 1
+    finally:
+        engine.close()
+
+
+def test_predict_does_not_block_the_event_loop(checkpoint, clips):
+    async def predict_while_ticking() -> tuple[int, int]:
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        task = asyncio.create_task(ticker())
+        prediction = await engine.predict(clips[0])
+        task.cancel()
+        return prediction.batch_size, ticks
+
+    engine = InferenceEngine(checkpoint, max_batch_size=4, max_wait_ms=200).start()
+    try:
+        batch_size, ticks = asyncio.run(predict_while_ticking())
+    finally:
+        engine.close()
+    assert batch_size == 1 and ticks >= 5  # the loop kept running during the 200-ms batch wait
+
+
+def test_worker_runs_torch_with_the_configured_threads(checkpoint, clips, monkeypatch):
+    seen = []
+    original = engine_module.log_mel_spectrogram
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "log_mel_spectrogram", spy)
+    expected = 1 if torch.get_num_threads() > 1 else 2
+    engine = InferenceEngine(checkpoint, threads=expected).start()
+    try:
+        engine.submit(clips[0]).result(timeout=30)
+    finally:
+        engine.close()
+    assert seen == [expected]
+
+
+def test_padding_to_30s_runs_the_whole_window(checkpoint, clips):
+    engine = InferenceEngine(checkpoint, pad_to_30s=True).start()
+    try:
+        padded = engine.submit(clips[0]).result(timeout=30)
+    finally:
+        engine.close()
+    assert padded.audio_seconds < 3  # reports the real duration
+    assert not torch.allclose(padded.probabilities, reference_probabilities(checkpoint, clips[0]), atol=1e-4)
+
+
+# --- audio errors ------------------------------------------------------------------------
+
+
+def test_decode_clip_sorts_failures():
+    tone = np.sin(np.arange(8000 * 5) / 10).astype(np.float32)
+    assert decode_clip(wav_bytes(tone, 8000), 30.0).shape == (16000 * 5,)
+    with pytest.raises(AudioTooLong, match="trim the recording to at most 4 s"):
+        decode_clip(wav_bytes(tone, 8000), 4.0)
+    with pytest.raises(EmptyAudio):
+        decode_clip(b"", 30.0)
+    with pytest.raises(EmptyAudio):
+        decode_clip(wav_bytes(tone[:0], 8000), 30.0)
+    with pytest.raises(UndecodableAudio) as err:
+        decode_clip(b"\x00" * 1000, 30.0)
+    assert "BytesIO" not in str(err.value)
+    with pytest.raises(UndecodableAudio, match="NaN"):
+        decode_clip(encode_float_wav(np.full(100, np.nan, dtype=np.float32)), 30.0)
+
+
+def encode_float_wav(samples: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, 16000, format="WAV", subtype="FLOAT")
+    return buffer.getvalue()
+
+
+def test_audio_limit_never_exceeds_the_model_context(checkpoint):
+    engine = InferenceEngine(checkpoint, max_audio_seconds=120)
+    assert engine.max_audio_seconds == checkpoint.dims.n_ctx * 2 / 100 == 30.0
+
+
+def test_exactly_30_seconds_is_accepted(checkpoint):
+    engine = InferenceEngine(checkpoint).start()
+    try:
+        noise = np.random.default_rng(0).uniform(-0.1, 0.1, 30 * 16000).astype(np.float32)
+        assert engine.submit(wav_bytes(noise, 16000)).result(timeout=60).audio_seconds == 30.0
+    finally:
+        engine.close()
+
+
+# --- CPU threads -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "files, limit",
+    [
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu.max": "150000 100000\n"}, 1.5),
+        ({"cpu.max": "400000 100000\n"}, 4.0),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({"cpu/cpu.cfs_quota_us": "200000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 2.0),
+        ({}, None),
+    ],
+)
+def test_cgroup_cpu_limit(tmp_path, files, limit):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cgroup_cpu_limit(tmp_path) == limit
+
+
+def test_threads_follow_the_limit_and_never_oversubscribe(tmp_path, monkeypatch):
+    monkeypatch.setattr("service.cpu.available_cpus", lambda: 8)
+    assert resolve_threads(3, tmp_path) == 3  # configured wins
+    assert resolve_threads(0, tmp_path) == 8  # no quota: the cores we may run on
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert resolve_threads(0, tmp_path) == 1  # 1.5 CPUs: 2 threads would be throttled
+    (tmp_path / "cpu.max").write_text("1600000 100000\n")
+    assert resolve_threads(0, tmp_path) == 8  # a quota above the affinity mask
+    (tmp_path / "cpu.max").write_text("50000 100000\n")
+    assert resolve_threads(0, tmp_path) == 1
+
+
+def test_concurrent_submitters_all_get_answers(checkpoint, clips):
+    engine = InferenceEngine(checkpoint, max_batch_size=4, max_wait_ms=5, max_queue=64).start()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda clip: engine.submit(clip).result(timeout=60), clips * 2))
+    finally:
+        engine.close()
+    for clip, prediction in zip(clips * 2, results):
+        torch.testing.assert_close(prediction.probabilities, reference_probabilities(checkpoint, clip), atol=1e-5, rtol=0)
