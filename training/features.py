@@ -1,0 +1,292 @@
+"""Training features: every sample decoded once, validated, and served as Whisper log-mels.
+
+``MelDataset`` decodes each file with the service's own ``decode_audio`` (so training sees
+exactly what the service will), applies the bad-sample policy (skip with a warning naming the
+path and the reason, or raise ``BadSampleError``), and keeps the result in memory: the log-mels,
+or the waveforms when augmenting, since augmentation works on the waveform. An optional
+on-disk cache (one safetensors file per dataset, keyed by every file's path, size and mtime)
+lets a second run skip decoding. Clips are not padded to 30 s unless ``pad_to_30s=True``.
+
+The noise helpers at the bottom are shared with the synthetic corpus generator (``training.synth``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchaudio.functional as AF
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+from tqdm import tqdm
+
+from service.audio import AudioDecodeError, decode_audio, log_mel_spectrogram, pad_mels
+from service.checkpoint import atomic_write
+from training.datasets import Sample
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1  # bump when the stored representation changes
+ON_ERROR_POLICIES = ("skip", "raise")
+NOISE_COLORS = ("white", "pink", "brown")
+
+
+class BadSampleError(ValueError):
+    """A sample cannot be used. ``str(err)`` is ``"<path>: <reason>"``."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+class MelDataset(torch.utils.data.Dataset):
+    """Labelled log-mels of ``samples``; items are ``(mel (n_mels, T) float32, label index, i)``.
+
+    samples: from ``training.datasets``; labels: the class list (a label index is a position in it).
+    on_error: ``"skip"`` drops a bad sample (missing, unreadable, undecodable, longer than
+        ``max_seconds``, or with a label not in ``labels``) with a warning, ``"raise"`` raises
+        ``BadSampleError``. After construction ``samples`` holds the kept samples and
+        ``skipped`` the ``(path, reason)`` of the dropped ones.
+    augment: random gain, additive noise, speed perturbation and SpecAugment masks, drawn from
+        ``(seed, epoch, i)`` so that an epoch is reproducible (see ``set_epoch``). Training only.
+    cache_dir: where to keep decoded features between runs (``None``: no cache).
+    """
+
+    def __init__(
+        self,
+        samples: list[Sample],
+        labels: list[str],
+        *,
+        n_mels: int = 80,
+        pad_to_30s: bool = False,
+        on_error: str = "skip",
+        augment: bool = False,
+        seed: int = 0,
+        max_seconds: float = 30.0,
+        cache_dir: Path | None = None,
+        progress: bool = True,
+    ):
+        if on_error not in ON_ERROR_POLICIES:
+            raise ValueError(f"on_error must be one of {ON_ERROR_POLICIES}, got {on_error!r}")
+        self.labels = list(labels)
+        self.n_mels, self.pad_to_30s, self.on_error = n_mels, pad_to_30s, on_error
+        self.augment, self.seed, self.max_seconds = augment, seed, max_seconds
+        self.epoch = 0
+        self.skipped: list[tuple[Path, str]] = []
+        label_index = {label: k for k, label in enumerate(self.labels)}
+
+        # Cheap checks first (label, file present), so the cache key covers only real files.
+        candidates: list[tuple[Sample, os.stat_result]] = []
+        for sample in samples:
+            if sample.label not in label_index:
+                self._reject(sample.path, f"label {sample.label!r} is not one of the {len(self.labels)} labels")
+                continue
+            try:
+                candidates.append((sample, os.stat(sample.path)))
+            except FileNotFoundError:
+                self._reject(sample.path, "file not found")
+            except OSError as e:
+                self._reject(sample.path, f"cannot read the file ({e.strerror})")
+
+        features, failures = self._load_features(candidates, cache_dir, progress)
+        failed = dict(failures)
+        kept = [(c, f) for j, (c, f) in enumerate(zip(candidates, features)) if j not in failed]
+        for j, reason in failures:
+            self._reject(candidates[j][0].path, reason)
+        if samples and not kept:
+            path, reason = self.skipped[0]
+            raise BadSampleError(path, f"{reason}; and none of the {len(samples)} samples is usable")
+        if self.skipped:
+            log.warning("skipped %d of %d samples (see the warnings above)", len(self.skipped), len(samples))
+
+        self.samples: list[Sample] = [c[0] for c, _ in kept]
+        self._file_stats = [(c[1].st_size, c[1].st_mtime_ns) for c, _ in kept]
+        self._features: list[Tensor] = [f for _, f in kept]
+        self._targets = [label_index[s.label] for s in self.samples]
+
+    # ------------------------------------------------------------------ construction helpers
+
+    def _reject(self, path: Path, reason: str) -> None:
+        if self.on_error == "raise":
+            raise BadSampleError(path, reason)
+        log.warning("skipping %s: %s", path, reason)
+        self.skipped.append((path, reason))
+
+    def _feature_kind(self) -> str:
+        return "wave" if self.augment else "mel"
+
+    def _load_features(
+        self, candidates: list[tuple[Sample, os.stat_result]], cache_dir: Path | None, progress: bool
+    ) -> tuple[list[Tensor | None], list[tuple[int, str]]]:
+        """One feature per candidate (None where it failed) and the failures as (position, reason)."""
+        cache_path = None
+        if cache_dir is not None:
+            key = hashlib.sha256(
+                json.dumps(
+                    {
+                        "version": CACHE_VERSION,
+                        "kind": self._feature_kind(),
+                        "n_mels": self.n_mels,
+                        "pad_to_30s": self.pad_to_30s,
+                        "max_seconds": self.max_seconds,
+                        "files": [[str(s.path), st.st_size, st.st_mtime_ns] for s, st in candidates],
+                    }
+                ).encode()
+            ).hexdigest()
+            cache_path = Path(cache_dir) / f"{self._feature_kind()}-{key[:32]}.safetensors"
+            cached = _read_cache(cache_path, len(candidates))
+            if cached is not None:
+                log.info("features of %d clips loaded from %s", len(candidates), cache_path)
+                return cached
+
+        features: list[Tensor | None] = []
+        failures: list[tuple[int, str]] = []
+        for j, (sample, _) in enumerate(tqdm(candidates, desc="decoding audio", unit="clip", disable=not progress)):
+            try:
+                features.append(self._decode(Path(sample.path)))
+            except (AudioDecodeError, OSError) as e:
+                reason = str(e) if isinstance(e, AudioDecodeError) else f"cannot read the file ({e.strerror})"
+                if self.on_error == "raise":
+                    raise BadSampleError(sample.path, reason) from None
+                features.append(None)
+                failures.append((j, reason))
+        if cache_path is not None:
+            _write_cache(cache_path, features, failures)
+        return features, failures
+
+    def _decode(self, path: Path) -> Tensor:
+        wave = decode_audio(path.read_bytes(), max_seconds=self.max_seconds)
+        if self.augment:
+            return wave.contiguous()
+        return log_mel_spectrogram(wave, self.n_mels, pad_to_30s=self.pad_to_30s).contiguous()
+
+    # ------------------------------------------------------------------------------ dataset
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int, int]:
+        if not self.augment:
+            return self._features[i], self._targets[i], i
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        wave = augment_waveform(self._features[i], rng)
+        mel = log_mel_spectrogram(wave, self.n_mels, pad_to_30s=self.pad_to_30s)
+        return spec_augment(mel, rng), self._targets[i], i
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation draw: the same (seed, epoch) always gives the same items."""
+        self.epoch = int(epoch)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the kept samples (path, size, mtime, label) and the feature settings."""
+        h = hashlib.sha256()
+        h.update(json.dumps({"n_mels": self.n_mels, "pad_to_30s": self.pad_to_30s}).encode())
+        for sample, (size, mtime_ns) in zip(self.samples, self._file_stats):
+            h.update(json.dumps([str(sample.path), size, mtime_ns, sample.label]).encode())
+        return h.hexdigest()
+
+
+def collate(batch: list[tuple[Tensor, int, int]]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``MelDataset`` items to (mels (B, n_mels, T) zero-padded, lengths (B,), labels (B,), indices (B,))."""
+    mels, lengths = pad_mels([item[0] for item in batch])
+    labels = torch.tensor([item[1] for item in batch], dtype=torch.long)
+    indices = torch.tensor([item[2] for item in batch], dtype=torch.long)
+    return mels, lengths, labels, indices
+
+
+# -------------------------------------------------------------------------------- cache file
+
+
+def _read_cache(path: Path, n: int) -> tuple[list[Tensor | None], list[tuple[int, str]]] | None:
+    """The cached (features, failures), or None when absent or unreadable (then it is rebuilt)."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+        failures = [(int(j), str(reason)) for j, reason in json.loads(metadata["failures"])]
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("ignoring the unreadable feature cache %s (%s)", path, e)
+        return None
+    failed = {j for j, _ in failures}
+    if len(tensors) + len(failed) != n or any(str(j) not in tensors for j in range(n) if j not in failed):
+        log.warning("ignoring the feature cache %s: it does not match the samples", path)
+        return None
+    return [None if j in failed else tensors[str(j)] for j in range(n)], failures
+
+
+def _write_cache(path: Path, features: list[Tensor | None], failures: list[tuple[int, str]]) -> None:
+    tensors = {str(j): f for j, f in enumerate(features) if f is not None}
+    metadata = {"failures": json.dumps(failures), "version": str(CACHE_VERSION)}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    log.info("feature cache written to %s", path)
+
+
+# ------------------------------------------------------------------------------ augmentation
+
+
+def augment_waveform(wave: Tensor, rng: np.random.Generator) -> Tensor:
+    """Random speed perturbation (which also shifts pitch), gain and additive noise. (samples,) -> (samples',)."""
+    if rng.random() < 0.5:
+        # Resampling from 100 to `percent` and playing back at 16 kHz changes speed by 100/percent.
+        percent = int(rng.integers(90, 111))
+        if percent != 100:
+            wave = AF.resample(wave, 100, percent)
+    if rng.random() < 0.8:
+        wave = wave * float(10 ** (rng.uniform(-12.0, 6.0) / 20))
+    if rng.random() < 0.5:
+        noise = colored_noise(rng, wave.numel(), str(rng.choice(NOISE_COLORS)))
+        wave = torch.from_numpy(mix_at_snr(wave.numpy(), noise, snr_db=rng.uniform(5.0, 35.0)))
+    return wave
+
+
+def spec_augment(mel: Tensor, rng: np.random.Generator, n_masks: int = 2) -> Tensor:
+    """SpecAugment-style masks: ``n_masks`` frequency bands and time spans set to the mel's mean.
+
+    mel: (n_mels, T); returns a new (n_mels, T) tensor. Bands are at most n_mels/8 bins, spans
+    at most T/8 frames (and 0.4 s), so the command itself is never erased.
+    """
+    mel = mel.clone()
+    fill = float(mel.mean())
+    n_mels, frames = mel.shape
+    for _ in range(n_masks):
+        width = int(rng.integers(0, n_mels // 8 + 1))
+        start = int(rng.integers(0, n_mels - width + 1))
+        mel[start : start + width, :] = fill
+    for _ in range(n_masks):
+        width = int(rng.integers(0, min(frames // 8, 40) + 1))
+        start = int(rng.integers(0, frames - width + 1))
+        mel[:, start : start + width] = fill
+    return mel
+
+
+def colored_noise(rng: np.random.Generator, n: int, color: str) -> np.ndarray:
+    """``n`` samples of unit-RMS float32 noise: white (flat), pink (1/f power) or brown (1/f^2 power)."""
+    if color not in NOISE_COLORS:
+        raise ValueError(f"noise color must be one of {NOISE_COLORS}, got {color!r}")
+    white = rng.standard_normal(max(n, 2))
+    if color != "white":
+        spectrum = np.fft.rfft(white)
+        freqs = np.fft.rfftfreq(white.size)
+        freqs[0] = freqs[1]  # no infinite gain at DC
+        spectrum /= np.sqrt(freqs) if color == "pink" else freqs
+        white = np.fft.irfft(spectrum, n=white.size)
+    noise = white[:n]
+    return (noise / max(float(np.sqrt(np.mean(noise**2))), 1e-12)).astype(np.float32)
+
+
+def mix_at_snr(signal: np.ndarray, noise: np.ndarray, snr_db: float, signal_rms: float | None = None) -> np.ndarray:
+    """``signal + noise`` with the noise scaled to ``snr_db`` below ``signal_rms`` (default: the signal's RMS)."""
+    if signal_rms is None:
+        signal_rms = float(np.sqrt(np.mean(signal.astype(np.float64) ** 2)))
+    noise_rms = max(float(np.sqrt(np.mean(noise.astype(np.float64) ** 2))), 1e-12)
+    scale = signal_rms / noise_rms / 10 ** (snr_db / 20)
+    return (signal + scale * noise).astype(np.float32)
+

@@ -1,0 +1,618 @@
+"""``quads-synth``: a synthetic spoken-command corpus in the Fluent Speech Commands layout.
+
+Every FSC intent is spoken in several natural phrasings (``PHRASINGS``) by espeak-ng voices:
+an English accent combined with a voice variant (``en-gb-scotland+klatt2``), each voice with its
+own rate, pitch, amplitude and word gap, jittered per utterance. Each clip then gets random
+leading/trailing silence, optionally room reverberation and white/pink/brown background noise at
+a random SNR, and a random gain. Train, valid and test use disjoint variants, hence disjoint
+voices, so test accuracy measures generalisation to unheard voices.
+
+The output is deterministic for a seed (same seed, same espeak-ng: byte-identical files):
+every random draw comes from a generator seeded by (seed, split, voice, intent, repetition),
+independent of the order in which the worker threads finish.
+
+Layout written (readable by ``training.datasets.load_fsc``)::
+
+    ROOT/data/{train,valid,test}_data.csv     ,path,speakerId,transcription,action,object,location
+    ROOT/wavs/speakers/<voice spec>/<id>.wav  16 kHz mono PCM-16
+    ROOT/synth.json, ROOT/README.txt          seed, voices and settings
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import torch
+from tqdm import tqdm
+
+from service.audio import SAMPLE_RATE, resample
+from service.checkpoint import atomic_write
+from training.datasets import FSC_COLUMNS, FSC_INTENTS, FSC_SPLITS
+from training.features import NOISE_COLORS, colored_noise, mix_at_snr
+
+# ------------------------------------------------------------------------------ phrasings
+# How people say each intent. "{location}" rows expand to kitchen/bedroom/washroom and
+# "{language}" rows to the four FSC languages, giving one entry per FSC intent.
+
+LOCATIONS = ("kitchen", "bedroom", "washroom")
+LANGUAGES = ("Chinese", "Korean", "English", "German")
+
+PHRASING_TABLE: dict[str, tuple[str, ...]] = {
+    "change language_none_none": (
+        "change language",
+        "change the language",
+        "switch the language",
+        "I want to change the language",
+        "set a different language",
+        "can you change the language please",
+        "language settings",
+    ),
+    "activate_music_none": (
+        "play music",
+        "play some music",
+        "put on some music",
+        "start the music",
+        "turn on the music",
+        "music on please",
+        "I want to hear some music",
+    ),
+    "activate_lights_none": (
+        "turn on the lights",
+        "switch on the lights",
+        "lights on",
+        "turn the lights on",
+        "switch the lights on please",
+        "I need some light in here",
+    ),
+    "deactivate_lights_none": (
+        "turn off the lights",
+        "switch off the lights",
+        "lights off",
+        "turn the lights off",
+        "switch the lights off please",
+        "kill the lights",
+    ),
+    "increase_volume_none": (
+        "turn up the volume",
+        "increase the volume",
+        "volume up",
+        "make it louder",
+        "louder please",
+        "I can't hear that, turn it up",
+    ),
+    "decrease_volume_none": (
+        "turn down the volume",
+        "decrease the volume",
+        "volume down",
+        "make it quieter",
+        "quieter please",
+        "that's too loud, turn it down",
+    ),
+    "increase_heat_none": (
+        "turn up the heat",
+        "increase the heating",
+        "make it warmer",
+        "turn the heating up",
+        "raise the temperature",
+        "it's too cold in here",
+    ),
+    "decrease_heat_none": (
+        "turn down the heat",
+        "decrease the heating",
+        "make it cooler",
+        "turn the heating down",
+        "lower the temperature",
+        "it's too hot in here",
+    ),
+    "deactivate_music_none": (
+        "stop the music",
+        "turn off the music",
+        "pause the music",
+        "music off",
+        "stop playing music please",
+        "switch the music off",
+    ),
+    "activate_lamp_none": (
+        "turn on the lamp",
+        "switch on the lamp",
+        "lamp on",
+        "turn the lamp on",
+        "switch the lamp on please",
+        "put the lamp on",
+    ),
+    "deactivate_lamp_none": (
+        "turn off the lamp",
+        "switch off the lamp",
+        "lamp off",
+        "turn the lamp off",
+        "switch the lamp off please",
+        "put the lamp out",
+    ),
+    "activate_lights_{location}": (
+        "turn on the lights in the {location}",
+        "{location} lights on",
+        "switch on the {location} lights",
+        "lights on in the {location} please",
+        "turn the {location} lights on",
+        "switch on the light in the {location}",
+    ),
+    "deactivate_lights_{location}": (
+        "turn off the lights in the {location}",
+        "{location} lights off",
+        "switch off the {location} lights",
+        "lights off in the {location} please",
+        "turn the {location} lights off",
+        "switch off the light in the {location}",
+    ),
+    "increase_heat_{location}": (
+        "turn up the heat in the {location}",
+        "increase the temperature in the {location}",
+        "make the {location} warmer",
+        "turn the {location} heating up",
+        "heat up the {location}",
+        "it's too cold in the {location}",
+    ),
+    "decrease_heat_{location}": (
+        "turn down the heat in the {location}",
+        "decrease the temperature in the {location}",
+        "make the {location} cooler",
+        "turn the {location} heating down",
+        "cool down the {location}",
+        "it's too hot in the {location}",
+    ),
+    "bring_newspaper_none": (
+        "bring me the newspaper",
+        "get me the newspaper",
+        "fetch the newspaper",
+        "I need the newspaper",
+        "can you bring me the paper please",
+        "newspaper please",
+    ),
+    "bring_juice_none": (
+        "bring me some juice",
+        "get me some juice",
+        "fetch me a juice",
+        "I want some juice",
+        "can I have a glass of juice",
+        "juice please",
+    ),
+    "bring_socks_none": (
+        "bring me my socks",
+        "get my socks",
+        "fetch my socks",
+        "I need my socks",
+        "can you bring me some socks",
+        "socks please",
+    ),
+    "bring_shoes_none": (
+        "bring me my shoes",
+        "get my shoes",
+        "fetch my shoes",
+        "I need my shoes",
+        "can you bring me my shoes please",
+        "shoes please",
+    ),
+    "change language_{language}_none": (
+        "switch to {language}",
+        "change the language to {language}",
+        "set the language to {language}",
+        "I want to use {language}",
+        "speak {language} please",
+        "language {language}",
+    ),
+}
+
+
+def _expand_phrasings(table: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+    expanded = {}
+    for key, phrases in table.items():
+        if "{location}" in key:
+            fills = [{"location": v} for v in LOCATIONS]
+        elif "{language}" in key:
+            fills = [{"language": v} for v in LANGUAGES]
+        else:
+            fills = [{}]
+        for fill in fills:
+            expanded[key.format(**fill)] = tuple(p.format(**fill) for p in phrases)
+    return expanded
+
+
+PHRASINGS: dict[str, tuple[str, ...]] = _expand_phrasings(PHRASING_TABLE)
+
+# -------------------------------------------------------------------------------- voices
+# espeak-ng English accents (`espeak-ng --voices=en`; "en" is an alias of en-gb) and voice
+# variants (`espeak-ng --voices=variant`, file names; "fast" is a test variant and "Mr serious"
+# has a space). A voice spec is "<accent>+<variant>".
+
+ACCENTS = ("en-gb", "en-us", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-rp", "en-gb-x-gbcwmd", "en-029", "en-us-nyc")
+VARIANTS = (
+    "Alex", "Alicia", "Andrea", "Andy", "Annie", "AnxiousAndy", "Demonic", "Denis", "Diogo", "Gene",
+    "Gene2", "Henrique", "Hugo", "Jacky", "Lee", "Marco", "Mario", "Michael", "Mike", "Nguyen",
+    "RicishayMax", "RicishayMax2", "RicishayMax3", "Storm", "Tweaky", "UniRobot", "adam", "anika",
+    "anikaRobot", "announcer", "antonio", "aunty", "belinda", "benjamin", "boris", "caleb", "croak",
+    "david", "ed", "edward", "edward2", "f1", "f2", "f3", "f4", "f5", "grandma", "grandpa", "gustave",
+    "iven", "iven2", "iven3", "iven4", "john", "kaukovalta", "klatt", "klatt2", "klatt3", "klatt4",
+    "klatt5", "klatt6", "linda", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "marcelo", "max",
+    "michel", "miguel", "norbert", "pablo", "paul", "pedro", "quincy", "rob", "robert", "robosoft",
+    "robosoft2", "robosoft3", "robosoft4", "robosoft5", "robosoft6", "robosoft7", "robosoft8",
+    "sandro", "shelby", "steph", "steph2", "steph3", "travis", "victor", "whisper", "whisperf", "zac",
+)  # fmt: skip
+
+# The demo corpus: 31 intents x (60 + 15 + 15) voices = 2790 clips, every voice a different variant.
+DEFAULT_VOICES_PER_SPLIT = {"train": 60, "valid": 15, "test": 15}
+DEFAULT_UTTERANCES_PER_VOICE = 1
+
+
+class SynthError(RuntimeError):
+    """espeak-ng is missing or failed, or the output folder cannot be used."""
+
+
+@dataclass(frozen=True)
+class Voice:
+    """One synthetic speaker: an espeak-ng voice spec and its base prosody."""
+
+    spec: str  # espeak-ng -v, e.g. "en-gb-scotland+klatt2"; also the corpus speakerId
+    rate: int  # words per minute (-s)
+    pitch: int  # 0-99 (-p)
+    amplitude: int  # 0-200 (-a)
+    word_gap: int  # extra pause between words, in 10 ms (-g)
+
+    @classmethod
+    def from_spec(cls, spec: str, seed: int) -> Voice:
+        """The voice's base prosody, drawn from (seed, spec): the same spec sounds the same in any split."""
+        rng = np.random.default_rng([seed, _stable_int(spec)])
+        return cls(
+            spec=spec,
+            rate=int(rng.integers(125, 191)),
+            pitch=int(rng.integers(15, 86)),
+            amplitude=int(rng.integers(60, 161)),
+            word_gap=int(rng.choice([0, 0, 1, 1, 2, 3])),
+        )
+
+
+def default_voices(counts: dict[str, int], seed: int = 0) -> dict[str, list[str]]:
+    """``counts[split]`` voice specs per split, with disjoint variants (hence voices) across splits.
+
+    Variants are shuffled by ``seed`` and dealt to the splits in proportion to their counts (one
+    variant per voice while there are enough); each split's voices cycle through the accents.
+    """
+    unknown = set(counts) - set(FSC_SPLITS)
+    if unknown or any(k < 1 for k in counts.values()):
+        raise ValueError(f"voice counts need splits among {FSC_SPLITS} and at least 1 voice each, got {counts}")
+    rng = np.random.default_rng([seed, _stable_int("voices")])
+    variants = [VARIANTS[j] for j in rng.permutation(len(VARIANTS))]
+    total = sum(counts.values())
+    if total <= len(variants):
+        n_variants = dict(counts)
+    else:
+        n_variants = {split: max(1, len(variants) * k // total) for split, k in counts.items()}
+        while sum(n_variants.values()) > len(variants):  # the max(1, ...) of tiny splits overdrew
+            n_variants[max(n_variants, key=n_variants.get)] -= 1
+    voices, start = {}, 0
+    for split, k in counts.items():
+        nv = n_variants[split]
+        if k > nv * len(ACCENTS):
+            raise ValueError(
+                f"{k} {split} voices asked for, but disjoint splits allow at most {nv * len(ACCENTS)} "
+                f"({len(VARIANTS)} variants x {len(ACCENTS)} accents shared among {total} voices)"
+            )
+        split_variants, start = variants[start : start + nv], start + nv
+        accents = [ACCENTS[j] for j in rng.permutation(len(ACCENTS))]
+        # Voice i: variant i mod nv with a distinct accent per round, so no spec repeats.
+        voices[split] = [
+            f"{accents[(i // nv + i % nv) % len(accents)]}+{split_variants[i % nv]}" for i in range(k)
+        ]
+    return voices
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One clip to synthesise: who says what, and which repetition of the intent it is."""
+
+    split: str
+    voice: Voice
+    intent: str
+    repetition: int
+    text: str
+
+    @property
+    def utterance_id(self) -> str:
+        return f"{self.intent.replace(' ', '-')}-{self.repetition}"
+
+    @property
+    def relative_path(self) -> str:
+        return f"wavs/speakers/{self.voice.spec}/{self.utterance_id}.wav"
+
+
+def espeak_command(voice: Voice, text: str, out_wav: Path, rng: np.random.Generator) -> list[str]:
+    """espeak-ng arguments for one utterance: the voice's prosody, jittered."""
+    return [
+        "espeak-ng",
+        "-v", voice.spec,
+        "-s", str(int(np.clip(voice.rate + rng.integers(-15, 16), 80, 260))),
+        "-p", str(int(np.clip(voice.pitch + rng.integers(-8, 9), 0, 99))),
+        "-a", str(voice.amplitude),
+        "-g", str(voice.word_gap + int(rng.integers(0, 2))),
+        "-w", str(out_wav),
+        text,
+    ]  # fmt: skip
+
+
+def render(utt: Utterance, seed: int, noise: bool, tmp_dir: Path) -> np.ndarray:
+    """The utterance as a float32 16 kHz waveform: espeak-ng speech, silence, reverb, noise, gain."""
+    rng = np.random.default_rng(
+        [seed, FSC_SPLITS.index(utt.split), _stable_int(utt.voice.spec), _stable_int(utt.intent), utt.repetition]
+    )
+    text = utt.text + str(rng.choice(["", ".", "!", "?"], p=[0.4, 0.35, 0.1, 0.15]))  # sets the intonation
+    with tempfile.NamedTemporaryFile(suffix=".wav", dir=tmp_dir) as tmp:
+        cmd = espeak_command(utt.voice, text, Path(tmp.name), rng)
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise SynthError(f"espeak-ng failed ({result.returncode}): {' '.join(cmd)}\n{result.stderr.strip()}")
+        speech, rate = soundfile.read(tmp.name, dtype="float32", always_2d=True)
+    speech = resample(torch.from_numpy(speech.mean(axis=1)), rate).numpy()
+    if speech.size == 0 or not np.any(speech):
+        raise SynthError(f"espeak-ng produced no audio for {text!r} with voice {utt.voice.spec}")
+    speech_rms = float(np.sqrt(np.mean(speech.astype(np.float64) ** 2)))
+
+    lead, trail = (int(rng.uniform(0.05, 0.7) * SAMPLE_RATE) for _ in range(2))
+    wave = np.concatenate([np.zeros(lead, np.float32), speech, np.zeros(trail, np.float32)])
+    if noise:
+        if rng.random() < 0.35:
+            wave = reverberate(wave, rng)
+        background = colored_noise(rng, wave.size, str(rng.choice(NOISE_COLORS)))
+        wave = mix_at_snr(wave, background, snr_db=rng.uniform(5.0, 35.0), signal_rms=speech_rms)
+    peak = max(float(np.abs(wave).max()), 1e-9)
+    wave = wave * (10 ** (rng.uniform(-26.0, -1.0) / 20) / peak)
+    return np.clip(wave, -1.0, 1.0).astype(np.float32)
+
+
+def reverberate(wave: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Convolve with a synthetic room impulse response (exponentially decaying noise, RT60 0.15-0.6 s)."""
+    rt60 = rng.uniform(0.15, 0.6)
+    t = np.arange(int(rt60 * SAMPLE_RATE)) / SAMPLE_RATE
+    impulse = rng.standard_normal(t.size) * np.exp(-6.9 * t / rt60) * rng.uniform(0.1, 0.5)
+    impulse[0] = 1.0  # the direct path
+    n = wave.size + impulse.size - 1
+    wet = np.fft.irfft(np.fft.rfft(wave, n) * np.fft.rfft(impulse, n), n)[: wave.size]
+    return wet.astype(np.float32)
+
+
+def _write_wav(path: Path, wave: np.ndarray) -> None:
+    """PCM-16 WAV via temp file + rename (no fsync: a half-written corpus is regenerated anyway)."""
+    buffer = io.BytesIO()
+    soundfile.write(buffer, wave, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(buffer.getvalue())
+    os.replace(tmp, path)
+
+
+# -------------------------------------------------------------------------------- corpus
+
+
+def synthesize_corpus(
+    root: Path,
+    *,
+    intents: list[str] | None = None,
+    voices: dict[str, list[str]] | None = None,
+    utterances_per_voice: int = 1,
+    phrasings: int | None = None,
+    seed: int = 0,
+    noise: bool = True,
+    workers: int = 2,
+    progress: bool = True,
+) -> Path:
+    """Write a synthetic corpus in the FSC layout under ``root`` and return ``root``.
+
+    intents: FSC intents to cover (default: all 31). voices: split -> espeak-ng voice specs
+    (default: ``default_voices(DEFAULT_VOICES_PER_SPLIT, seed)``); they must not repeat across
+    splits. Each voice says each intent ``utterances_per_voice`` times, cycling through the
+    first ``phrasings`` phrasings of the intent (default: all). ``noise=False`` writes clean
+    speech (silence padding and gain only). ``workers`` espeak-ng processes run at once.
+    """
+    root = Path(root)
+    intents = list(FSC_INTENTS if intents is None else intents)
+    voices = default_voices(DEFAULT_VOICES_PER_SPLIT, seed) if voices is None else voices
+    _check_arguments(intents, voices, utterances_per_voice, phrasings, workers)
+    if shutil.which("espeak-ng") is None:
+        raise SynthError("espeak-ng is not installed (apt-get install espeak-ng)")
+    _prepare_root(root)
+
+    voice_objects = {split: [Voice.from_spec(spec, seed) for spec in specs] for split, specs in voices.items()}
+    utterances = []
+    for split, split_voices in voice_objects.items():
+        for v, voice in enumerate(split_voices):
+            for intent in intents:
+                choices = PHRASINGS[intent][:phrasings]
+                for r in range(utterances_per_voice):
+                    text = choices[(v * utterances_per_voice + r) % len(choices)]
+                    utterances.append(Utterance(split, voice, intent, r, text))
+
+    metadata = {
+        "generator": "quads-synth",
+        "seed": seed,
+        "espeak_ng": subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True).stdout.strip(),
+        "sample_rate": SAMPLE_RATE,
+        "intents": intents,
+        "utterances_per_voice": utterances_per_voice,
+        "phrasings": phrasings,
+        "noise": noise,
+        "voices": {split: [asdict(v) for v in vs] for split, vs in voice_objects.items()},
+        "clips": {split: len(vs) * len(intents) * utterances_per_voice for split, vs in voice_objects.items()},
+    }
+    _write_text(root / "synth.json", json.dumps(metadata, indent=2) + "\n")
+    _write_text(root / "README.txt", _readme(metadata))
+
+    for voice in {v.spec for vs in voice_objects.values() for v in vs}:
+        (root / "wavs" / "speakers" / voice).mkdir(parents=True, exist_ok=True)
+    # Parallelism comes from the worker threads; torch's own threads would only contend with
+    # them (a 2-s resample takes ~1 ms on one thread, ~50 ms with two busy cores oversubscribed)
+    # and a fixed thread count keeps the float results identical from run to run.
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with tempfile.TemporaryDirectory(prefix="quads-synth-") as tmp, ThreadPoolExecutor(workers) as pool:
+
+            def make_clip(utt: Utterance) -> None:
+                _write_wav(root / utt.relative_path, render(utt, seed, noise, Path(tmp)))
+
+            clips = pool.map(make_clip, utterances)
+            for _ in tqdm(clips, total=len(utterances), desc="synthesising", unit="clip", disable=not progress):
+                pass
+    finally:
+        torch.set_num_threads(torch_threads)
+
+    for split in voice_objects:  # the index files last: a corpus with CSVs is complete
+        rows = [u for u in utterances if u.split == split]
+        _write_text(root / "data" / f"{split}_data.csv", _fsc_csv(rows))
+    return root
+
+
+def _check_arguments(intents, voices, utterances_per_voice, phrasings, workers) -> None:
+    unknown = [i for i in intents if i not in PHRASINGS]
+    if unknown or not intents:
+        raise ValueError(f"no phrasings for intent(s) {unknown}; known intents: {list(PHRASINGS)}")
+    if len(set(intents)) != len(intents):
+        raise ValueError("intents repeat")
+    if set(voices) - set(FSC_SPLITS) or not voices:
+        raise ValueError(f"voices must map some of {FSC_SPLITS} to voice specs, got splits {list(voices)}")
+    seen: dict[str, str] = {}
+    for split, specs in voices.items():
+        if not specs:
+            raise ValueError(f"no voices for the {split} split")
+        for spec in specs:
+            if not spec or "/" in spec or spec.startswith((".", "-")) or any(c.isspace() for c in spec):
+                raise ValueError(f"{spec!r} is not an espeak-ng voice spec like 'en-us+f3'")
+            if spec in seen:
+                raise ValueError(f"voice {spec!r} is in both {seen[spec]} and {split}: splits must not share voices")
+            seen[spec] = split
+    if utterances_per_voice < 1 or (phrasings is not None and phrasings < 1) or workers < 1:
+        raise ValueError("utterances_per_voice, phrasings and workers must be at least 1")
+
+
+def _prepare_root(root: Path) -> None:
+    """Create ``root``, or clear the corpus an earlier run left there; never touch anything else."""
+    if root.exists() and not root.is_dir():
+        raise SynthError(f"{root} is a file, not a folder")
+    if root.is_dir() and any(root.iterdir()):
+        if not (root / "synth.json").is_file():
+            raise SynthError(f"{root} is not empty and holds no synthetic corpus: refusing to write into it")
+        for name in ("data", "wavs"):
+            shutil.rmtree(root / name, ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
+
+
+def _fsc_csv(rows: list[Utterance]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["", *FSC_COLUMNS])
+    for index, utt in enumerate(rows):
+        action, obj, location = utt.intent.split("_")
+        transcription = utt.text[0].upper() + utt.text[1:]
+        writer.writerow([index, utt.relative_path, utt.voice.spec, transcription, action, obj, location])
+    return buffer.getvalue()
+
+
+def _readme(metadata: dict) -> str:
+    lines = [
+        "Synthetic spoken-command corpus written by quads-synth (QUADS), in the Fluent Speech Commands layout.",
+        "Speech: espeak-ng voices (accent+variant; speakerId is the voice spec), 16 kHz mono PCM-16.",
+        f"Seed {metadata['seed']}; noise {'on' if metadata['noise'] else 'off'}; "
+        f"{metadata['utterances_per_voice']} utterance(s) per voice and intent; {metadata['espeak_ng']}.",
+        "Splits have disjoint voices. See synth.json for every voice's prosody.",
+        "",
+    ]
+    for split, voices in metadata["voices"].items():
+        specs = " ".join(v["spec"] for v in voices)
+        lines.append(f"{split}: {metadata['clips'][split]} clips, {len(voices)} voices: {specs}")
+    return "\n".join(lines) + "\n"
+
+
+def _write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _stable_int(text: str) -> int:
+    """A 64-bit integer from ``text`` that is the same in every process (unlike ``hash``)."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+
+
+# ----------------------------------------------------------------------------------- CLI
+
+
+def _parse_voice_counts(text: str) -> dict[str, int]:
+    counts = {}
+    for part in text.split(","):
+        split, _, k = part.partition("=")
+        if split.strip() not in FSC_SPLITS or not k.strip().isdigit():
+            raise argparse.ArgumentTypeError(f"expected e.g. train=48,valid=12,test=12, got {text!r}")
+        counts[split.strip()] = int(k)
+    return counts
+
+
+def cli(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="quads-synth", description="Write a synthetic spoken-command corpus (espeak-ng) in the FSC layout."
+    )
+    parser.add_argument("out_dir", type=Path, help="corpus folder (created; an earlier corpus there is replaced)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--intents", nargs="+", metavar="INTENT", help="FSC intents (default: all 31); quote 'change language_...'"
+    )
+    parser.add_argument(
+        "--voices-per-split",
+        type=_parse_voice_counts,
+        default=DEFAULT_VOICES_PER_SPLIT,
+        metavar="train=K,valid=K,test=K",
+        help="number of voices per split (default: %(default)s)",
+    )
+    parser.add_argument("--utterances-per-voice", type=int, default=DEFAULT_UTTERANCES_PER_VOICE,
+                        help="utterances of each intent per voice (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--phrasings", type=int, help="use only the first N phrasings of each intent")
+    parser.add_argument("--no-noise", action="store_true", help="clean speech: no background noise or reverberation")
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+
+    start = time.monotonic()
+    try:
+        voices = default_voices(args.voices_per_split, args.seed)
+        root = synthesize_corpus(
+            args.out_dir,
+            intents=args.intents,
+            voices=voices,
+            utterances_per_voice=args.utterances_per_voice,
+            phrasings=args.phrasings,
+            seed=args.seed,
+            noise=not args.no_noise,
+            workers=args.workers,
+            progress=not args.quiet,
+        )
+    except (ValueError, SynthError) as e:
+        parser.exit(2, f"quads-synth: error: {e}\n")
+    clips = json.loads((root / "synth.json").read_text())["clips"]
+    counts = ", ".join(f"{split} {n}" for split, n in clips.items())
+    elapsed = time.monotonic() - start
+    print(f"wrote {sum(clips.values())} clips ({counts}) to {root} in {elapsed:.1f} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    cli()
