@@ -1,0 +1,112 @@
+"""The training losses against hand-written references (torchtune style: each loss is its own unit)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from service.model import IntentClassifier, ModelDims
+from training.losses import (
+    ChannelMaxPool,
+    ClassificationLoss,
+    DistillationLoss,
+    QuantizationLoss,
+    StudentProjection,
+    channel_pool_geometry,
+)
+from training.quantize import quantize_model
+
+
+def reference_channel_pool(x: torch.Tensor, stride: int, dilation: int, c_out: int) -> torch.Tensor:
+    """out[..., j] = max(x[..., s*j], x[..., s*j + d], x[..., s*j + 2d]), written out."""
+    cols = [torch.stack([x[..., stride * j + m * dilation] for m in range(3)], dim=-1).amax(dim=-1) for j in range(c_out)]
+    return torch.stack(cols, dim=-1)
+
+
+def test_paper_pool_maps_whisper_large_to_base_width_with_dilation_128():
+    assert channel_pool_geometry(1280, 512) == (2, 128)
+    x = torch.randn(2, 7, 1280)  # (B, T, C) teacher frames
+    pool = ChannelMaxPool(1280, 512)
+    torch.testing.assert_close(pool(x), reference_channel_pool(x, 2, 128, 512), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "c_in,c_out",
+    [(1280, 512), (1280, 384), (768, 384), (512, 384), (512, 512), (384, 512), (128, 64), (7, 3), (3, 7), (1024, 1)],
+)
+def test_channel_pool_maps_any_pair_of_widths(c_in, c_out):
+    x = torch.randn(3, 5, c_in)
+    y = ChannelMaxPool(c_in, c_out)(x)
+    assert y.shape == (3, 5, c_out)
+    # Max-pooling only ever picks input values.
+    assert torch.isin(y, x).all()
+    geometry = channel_pool_geometry(c_in, c_out)
+    if c_in == c_out:
+        assert torch.equal(y, x)
+    elif geometry is not None:
+        torch.testing.assert_close(y, reference_channel_pool(x, *geometry, c_out), rtol=0, atol=0)
+    else:
+        torch.testing.assert_close(y, F.adaptive_max_pool1d(x.reshape(-1, 1, c_in), c_out).reshape(3, 5, c_out))
+
+
+def test_channel_pool_rejects_the_wrong_width():
+    with pytest.raises(ValueError, match="expected 1280 channels"):
+        ChannelMaxPool(1280, 512)(torch.randn(2, 384))
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
+def test_distillation_loss_is_alpha_l1_plus_one_minus_alpha_ce(alpha):
+    g = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(4, 16, generator=g), torch.randn(4, 16, generator=g)
+    logits, labels = torch.randn(4, 5, generator=g), torch.tensor([0, 4, 2, 2])
+    out = DistillationLoss(alpha)(student, logits, teacher, labels)
+    l1 = (student - teacher).abs().mean()
+    ce = -torch.log_softmax(logits, dim=1)[torch.arange(4), labels].mean()
+    torch.testing.assert_close(out.total, alpha * l1 + (1 - alpha) * ce)
+    assert out.parts["l1"] == pytest.approx(float(l1)) and out.parts["ce"] == pytest.approx(float(ce))
+
+
+def test_distillation_with_a_learned_projection_trains_the_projection():
+    torch.manual_seed(0)
+    projection = StudentProjection(8, 20)
+    loss = DistillationLoss(0.5, projection)
+    student = torch.randn(3, 8, requires_grad=True)
+    teacher = torch.randn(3, 20)
+    out = loss(student, torch.randn(3, 4), teacher, torch.tensor([0, 1, 3]))
+    out.total.backward()
+    assert projection.weight.grad is not None and projection.weight.grad.abs().sum() > 0
+    assert student.grad is not None
+    expected_l1 = (projection(student) - teacher).abs().mean()
+    assert out.parts["l1"] == pytest.approx(float(expected_l1.detach()))
+
+
+def test_distillation_refuses_unmatched_widths_with_a_hint():
+    with pytest.raises(ValueError, match="ChannelMaxPool"):
+        DistillationLoss(0.5)(torch.randn(2, 8), torch.randn(2, 3), torch.randn(2, 16), torch.tensor([0, 1]))
+    with pytest.raises(ValueError):
+        DistillationLoss(1.5)
+
+
+def test_quantization_loss_is_centroid_loss_plus_ce():
+    torch.manual_seed(0)
+    model = IntentClassifier(ModelDims(n_mels=8, n_ctx=32, n_state=16, n_head=2, n_layer=1), 3)
+    quantizer = quantize_model(model, 2)
+    with torch.no_grad():  # move off the codebook, as an optimizer step does, so L_centroid > 0
+        for p in quantizer.params.values():
+            p.add_(torch.randn_like(p) * 0.05)
+    _, logits = model(torch.randn(2, 8, 10))
+    labels = torch.tensor([1, 2])
+    out = QuantizationLoss(quantizer, centroid_weight=2.0)(logits, labels)
+    centroid = torch.stack([
+        ((p.reshape(-1) - quantizer.centroids[n][quantizer.labels[n]]) ** 2).mean() for n, p in quantizer.params.items()
+    ]).mean()
+    assert float(centroid) > 0
+    torch.testing.assert_close(out.total, 2.0 * centroid + F.cross_entropy(logits, labels))
+    out.total.backward()  # the centroid term pulls every quantized weight toward its centroid
+    name, p = next(iter(quantizer.params.items()))
+    assert p.grad is not None and p.grad.abs().sum() > 0
+
+
+def test_classification_loss_is_cross_entropy():
+    logits, labels = torch.randn(5, 4), torch.tensor([0, 1, 2, 3, 0])
+    out = ClassificationLoss()(logits, labels)
+    torch.testing.assert_close(out.total, F.cross_entropy(logits, labels))

@@ -1,0 +1,154 @@
+"""training.quantize against naive references: Lloyd's k-means with a full distance matrix, and
+the per-cluster Python loop of the authors' centroid update."""
+
+import time
+
+import pytest
+import torch
+
+from service.model import IntentClassifier, ModelDims
+from training.quantize import KMeansQuantizer, assign, kmeans_1d, linear_init, quantize_model, update_centroids
+
+SMALL = ModelDims(n_mels=16, n_ctx=64, n_state=32, n_head=2, n_layer=1)
+
+
+def naive_lloyd(w: torch.Tensor, k: int, iters: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
+    """Textbook Lloyd's algorithm in float64: N x k distances, argmin, per-cluster mean; empty keeps."""
+    x = w.reshape(-1).double()
+    centroids = torch.linspace(float(x.min()), float(x.max()), k, dtype=torch.float64)
+    for _ in range(iters):
+        labels = (x[:, None] - centroids[None, :]).abs().argmin(dim=1)  # ties go to the lower index
+        new = centroids.clone()
+        for j in range(k):
+            members = x[labels == j]
+            if members.numel():
+                new[j] = members.mean()
+        if torch.equal(new, centroids):
+            break
+        centroids = new
+    labels = (x[:, None] - centroids[None, :]).abs().argmin(dim=1)
+    return centroids, labels
+
+
+def loop_update(w: torch.Tensor, labels: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """The authors' centroid update: a Python loop over clusters (mean of each cluster's weights)."""
+    out = centroids.clone()
+    for j in range(centroids.numel()):
+        mask = labels == j
+        if mask.any():
+            out[j] = w[mask].mean()
+    return out
+
+
+@pytest.mark.parametrize("k", [2, 4, 16])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_kmeans_matches_naive_lloyd(k, seed):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(3000, generator=g) * 0.05
+    centroids, labels = kmeans_1d(w, k)
+    ref_centroids, ref_labels = naive_lloyd(w, k)
+    torch.testing.assert_close(centroids.double(), ref_centroids, atol=1e-6, rtol=0)
+    assert (labels == ref_labels).float().mean() > 0.999  # float32 vs float64 may flip a boundary point
+
+
+def test_kmeans_on_gapped_weights_matches_naive_and_has_no_nan():
+    # Two tight clumps far apart: the linear init puts most centroids in the empty gap.
+    w = torch.cat([torch.randn(500) * 0.01 - 1.0, torch.randn(500) * 0.01 + 1.0])
+    centroids, labels = kmeans_1d(w, 8)
+    ref_centroids, _ = naive_lloyd(w, 8)
+    assert torch.isfinite(centroids).all()
+    torch.testing.assert_close(centroids.double(), ref_centroids, atol=1e-6, rtol=0)
+
+
+def test_assign_is_nearest_centroid():
+    w = torch.randn(5000)
+    centroids = torch.sort(torch.randn(32)).values
+    nearest = (w[:, None] - centroids[None, :]).abs().argmin(dim=1)
+    assert torch.equal(assign(w, centroids), nearest)
+
+
+def test_vectorised_update_equals_per_cluster_loop():
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(10_000, generator=g)
+    centroids = linear_init(w, 64)
+    labels = torch.randint(0, 60, (10_000,), generator=g)  # clusters 60..63 are empty
+    torch.testing.assert_close(update_centroids(w, labels, centroids), loop_update(w, labels, centroids))
+
+
+def test_empty_cluster_keeps_its_centroid():
+    w = torch.tensor([0.0, 0.1, 0.9, 1.0])
+    centroids = torch.tensor([0.0, 0.5, 1.0])
+    labels = torch.tensor([0, 0, 2, 2])  # nobody in cluster 1
+    new = update_centroids(w, labels, centroids)
+    assert torch.isfinite(new).all()
+    assert new.tolist() == pytest.approx([0.05, 0.5, 0.95])
+
+
+def test_16_bit_kmeans_with_65536_clusters_is_feasible():
+    w = torch.randn(200_000) * 0.02
+    started = time.perf_counter()
+    centroids, labels = kmeans_1d(w, 2**16, iters=5)
+    elapsed = time.perf_counter() - started
+    assert centroids.numel() == 65536 and int(labels.max()) < 65536
+    assert (w - centroids[labels]).abs().max() < 1e-4  # 65536 levels over the range of w
+    assert elapsed < 20, f"16-bit k-means took {elapsed:.1f} s"
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 8])
+def test_snap_keeps_at_most_2_to_the_bits_values_after_training_steps(bits):
+    torch.manual_seed(0)
+    model = IntentClassifier(SMALL, 3)
+    quantizer = quantize_model(model, bits)
+    labels_before = {n: t.clone() for n, t in quantizer.labels.items()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(3):
+        _, logits = model(torch.randn(2, SMALL.n_mels, 20))
+        loss = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 2])) + quantizer.centroid_loss()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        quantizer.snap()
+    for name, p in quantizer.params.items():
+        assert torch.unique(p.detach()).numel() <= 2**bits, name
+        assert torch.equal(quantizer.labels[name], labels_before[name])  # assignments stay fixed in a phase
+        # Each weight holds exactly its cluster's centroid.
+        assert torch.equal(p.detach().reshape(-1), quantizer.centroids[name][quantizer.labels[name]])
+
+
+def test_snap_centroid_is_the_mean_of_the_updated_cluster():
+    torch.manual_seed(1)
+    model = IntentClassifier(SMALL, 3)
+    quantizer = quantize_model(model, 3)
+    name, p = next(iter(quantizer.params.items()))
+    with torch.no_grad():
+        p.add_(torch.randn_like(p) * 0.01)  # what an optimizer step does
+    moved = p.detach().reshape(-1).clone()
+    expected = loop_update(moved, quantizer.labels[name], quantizer.centroids[name])
+    quantizer.snap()
+    torch.testing.assert_close(quantizer.centroids[name], expected)
+
+
+def test_16_bit_rounds_to_float16_and_32_bit_changes_nothing():
+    torch.manual_seed(2)
+    model = IntentClassifier(SMALL, 3)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    KMeansQuantizer(model, 32).fit()
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    q16 = KMeansQuantizer(model, 16).fit()
+    for name, p in q16.params.items():
+        assert torch.equal(p.detach(), before[name].half().float())
+    assert float(q16.centroid_loss()) == 0.0
+
+
+def test_centroid_loss_is_mean_squared_distance_to_centroids():
+    torch.manual_seed(3)
+    model = IntentClassifier(SMALL, 3)
+    quantizer = quantize_model(model, 2)
+    with torch.no_grad():
+        for p in quantizer.params.values():
+            p.add_(torch.randn_like(p) * 0.01)
+    expected = torch.stack([
+        ((p.detach().reshape(-1) - quantizer.centroids[n][quantizer.labels[n]]) ** 2).mean()
+        for n, p in quantizer.params.items()
+    ]).mean()
+    torch.testing.assert_close(quantizer.centroid_loss().detach(), expected)

@@ -1,0 +1,214 @@
+"""Evaluate a checkpoint on a dataset split: accuracy, macro F1, size and compute.
+
+    quads-eval --model models/quads-fsc-4bit.safetensors --data /data/fsc --split test \
+        [--confusion confusion.json]
+
+prints one JSON object (``accuracy``, ``macro_f1``, ``n``, ``params``, ``file_bytes``, ``bits``,
+``gmacs_per_clip``: the mean over the split at each clip's real length, ``gmacs_30s``, ...).
+``--confusion FILE`` also writes the confusion matrix and a per-class report (``.json``, or
+Markdown for any other suffix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections import Counter
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from service.audio import N_FRAMES
+from service.checkpoint import CheckpointError, atomic_write, load_checkpoint
+from service.compute import count_parameters, forward_gmacs
+from training.datasets import DatasetError, load_samples
+from training.features import BadSampleError, MelDataset, collate
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, dataset: MelDataset, *, batch_size: int = 32, device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """(predicted label indices (N,), true label indices (N,)) over ``dataset`` at real lengths."""
+    was_training = model.training
+    model.eval()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    preds, targets = torch.empty(len(dataset), dtype=torch.long), torch.empty(len(dataset), dtype=torch.long)
+    for mels, lengths, labels, indices in tqdm(loader, desc="evaluating", unit="batch", disable=not progress, leave=False):
+        _, logits = model(mels.to(device), lengths.to(device))
+        preds[indices] = logits.argmax(dim=-1).cpu()
+        targets[indices] = labels
+    model.train(was_training)
+    return preds, targets
+
+
+def classification_metrics(preds: Tensor, targets: Tensor, labels: list[str]) -> dict:
+    """Accuracy, macro F1 and the confusion matrix (rows: true, columns: predicted).
+
+    Macro F1 averages over the classes that occur in the targets or the predictions (as
+    scikit-learn does by default); a class never predicted and never present does not count.
+    """
+    n_labels = len(labels)
+    confusion = torch.bincount(targets * n_labels + preds, minlength=n_labels * n_labels).view(n_labels, n_labels)
+    tp = confusion.diag().double()
+    support = confusion.sum(dim=1).double()
+    predicted = confusion.sum(dim=0).double()
+    precision = torch.where(predicted > 0, tp / predicted.clamp(min=1), torch.zeros_like(tp))
+    recall = torch.where(support > 0, tp / support.clamp(min=1), torch.zeros_like(tp))
+    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12), torch.zeros_like(tp))
+    present = (support > 0) | (predicted > 0)
+    n = int(targets.numel())
+    return {
+        "n": n,
+        "accuracy": float(tp.sum() / n) if n else 0.0,
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "confusion": confusion.tolist(),
+        "per_class": [
+            {"label": labels[k], "precision": float(precision[k]), "recall": float(recall[k]), "f1": float(f1[k]),
+             "support": int(support[k])}
+            for k in range(n_labels)
+        ],
+    }
+
+
+_GMACS: dict[tuple, float] = {}
+
+
+def gmacs_at(model: nn.Module, frames: int) -> float:
+    """``forward_gmacs`` for one clip of ``frames`` mel frames, memoised per (dims, head, frames)."""
+    key = (model.dims, model.head.out_features, int(frames))
+    if key not in _GMACS:
+        _GMACS[key] = forward_gmacs(model, frames=int(frames))
+    return _GMACS[key]
+
+
+def mean_gmacs(model: nn.Module, frame_counts: list[int]) -> float:
+    """Mean GMACs per clip over clips of the given mel frame counts (each distinct length counted once)."""
+    if not frame_counts:
+        return 0.0
+    counts = Counter(frame_counts)
+    return sum(gmacs_at(model, frames) * n for frames, n in counts.items()) / len(frame_counts)
+
+
+def frame_counts(dataset: MelDataset) -> list[int]:
+    return [int(dataset[i][0].shape[-1]) for i in range(len(dataset))]
+
+
+def evaluate_model(
+    model: nn.Module, dataset: MelDataset, *, batch_size: int = 32, device: str | torch.device = "cpu",
+    progress: bool = False, compute: bool = True,
+) -> dict:
+    """Metrics of ``model`` on ``dataset``; with ``compute``, also ``gmacs_per_clip`` and ``gmacs_30s``."""
+    preds, targets = predict(model, dataset, batch_size=batch_size, device=device, progress=progress)
+    result = classification_metrics(preds, targets, dataset.labels)
+    if compute:
+        cpu_model = model if next(model.parameters()).device.type == "cpu" else None
+        if cpu_model is not None:
+            result["gmacs_per_clip"] = mean_gmacs(cpu_model, frame_counts(dataset))
+            result["gmacs_30s"] = gmacs_at(cpu_model, N_FRAMES)
+    return result
+
+
+def evaluate_checkpoint(
+    path: str | Path, data: str | Path, split: str = "test", *, batch_size: int = 32, device: str = "cpu",
+    pad_to_30s: bool | None = None, on_error: str = "skip", progress: bool = True, slurp_headset: bool = True,
+) -> dict:
+    """Load a checkpoint with the service's loader and evaluate it on ``split`` of ``data``."""
+    checkpoint = load_checkpoint(path)
+    if pad_to_30s is None:
+        pad_to_30s = bool(checkpoint.provenance.get("pad_to_30s", False))
+    samples = load_samples(data, split, headset=slurp_headset)
+    dataset = MelDataset(samples, checkpoint.labels, n_mels=checkpoint.dims.n_mels, pad_to_30s=pad_to_30s,
+                         on_error=on_error, progress=progress)
+    model = checkpoint.model.to(device)
+    metrics = evaluate_model(model, dataset, batch_size=batch_size, device=device, progress=progress, compute=False)
+    model.cpu()
+    lengths = frame_counts(dataset)
+    return {
+        "model": str(path),
+        "data": str(data),
+        "split": split,
+        "accuracy": metrics["accuracy"],
+        "macro_f1": metrics["macro_f1"],
+        "n": metrics["n"],
+        "skipped": len(dataset.skipped),
+        "params": count_parameters(checkpoint.model),
+        "file_bytes": checkpoint.file_bytes,
+        "memory_bytes": checkpoint.memory_bytes,
+        "bits": checkpoint.bits,
+        "gmacs_per_clip": mean_gmacs(checkpoint.model, lengths),
+        "gmacs_30s": gmacs_at(checkpoint.model, N_FRAMES),
+        "mean_seconds": sum(lengths) / len(lengths) / 100 if lengths else 0.0,
+        "pad_to_30s": pad_to_30s,
+        "sha256": checkpoint.sha256,
+        "labels": len(checkpoint.labels),
+        "confusion": metrics["confusion"],
+        "per_class": metrics["per_class"],
+        "label_names": checkpoint.labels,
+    }
+
+
+def write_confusion(path: str | Path, result: dict) -> Path:
+    """The confusion matrix and per-class report: JSON for ``.json``, else Markdown."""
+    path = Path(path)
+    labels = result["label_names"]
+    if path.suffix.lower() == ".json":
+        text = json.dumps({"labels": labels, "confusion": result["confusion"], "per_class": result["per_class"],
+                           "accuracy": result["accuracy"], "macro_f1": result["macro_f1"]}, indent=1)
+    else:
+        lines = [f"# Per-class report: {result['model']} on {result['split']}", "",
+                 f"accuracy {result['accuracy']:.4f}, macro F1 {result['macro_f1']:.4f}, n {result['n']}", "",
+                 "| label | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {c['label']} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |"
+                  for c in result["per_class"]]
+        lines += ["", "## Confusion matrix (rows: true label, columns: predicted; order as above)", "", "```"]
+        lines += [" ".join(f"{v:5d}" for v in row) for row in result["confusion"]]
+        lines += ["```", ""]
+        text = "\n".join(lines)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+    return path
+
+
+def cli(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="quads-eval", description="Evaluate a QUADS checkpoint on a dataset split.")
+    parser.add_argument("--model", required=True, help="a QUADS .safetensors checkpoint")
+    parser.add_argument("--data", required=True, help="FSC root, SLURP root, or a manifest (.csv/.jsonl)")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--pad-to-30s", action=argparse.BooleanOptionalAction, default=None,
+                        help="pad clips to 30 s as the paper does (default: as the checkpoint was trained)")
+    parser.add_argument("--on-error", choices=("skip", "raise"), default="skip", help="a bad sample: skip it or stop")
+    parser.add_argument("--no-slurp-headset", action="store_true", help="SLURP: leave out *-headset.flac recordings")
+    parser.add_argument("--confusion", help="write the confusion matrix and per-class report here (.json or .md)")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        result = evaluate_checkpoint(
+            args.model, args.data, args.split, batch_size=args.batch_size, device=args.device,
+            pad_to_30s=args.pad_to_30s, on_error=args.on_error, progress=not args.no_progress,
+            slurp_headset=not args.no_slurp_headset,
+        )
+    except (CheckpointError, DatasetError, BadSampleError) as e:
+        print(f"quads-eval: error: {e}", file=sys.stderr)
+        return 2
+    if args.confusion:
+        write_confusion(args.confusion, result)
+    summary = {k: v for k, v in result.items() if k not in ("confusion", "per_class", "label_names")}
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

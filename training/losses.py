@@ -1,0 +1,141 @@
+"""The training losses, each a small module: distillation, quantization, and width matching.
+
+Teacher and student encoders can have any widths. Two ways to compare them:
+
+* ``ChannelMaxPool`` (the paper's): the teacher's frames are max-pooled along the channel axis
+  with kernel 3, stride 2 and a dilation chosen so the output has the student's width (1280 ->
+  512 with dilation 128, as in the authors' code), then mean-pooled over time. Widths the
+  stride-2 pool cannot reach use stride 1, then an adaptive max-pool; equal widths are copied.
+  It has no parameters, so its output can be cached with the teacher's embeddings.
+* ``StudentProjection``: a learned linear map of the student's embedding to the teacher's
+  width. The teacher target is fixed, so the map cannot collapse it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from training.quantize import KMeansQuantizer
+
+
+def channel_pool_geometry(c_in: int, c_out: int) -> tuple[int, int] | None:
+    """(stride, dilation) of a kernel-3 max-pool mapping ``c_in`` channels to exactly ``c_out``, or None.
+
+    Output width is ``(c_in - 2 * dilation - 1) // stride + 1``. Stride 2 is tried first (the
+    paper's; 1280 -> 512 gives dilation 128), then stride 1. None when neither fits, e.g. when
+    the teacher is not wider than the student.
+    """
+    for stride in (2, 1):
+        for slack in range(stride):  # (c_in - 2d - 1) = stride * (c_out - 1) + slack
+            twice_d = c_in - 1 - stride * (c_out - 1) - slack
+            if twice_d >= 2 and twice_d % 2 == 0:
+                return stride, twice_d // 2
+    return None
+
+
+class ChannelMaxPool(nn.Module):
+    """Max-pool along the last (channel) axis: (..., c_in) -> (..., c_out). No parameters."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.c_in, self.c_out = c_in, c_out
+        self.geometry = None if c_in == c_out else channel_pool_geometry(c_in, c_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1] != self.c_in:
+            raise ValueError(f"expected {self.c_in} channels in the last axis, got {x.shape[-1]}")
+        if self.c_in == self.c_out:
+            return x
+        flat = x.reshape(-1, 1, self.c_in)
+        if self.geometry is None:
+            y = F.adaptive_max_pool1d(flat, self.c_out)
+        else:
+            stride, dilation = self.geometry
+            y = F.max_pool1d(flat, kernel_size=3, stride=stride, dilation=dilation)
+        return y.reshape(*x.shape[:-1], self.c_out)
+
+    def describe(self) -> str:
+        """A stable description, part of the teacher-cache key."""
+        if self.c_in == self.c_out:
+            return f"identity{self.c_in}"
+        if self.geometry is None:
+            return f"adaptive-maxpool{self.c_in}->{self.c_out}"
+        return f"maxpool{self.c_in}->{self.c_out}:k3s{self.geometry[0]}d{self.geometry[1]}"
+
+    def extra_repr(self) -> str:
+        return self.describe()
+
+
+class StudentProjection(nn.Linear):
+    """Learned map of the student's pooled embedding to the teacher's width: (B, c_s) -> (B, c_t)."""
+
+    def __init__(self, student_width: int, teacher_width: int):
+        super().__init__(student_width, teacher_width)
+
+
+@dataclass
+class LossParts:
+    """The total loss (to backpropagate) and its parts (detached floats, for logs)."""
+
+    total: Tensor
+    parts: dict[str, float]
+
+
+class DistillationLoss(nn.Module):
+    """``alpha * L1(teacher, student) + (1 - alpha) * CE(logits, labels)`` (paper eq. 3).
+
+    ``teacher`` targets are pooled teacher embeddings already at the student's width (with
+    ``ChannelMaxPool``), or at the teacher's width when ``projection`` maps the student there.
+    L1 is the mean absolute difference per element, so its scale does not grow with the width.
+    """
+
+    def __init__(self, alpha: float, projection: StudentProjection | None = None):
+        super().__init__()
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        self.alpha = alpha
+        self.projection = projection
+
+    def forward(self, student: Tensor, logits: Tensor, teacher: Tensor, labels: Tensor) -> LossParts:
+        """student: (B, c_s) pooled student embedding; logits: (B, n_labels); teacher: (B, c); labels: (B,)."""
+        matched = self.projection(student) if self.projection is not None else student
+        if matched.shape != teacher.shape:
+            raise ValueError(
+                f"student embedding {tuple(matched.shape)} and teacher target {tuple(teacher.shape)} differ; "
+                "pool the teacher to the student's width (ChannelMaxPool) or use a StudentProjection"
+            )
+        l1 = F.l1_loss(matched, teacher)
+        ce = F.cross_entropy(logits, labels)
+        total = self.alpha * l1 + (1.0 - self.alpha) * ce
+        return LossParts(total, {"loss": total.item(), "l1": l1.item(), "ce": ce.item()})
+
+
+class QuantizationLoss(nn.Module):
+    """``centroid_weight * L_centroid + CE(logits, labels)`` (paper eq. 5).
+
+    L_centroid is ``KMeansQuantizer.centroid_loss()``: the mean squared distance of each weight
+    to its centroid. Its gradient pulls each weight toward its cluster's shared value.
+    """
+
+    def __init__(self, quantizer: KMeansQuantizer, centroid_weight: float = 1.0):
+        super().__init__()
+        self.quantizer = quantizer
+        self.centroid_weight = centroid_weight
+
+    def forward(self, logits: Tensor, labels: Tensor) -> LossParts:
+        centroid = self.quantizer.centroid_loss().to(logits.device)
+        ce = F.cross_entropy(logits, labels)
+        total = self.centroid_weight * centroid + ce
+        return LossParts(total, {"loss": total.item(), "centroid": centroid.item(), "ce": ce.item()})
+
+
+class ClassificationLoss(nn.Module):
+    """Plain cross-entropy, for fine-tuning a classifier (e.g. a teacher) without a teacher."""
+
+    def forward(self, logits: Tensor, labels: Tensor) -> LossParts:
+        ce = F.cross_entropy(logits, labels)
+        return LossParts(ce, {"loss": ce.item(), "ce": ce.item()})

@@ -1,0 +1,220 @@
+"""The frozen teacher encoder and the on-disk cache of its embeddings.
+
+A teacher is read from an OpenAI Whisper ``.pt`` file or a Hugging Face Whisper folder
+(``service.whisper.load_whisper_encoder``), or from a QUADS ``.safetensors`` checkpoint trained
+here (``service.checkpoint.load_checkpoint``; e.g. a classifier fine-tuned with
+``quads-train --strategy finetune``). Either way only its encoder is used, frozen.
+
+The teacher is by far the largest network in a run (Whisper large: 32 layers of width 1280), and
+its input never changes between epochs, so ``TeacherCache`` runs it once per dataset and keeps
+the pooled embeddings on disk, keyed by the teacher's weights and the data. Every distillation
+epoch and every later run with the same teacher and data reads them back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from service.checkpoint import FORMAT, atomic_write, load_checkpoint
+from service.model import AudioEncoder, ModelDims, masked_mean
+from service.whisper import load_whisper_encoder
+from training.features import MelDataset, collate
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+
+
+@dataclass
+class Teacher:
+    """A frozen encoder; ``sha256`` identifies its weights (part of the cache key)."""
+
+    encoder: AudioEncoder
+    source: Path
+    sha256: str
+    kind: str  # "whisper" or "quads"
+
+    @property
+    def dims(self) -> ModelDims:
+        return self.encoder.dims
+
+    @property
+    def width(self) -> int:
+        return self.encoder.dims.n_state
+
+    @torch.no_grad()
+    def embed(self, mel: Tensor, lengths: Tensor | None, frame_pool: nn.Module | None = None) -> Tensor:
+        """Pooled embedding (B, C) of mel (B, n_mels, T): ``frame_pool`` on each frame, then the masked time mean.
+
+        The paper max-pools the teacher's frames along channels before the time mean, so a pool
+        is applied per frame here, not to the mean.
+        """
+        frames, mask = self.encoder(mel, lengths)
+        if frame_pool is not None:
+            frames = frame_pool(frames)
+        return masked_mean(frames, mask)
+
+    def to(self, device) -> "Teacher":
+        self.encoder.to(device)
+        return self
+
+
+def _is_quads_checkpoint(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("format") == FORMAT
+    except (SafetensorError, OSError, ValueError):
+        return False
+
+
+def files_sha256(paths: list[Path]) -> str:
+    """SHA-256 over the contents of ``paths`` (in the given order), streamed."""
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(path.name.encode() + b"\0")
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 22):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def load_teacher(path: str | Path) -> Teacher:
+    """The frozen encoder of a Whisper checkpoint (``.pt`` / HF folder) or a QUADS checkpoint."""
+    path = Path(path).expanduser()
+    if _is_quads_checkpoint(path):
+        checkpoint = load_checkpoint(path)
+        encoder, sha, kind = checkpoint.model.encoder, checkpoint.sha256, "quads"
+    else:
+        encoder = load_whisper_encoder(path)  # raises WhisperImportError with the reason
+        files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.suffix in (".json", ".safetensors"))
+        sha, kind = files_sha256(files), "whisper"
+    encoder.eval()
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    log.info("teacher: %s encoder from %s (%d layers, width %d, %d mel bins)",
+             kind, path, encoder.dims.n_layer, encoder.dims.n_state, encoder.dims.n_mels)
+    return Teacher(encoder, path, sha, kind)
+
+
+class TeacherCache:
+    """Pooled teacher embeddings on disk, one ``.safetensors`` file per (teacher, data, pooling).
+
+    The key is sha256 of the teacher's weights, the dataset's fingerprint (every sample's path,
+    size, mtime and label, and the feature settings), the teacher's mel bins and the pooling.
+    Files are written atomically, so a killed run leaves either no file or a complete one.
+    """
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory).expanduser()
+
+    def key(self, teacher: Teacher, dataset: MelDataset, frame_pool: nn.Module | None) -> str:
+        pool = frame_pool.describe() if frame_pool is not None and hasattr(frame_pool, "describe") else repr(frame_pool)
+        spec = {
+            "version": CACHE_VERSION,
+            "teacher": teacher.sha256,
+            "data": dataset.fingerprint(),
+            "teacher_n_mels": teacher.dims.n_mels,
+            "pad_to_30s": dataset.pad_to_30s,
+            "pool": pool,
+        }
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+    def path(self, key: str) -> Path:
+        return self.directory / f"teacher-{key[:32]}.safetensors"
+
+    def load(self, key: str, n: int) -> Tensor | None:
+        """The cached (n, C) embeddings, or None if absent or unusable (then they are recomputed)."""
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                if (f.metadata() or {}).get("key") != key:
+                    raise ValueError("key mismatch")
+                embeddings = f.get_tensor("embeddings")
+        except (SafetensorError, OSError, ValueError) as e:
+            log.warning("ignoring the unreadable teacher cache %s (%s)", path, e)
+            return None
+        if embeddings.dim() != 2 or embeddings.shape[0] != n:
+            log.warning("ignoring the teacher cache %s: %s rows for %d samples", path, tuple(embeddings.shape), n)
+            return None
+        return embeddings
+
+    def embeddings(
+        self,
+        teacher: Teacher,
+        dataset: MelDataset,
+        frame_pool: nn.Module | None = None,
+        *,
+        batch_size: int = 16,
+        device: str | torch.device = "cpu",
+        progress: bool = True,
+        write: bool = True,
+    ) -> Tensor:
+        """(len(dataset), C) teacher embeddings of ``dataset`` (row i is item i), from the cache or computed.
+
+        The teacher sees clean audio with its own mel bins: ``dataset`` is used for its
+        samples only, and re-featurised when its mel bins or augmentation differ from the teacher's.
+        ``write=False`` computes without storing (e.g. on DDP ranks other than 0).
+        """
+        key = self.key(teacher, dataset, frame_pool)
+        cached = self.load(key, len(dataset))
+        if cached is not None:
+            log.info("teacher embeddings of %d clips read from %s", len(dataset), self.path(key))
+            return cached
+        embeddings = compute_embeddings(teacher, dataset, frame_pool, batch_size=batch_size, device=device, progress=progress)
+        if write:
+            metadata = {"key": key, "teacher": str(teacher.source), "n": str(len(dataset))}
+            atomic_write(self.path(key), lambda tmp: save_file({"embeddings": embeddings}, str(tmp), metadata=metadata))
+            log.info("teacher embeddings of %d clips written to %s", len(dataset), self.path(key))
+        return embeddings
+
+
+def teacher_view(teacher: Teacher, dataset: MelDataset, progress: bool = True) -> MelDataset:
+    """``dataset`` as the teacher must see it: clean (no augmentation), with the teacher's mel bins."""
+    if not dataset.augment and dataset.n_mels == teacher.dims.n_mels:
+        return dataset
+    view = MelDataset(
+        dataset.samples, dataset.labels, n_mels=teacher.dims.n_mels, pad_to_30s=dataset.pad_to_30s,
+        on_error="raise", augment=False, max_seconds=dataset.max_seconds, progress=progress,
+    )
+    if len(view) != len(dataset):
+        raise RuntimeError(f"the teacher's view of the data has {len(view)} clips, the student's {len(dataset)}")
+    return view
+
+
+@torch.no_grad()
+def compute_embeddings(
+    teacher: Teacher,
+    dataset: MelDataset,
+    frame_pool: nn.Module | None = None,
+    *,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> Tensor:
+    """Run the teacher over ``dataset`` once: (len(dataset), C) float32 on the CPU, row i for item i."""
+    view = teacher_view(teacher, dataset, progress)
+    teacher.to(device)
+    loader = torch.utils.data.DataLoader(view, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    out: Tensor | None = None
+    for mels, lengths, _, indices in tqdm(loader, desc="teacher embeddings", unit="batch", disable=not progress):
+        emb = teacher.embed(mels.to(device), lengths.to(device), frame_pool).float().cpu()
+        if out is None:
+            out = torch.empty(len(view), emb.shape[1])
+        out[indices] = emb
+    if out is None:
+        raise ValueError("the dataset is empty: no teacher embeddings to compute")
+    return out
