@@ -145,7 +145,7 @@ class InferenceEngine:
         if not self._worker.is_alive():  # never started: nobody will answer the queued jobs
             self._fail_queued(EngineDraining("the service shut down before this request ran"))
             return
-        self._queue.put(_STOP)
+        self._queue.put(_STOP)  # behind every queued job; the worker is alive, so this frees up
         self._worker.join(timeout)
 
     def _count_rejection(self, reason: str) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import sys
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -146,12 +145,23 @@ def cli(argv: list[str] | None = None) -> None:
         parser.exit(2, f"quads-serve: invalid QUADS_* configuration:\n{e}\n")
 
     app = create_app(settings)
-    config = uvicorn.Config(app, host=args.host, port=args.port, workers=1, lifespan="on", log_level=args.log_level)
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        workers=1,
+        lifespan="on",
+        log_level=args.log_level,
+        timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
+    )
     server = DrainingServer(config, app, settings.drain_seconds)
-    server.run()
-    if not server.started:
-        reason = app.state.startup_error or "see the log above"
-        parser.exit(1, f"quads-serve: cannot start: {reason}\n")
+    try:
+        server.run()
+    except SystemExit as e:  # uvicorn exits with code 3 when the lifespan fails
+        if not server.started:
+            reason = app.state.startup_error or "see the log above"
+            parser.exit(e.code if isinstance(e.code, int) and e.code else 1, f"quads-serve: cannot start: {reason}\n")
+        raise
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(0.0, ge=0, description="How long a batch waits to fill; 0 = take what is queued.")
     max_queue: int = Field(64, ge=1, description="Requests waiting for the model before 503 overloaded.")
     drain_seconds: float = Field(0.0, ge=0, description="After SIGTERM, keep serving this long while /readyz says 503.")
+    shutdown_timeout_seconds: float = Field(20.0, gt=0, description="After the drain, how long in-flight requests may finish.")
     pad_to_30s: bool = Field(False, description="Pad every clip to 30 s as Whisper does (only to benchmark that cost).")
 
     @field_validator("bits")

@@ -1,0 +1,262 @@
+"""Benchmark POST /intent over loopback HTTP against real ``quads-serve`` processes.
+
+Measures, for one 3-s 16 kHz mono WAV and a whisper-tiny-dims 4-bit model:
+
+* p50/p95 latency of sequential requests, with the clip at its real length and with the same
+  weights on the clip padded to 30 s (Whisper's fixed input, ``QUADS_PAD_TO_30S=1``), and the ratio;
+* sustained requests/s at 1, 4 and 16 concurrent clients (micro-batching on, and off).
+
+Writes a Markdown report to stdout and, with ``--out``, to a file. Timings depend on the host:
+compare the ratios, and rerun on the target machine for absolute numbers.
+
+    python bench/bench_service.py --threads 2 --out bench/results.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import soundfile
+import torch
+
+from service.audio import SAMPLE_RATE, resample
+from service.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from service.compute import forward_gmacs
+from service.cpu import resolve_threads
+from service.model import WHISPER_TINY, IntentClassifier
+from training.quantize import quantize_model
+
+CLIP_SECONDS = 3.0
+N_LABELS = 31  # Fluent Speech Commands has 31 intents
+PHRASE = "turn the lights on in the kitchen please"
+
+
+def build_model(directory: Path, bits: int = 4) -> Path:
+    """A random whisper-tiny-dims classifier, k-means quantized to ``bits`` (speed does not depend on the values)."""
+    torch.manual_seed(0)
+    model = IntentClassifier(WHISPER_TINY, N_LABELS).eval()
+    quantize_model(model, bits)
+    labels = [f"intent_{i:02d}" for i in range(N_LABELS)]
+    return save_checkpoint(directory / f"bench-tiny-{bits}bit.safetensors", model, labels, bits, {"purpose": "benchmark"})
+
+
+def three_second_clip() -> bytes:
+    """espeak-ng speech (or, without espeak-ng, a chirp) fitted to exactly 3 s, as 16 kHz 16-bit WAV."""
+    n = int(CLIP_SECONDS * SAMPLE_RATE)
+    if shutil.which("espeak-ng"):
+        wav = subprocess.run(["espeak-ng", "--stdout", PHRASE], check=True, capture_output=True).stdout
+        samples, rate = soundfile.read(io.BytesIO(wav), dtype="float32")
+        wave = resample(torch.from_numpy(samples), rate).numpy()
+    else:
+        t = np.arange(n) / SAMPLE_RATE
+        wave = (0.3 * np.sin(2 * np.pi * (200 + 300 * t) * t)).astype(np.float32)
+    wave = np.pad(wave[:n], (0, max(0, n - len(wave))))
+    buffer = io.BytesIO()
+    soundfile.write(buffer, wave, SAMPLE_RATE, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+class Server:
+    """A ``quads-serve`` process on a free loopback port."""
+
+    def __init__(self, model: Path, threads: int, **env: str):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        environment = {**os.environ, "QUADS_MODEL": str(model), "QUADS_THREADS": str(threads), **env}
+        script = Path(sys.executable).with_name("quads-serve")
+        command = [str(script)] if script.exists() else [sys.executable, "-m", "service.main"]
+        self.process = subprocess.Popen(
+            [*command, "--port", str(self.port), "--log-level", "warning"],
+            env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+
+    def __enter__(self) -> "Server":
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"quads-serve failed:\n{self.process.stderr.read().decode()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("quads-serve did not become ready in 120 s")
+
+    def __exit__(self, *exc) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=60)
+
+
+def post(client: httpx.Client, clip: bytes) -> tuple[float, dict]:
+    """One POST /intent: (client-side seconds, response JSON)."""
+    start = time.perf_counter()
+    response = client.post("/intent", content=clip, headers={"Content-Type": "audio/wav"})
+    elapsed = time.perf_counter() - start
+    response.raise_for_status()
+    return elapsed, response.json()
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+def interleaved_latency(urls: dict[str, str], clip: bytes, requests: dict[str, int], rounds: int) -> dict[str, dict]:
+    """p50/p95 of client-side latency (ms) and the server's median total and inference times, per server.
+
+    The servers take turns in ``rounds`` blocks, so background load on a shared host falls on
+    every variant alike and their ratio stays meaningful.
+    """
+    clients = {name: httpx.Client(base_url=url, timeout=120) for name, url in urls.items()}
+    runs: dict[str, list] = {name: [] for name in urls}
+    try:
+        for name, client in clients.items():
+            for _ in range(3):
+                post(client, clip)  # warm up
+        for _ in range(rounds):
+            for name, client in clients.items():
+                runs[name] += [post(client, clip) for _ in range(max(1, requests[name] // rounds))]
+    finally:
+        for client in clients.values():
+            client.close()
+    stats = {}
+    for name, results in runs.items():
+        latencies = [1000 * t for t, _ in results]
+        stats[name] = {
+            "n": len(results),
+            "p50": percentile(latencies, 50),
+            "p95": percentile(latencies, 95),
+            "server_total": statistics.median(r["timing_ms"]["total"] for _, r in results),
+            "inference": statistics.median(r["timing_ms"]["inference"] for _, r in results),
+        }
+    return stats
+
+
+def throughput(url: str, clip: bytes, clients: int, requests_per_client: int) -> dict[str, float]:
+    """Requests/s with ``clients`` closed-loop clients, each sending ``requests_per_client`` requests,
+    and the p50/p95 latency (ms) they saw."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def run_client() -> None:
+        with httpx.Client(base_url=url, timeout=120) as client:
+            post(client, clip)  # connect + warm up, not timed
+            barrier.wait()
+            own = [1000 * post(client, clip)[0] for _ in range(requests_per_client)]
+        with lock:
+            latencies.extend(own)
+
+    barrier = threading.Barrier(clients + 1)
+    with ThreadPoolExecutor(clients) as pool:
+        futures = [pool.submit(run_client) for _ in range(clients)]
+        barrier.wait()
+        start = time.perf_counter()
+        for f in futures:
+            f.result()
+        wall = time.perf_counter() - start
+    return {"rps": len(latencies) / wall, "p50": percentile(latencies, 50), "p95": percentile(latencies, 95)}
+
+
+def median_throughput(urls: dict[str, str], clip: bytes, clients: int, total: int, repeats: int) -> dict[str, dict]:
+    """``throughput`` per server, repeated ``repeats`` times in turns; the run with the median req/s."""
+    runs: dict[str, list] = {name: [] for name in urls}
+    for _ in range(repeats):
+        for name, url in urls.items():
+            runs[name].append(throughput(url, clip, clients, max(1, total // clients)))
+    return {name: sorted(r, key=lambda x: x["rps"])[len(r) // 2] for name, r in runs.items()}
+
+
+def report(args, model_path: Path, clip: bytes) -> str:
+    checkpoint = load_checkpoint(model_path)
+    gmacs_clip = forward_gmacs(checkpoint.model, seconds=CLIP_SECONDS)
+    gmacs_30s = forward_gmacs(checkpoint.model)
+
+    with (
+        Server(model_path, args.threads) as real_length,
+        Server(model_path, args.threads, QUADS_MAX_BATCH_SIZE="1") as unbatched,
+        Server(model_path, args.threads, QUADS_PAD_TO_30S="1") as padded_server,
+    ):
+        latency = interleaved_latency(
+            {"real": real_length.url, "padded": padded_server.url},
+            clip,
+            {"real": args.requests, "padded": args.padded_requests},
+            rounds=10,
+        )
+        load = {
+            c: median_throughput({"batched": real_length.url, "unbatched": unbatched.url}, clip, c, args.per_level, args.repeats)
+            for c in args.clients
+        }
+    real, padded = latency["real"], latency["padded"]
+
+    lines = [
+        "## POST /intent benchmark",
+        "",
+        f"- Host: {platform.machine()}, {os.cpu_count()} CPUs visible, torch threads {args.threads}; "
+        f"client and server share the host; loopback HTTP, one uvicorn worker.",
+        f"- Model: whisper-tiny encoder dims ({checkpoint.n_params / 1e6:.2f} M parameters, {N_LABELS} labels), "
+        f"{checkpoint.bits}-bit, file {checkpoint.file_bytes / 1e6:.2f} MB.",
+        f"- Clip: {CLIP_SECONDS:g}-s 16 kHz mono 16-bit WAV ({len(clip)} bytes), raw body. "
+        f"Compute per clip: {gmacs_clip:.2f} GMACs at its length, {gmacs_30s:.2f} GMACs padded to 30 s "
+        f"({gmacs_30s / gmacs_clip:.1f}x).",
+        "",
+        f"### Latency, sequential requests ({real['n']} at real length, {padded['n']} padded, in alternating blocks; ms)",
+        "",
+        "| input | p50 | p95 | server total (median) | model inference (median) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+        f"| 3-s clip at its real length | {real['p50']:.1f} | {real['p95']:.1f} | {real['server_total']:.1f} | {real['inference']:.1f} |",
+        f"| same clip padded to 30 s (Whisper) | {padded['p50']:.1f} | {padded['p95']:.1f} | {padded['server_total']:.1f} | {padded['inference']:.1f} |",
+        f"| **padded / real** | **{padded['p50'] / real['p50']:.1f}x** | {padded['p95'] / real['p95']:.1f}x | "
+        f"{padded['server_total'] / real['server_total']:.1f}x | {padded['inference'] / real['inference']:.1f}x |",
+        "",
+        f"### Sustained throughput, closed-loop clients ({args.per_level} requests per level; median of {args.repeats} runs)",
+        "",
+        "| clients | req/s, batches <= 8 | p50 / p95 ms | req/s, no batching | p50 / p95 ms |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for c in args.clients:
+        b, u = load[c]["batched"], load[c]["unbatched"]
+        lines.append(
+            f"| {c} | {b['rps']:.1f} | {b['p50']:.0f} / {b['p95']:.0f} | {u['rps']:.1f} | {u['p50']:.0f} / {u['p95']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, help="a checkpoint to serve (default: a random whisper-tiny-dims 4-bit model)")
+    parser.add_argument("--threads", type=int, default=resolve_threads(0), help="QUADS_THREADS of the server")
+    parser.add_argument("--requests", type=int, default=200, help="sequential requests at real length")
+    parser.add_argument("--padded-requests", type=int, default=30, help="sequential requests padded to 30 s")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--per-level", type=int, default=96, help="requests per concurrency level and run")
+    parser.add_argument("--repeats", type=int, default=3, help="throughput runs per level (the median is reported)")
+    parser.add_argument("--out", type=Path, help="also write the Markdown report here")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_path = args.model or build_model(Path(tmp))
+        text = report(args, model_path, three_second_clip())
+    print(text)
+    if args.out:
+        atomic_write(args.out, lambda path: path.write_text(text))
+
+
+if __name__ == "__main__":
+    main()

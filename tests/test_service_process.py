@@ -1,0 +1,220 @@
+"""``quads-serve`` as a real uvicorn process on 127.0.0.1: concurrency, limits on the wire, shutdown."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.service_fixtures import (  # noqa: F401 - fixtures
+    ENCODINGS,
+    MEDIA_TYPES,
+    PHRASES,
+    checkpoint_path,
+    encode,
+    model_dir,
+    speech,
+    speech_wav,
+)
+
+MAX_BODY_BYTES = 1_000_000
+BODY_TIMEOUT_SECONDS = 1.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_command() -> list[str]:
+    script = Path(sys.executable).with_name("quads-serve")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "service.main"]
+
+
+class Server:
+    """A ``quads-serve`` child process; its log goes to a file (a full pipe would block it)."""
+
+    def __init__(self, log: Path, **env: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        environment = {**os.environ, "QUADS_THREADS": "1", **env}
+        with open(log, "wb") as out:
+            self.process = subprocess.Popen(
+                [*serve_command(), "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"],
+                env=environment, stdout=out, stderr=subprocess.STDOUT,
+            )
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"quads-serve exited with {self.process.returncode}:\n{self.log.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        pytest.fail(f"quads-serve was not ready within {timeout} s:\n{self.log.read_text()}")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint_path, tmp_path_factory):
+    server = Server(
+        tmp_path_factory.mktemp("server") / "server.log",
+        QUADS_MODEL=str(checkpoint_path),
+        QUADS_MAX_BATCH_SIZE="4",
+        QUADS_MAX_WAIT_MS="5",
+        QUADS_MAX_BODY_BYTES=str(MAX_BODY_BYTES),
+        QUADS_BODY_TIMEOUT_SECONDS=str(BODY_TIMEOUT_SECONDS),
+    )
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def clips(speech) -> list[tuple[bytes, str]]:
+    """Six (bytes, media type) clips: three phrases, two encodings each."""
+    out = []
+    for i, phrase in enumerate(PHRASES):
+        samples, rate = speech[phrase]
+        for fmt, subtype, to_rate, channels in (ENCODINGS[i], ENCODINGS[i + 4]):
+            out.append((encode(samples, rate, fmt, subtype, to_rate, channels), MEDIA_TYPES[fmt]))
+    return out
+
+
+def classify(client: httpx.Client, clip: tuple[bytes, str]) -> httpx.Response:
+    data, media_type = clip
+    return client.post("/intent", files={"file": ("clip", data, media_type)}, params={"top_k": 6})
+
+
+def test_concurrent_answers_equal_sequential_answers(server, clips):
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        sequential = [classify(client, clip).json() for clip in clips]
+        requests = [clips[i % len(clips)] for i in range(4 * len(clips))]
+        with ThreadPoolExecutor(8) as pool:
+            responses = list(pool.map(lambda clip: classify(client, clip), requests))
+        metrics = client.get("/metrics").text
+
+    assert [r.status_code for r in responses] == [200] * len(requests)
+    for i, response in enumerate(responses):
+        expected, answer = sequential[i % len(clips)], response.json()
+        assert answer["intent"] == expected["intent"]
+        assert [s["intent"] for s in answer["top_k"]] == [s["intent"] for s in expected["top_k"]]
+        for got, want in zip(answer["top_k"], expected["top_k"]):
+            assert got["confidence"] == pytest.approx(want["confidence"], abs=1e-5)
+    assert f'quads_http_requests_total{{route="/intent",status="200"}} {float(len(clips) + len(requests))}' in metrics
+
+
+def raw_request(port: int, head: bytes, body_parts: list[bytes], read_timeout: float = 10) -> bytes:
+    """Send ``head`` and ``body_parts`` over a plain socket; return what the server answers."""
+    with socket.create_connection(("127.0.0.1", port), timeout=read_timeout) as sock:
+        sock.sendall(head)
+        for part in body_parts:
+            sock.sendall(part)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+            if b"\r\n\r\n" in answer and answer.rstrip().endswith(b"}"):
+                break
+        return answer
+
+
+def test_chunked_upload_over_the_limit_is_cut_off(server):
+    head = b"POST /intent HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav\r\nTransfer-Encoding: chunked\r\n\r\n"
+    chunk = 100_000
+    parts = [b"%x\r\n" % chunk + b"\0" * chunk + b"\r\n" for _ in range(MAX_BODY_BYTES // chunk + 1)]
+    answer = raw_request(server.port, head, parts)  # no Content-Length: only counting can stop it
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b"application/problem+json" in answer and b"body-too-large" in answer
+    assert httpx.get(f"{server.url}/healthz").status_code == 200
+
+
+def test_stalled_upload_is_cut_off_with_408(server):
+    head = b"POST /intent HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav\r\nContent-Length: 50000\r\n\r\n"
+    start = time.monotonic()
+    answer = raw_request(server.port, head, [b"RIFF" + b"\0" * 996])  # then nothing more
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b"body-timeout" in answer
+    assert BODY_TIMEOUT_SECONDS <= time.monotonic() - start < BODY_TIMEOUT_SECONDS + 5
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed (apt-get install prometheus)")
+def test_promtool_accepts_the_live_metrics(server, clips):
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        classify(client, clips[0])
+        client.post("/intent", content=b"junk", headers={"Content-Type": "audio/wav"})
+        text = client.get("/metrics").text
+    check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+    assert (check.returncode, check.stdout + check.stderr) == (0, "")
+
+
+def test_bad_model_path_exits_with_the_reason(tmp_path):
+    missing = tmp_path / "nope" / "quads-fsc-4bit.safetensors"
+    result = subprocess.run(
+        [*serve_command(), "--port", str(free_port())],
+        env={**os.environ, "QUADS_MODEL": str(missing)}, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode != 0
+    assert f"quads-serve: cannot start: {missing}: no such checkpoint file" in result.stderr
+
+
+def test_sigterm_drains_then_finishes_in_flight_requests(checkpoint_path, speech_wav, tmp_path):
+    # The batch wait holds a lone request in flight for 2 s, across the SIGTERM and the 1-s drain below.
+    server = Server(
+        tmp_path / "server.log",
+        QUADS_MODEL=str(checkpoint_path), QUADS_DRAIN_SECONDS="1", QUADS_MAX_BATCH_SIZE="8", QUADS_MAX_WAIT_MS="2000",
+    )
+    try:
+        server.wait_ready()
+        in_flight: dict[str, httpx.Response] = {}
+        request = threading.Thread(
+            target=lambda: in_flight.setdefault(
+                "response",
+                httpx.post(f"{server.url}/intent", content=speech_wav, headers={"Content-Type": "audio/wav"}, timeout=60),
+            )
+        )
+        request.start()
+        deadline = time.monotonic() + 10
+        while "quads_requests_in_flight 1.0" not in httpx.get(f"{server.url}/metrics").text:
+            assert time.monotonic() < deadline, "the request never reached the engine"
+            time.sleep(0.05)
+
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        readiness = httpx.get(f"{server.url}/readyz")  # still listening during the drain period
+        assert readiness.status_code == 503 and readiness.json()["type"] == "urn:quads:problem:draining"
+        assert httpx.get(f"{server.url}/healthz").status_code == 200
+
+        request.join(timeout=30)
+        assert in_flight["response"].status_code == 200, in_flight["response"].text
+        assert server.process.wait(timeout=30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{server.url}/healthz")
+    finally:
+        server.stop()
