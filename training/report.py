@@ -74,6 +74,7 @@ def bubble_chart(results: list[dict], path: Path) -> Path:
         ax.annotate(f"{r['strategy']} {r['bits']}-bit", (size, 100 * r["macro_f1"]), textcoords="offset points",
                     xytext=(8, 8), fontsize=8)
     ax.set_xscale("log")
+    ax.margins(x=0.3, y=0.3)  # room for the bubbles and their labels
     ax.set_xlabel("model size (MB, log scale)")
     ax.set_ylabel("macro F1 (%)")
     ax.set_title("F1 vs size; bubble area ~ GMACs per clip")
@@ -88,8 +89,11 @@ def curves_chart(history: list[dict], path: Path) -> Path:
     """Training loss and validation accuracy per epoch, one line per branch, quantization epochs shaded."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     branches = list(dict.fromkeys(h["branch"] for h in history))
+    shared = [h for h in history if h["branch"] == "shared"]
     for branch in branches:
         rows = [h for h in history if h["branch"] == branch]
+        if branch != "shared" and shared:
+            rows = shared[-1:] + rows  # a branch starts where the shared epochs ended
         epochs = [h["epoch"] for h in rows]
         ax_loss.plot(epochs, [h["loss"] for h in rows], marker="o", label=branch)
         if any(h.get("valid_accuracy") is not None for h in rows):

@@ -76,8 +76,15 @@ def copy_teacher_layers(student: AudioEncoder, teacher: AudioEncoder) -> list[in
             getattr(student, name).load_state_dict(getattr(teacher, name).state_dict())
         for i, j in enumerate(indices):
             student.blocks[i].load_state_dict(teacher.blocks[j].state_dict())
-        student.positional_embedding.copy_(teacher.positional_embedding)
+        _copy_positions(student, teacher)
     return indices
+
+
+def _copy_positions(student: AudioEncoder, source: AudioEncoder) -> None:
+    # The table is recomputed from dims (not saved in checkpoints), but a Whisper file carries
+    # its own; copy the rows both have so the start is exactly the source's.
+    n = min(student.positional_embedding.shape[0], source.positional_embedding.shape[0])
+    student.positional_embedding[:n].copy_(source.positional_embedding[:n])
 
 
 def init_student(
@@ -102,7 +109,7 @@ def init_student(
             )
         model.encoder.load_state_dict(encoder.state_dict())
         with torch.no_grad():
-            model.encoder.positional_embedding.copy_(encoder.positional_embedding[: dims.n_ctx])
+            _copy_positions(model.encoder, encoder)
         log.info("student: encoder initialised from Whisper checkpoint %s (%s)", path, _describe(dims))
     elif cfg.init == "teacher-layers":
         if teacher_encoder is None:

@@ -53,7 +53,6 @@ from training.evaluate import evaluate_model, frame_counts, gmacs_at, mean_gmacs
 from training.features import BadSampleError, MelDataset, collate
 from training.losses import ChannelMaxPool, ClassificationLoss, DistillationLoss, QuantizationLoss, StudentProjection
 from training.quantize import KMeansQuantizer, quantize_model
-from training.report import write_report
 from training.run_state import RunState, RunStateError, load_state, save_state
 from training.schedule import PHASE_NAMES, Plan, make_plan, scale_pattern
 from training.student import StudentInitError, init_student, student_dims
@@ -267,20 +266,29 @@ def evaluate_exports(cfg: Config, paths: list[Path], dataset: MelDataset, split:
     return rows
 
 
-def setup_logging(out: Path | None, main: bool) -> None:
+_LOG_HANDLERS: list[logging.Handler] = []
+
+
+def close_logging() -> None:
     root = logging.getLogger()
-    if getattr(root, "_quads_configured", False):
-        return
+    for handler in _LOG_HANDLERS:
+        root.removeHandler(handler)
+        handler.close()
+    _LOG_HANDLERS.clear()
+
+
+def setup_logging(out: Path | None, main: bool) -> None:
+    """Log to stderr, and on rank 0 also to ``<out>/train.log``; replaces the handlers of an earlier run."""
+    close_logging()
+    root = logging.getLogger()
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     root.setLevel(logging.INFO if main else logging.WARNING)
-    console = logging.StreamHandler(sys.stderr)
-    console.setFormatter(fmt)
-    root.addHandler(console)
+    _LOG_HANDLERS.append(logging.StreamHandler(sys.stderr))
     if out is not None and main:
-        file_handler = logging.FileHandler(out / "train.log")
-        file_handler.setFormatter(fmt)
-        root.addHandler(file_handler)
-    root._quads_configured = True
+        _LOG_HANDLERS.append(logging.FileHandler(out / "train.log"))
+    for handler in _LOG_HANDLERS:
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
 
 
 # ---------------------------------------------------------------------------------- train
@@ -466,6 +474,7 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
     procs.barrier()
     if procs.world > 1:
         dist.destroy_process_group()
+    close_logging()
     return report
 
 
@@ -491,6 +500,8 @@ def final_report(cfg: Config, plan: Plan, labels: list[str], train_ds: MelDatase
         "results": rows,
         "history": history,
     }
+    from training.report import write_report  # matplotlib is slow to import; only the end of a run needs it
+
     paths = write_report(Path(cfg.train.out), report)
     log.info("reports: %s", ", ".join(str(p) for p in paths.values()))
     return report

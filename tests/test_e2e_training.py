@@ -1,0 +1,122 @@
+"""End to end, as CI runs it (< 3 min on 2 cores): synthesise a tiny spoken corpus, fine-tune a
+small teacher on it, distil + quantize a student with MCT to 32 and 4 bits, and check accuracy,
+file sizes, the reports, quads-eval, and that the service's loader classifies real audio."""
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from service.audio import decode_audio, log_mel_spectrogram
+from service.checkpoint import load_checkpoint
+from tests.speech import requires_espeak
+from tests.training_corpus import INTENTS, run_cli, tiny_corpus
+from training.datasets import load_samples
+
+pytestmark = [requires_espeak, pytest.mark.slow]
+
+COMMON = ["--batch-size", "4", "--threads", "1", "--no-progress", "--set", "data.augment=false",
+          "--set", "distill.lr_encoder=1e-3"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    corpus = tiny_corpus(tmp_path_factory)
+    tmp = tmp_path_factory.mktemp("e2e")
+    teacher = run_cli("training.train", [
+        "--data", str(corpus), "--out", str(tmp / "teacher"), "--name", "teacher", "--strategy", "finetune",
+        "--bits", "32", "--epochs", "14", "--set", "student.n_state=128", "--set", "student.n_head=2",
+        "--set", "student.n_layer=2", *COMMON,
+    ])
+    assert teacher.returncode == 0, teacher.stderr[-3000:]
+    mct = run_cli("training.train", [
+        "--data", str(corpus), "--out", str(tmp / "mct"), "--strategy", "mct", "--bits", "32,4",
+        "--schedule", "DDQQDQ", "--teacher", str(tmp / "teacher" / "teacher-32bit.safetensors"),
+        "--init", "teacher-layers", "--set", "student.n_state=128", "--set", "student.n_head=2",
+        "--set", "student.n_layer=1", "--set", f"teacher.cache_dir={tmp / 'teacher-cache'}", *COMMON,
+    ])
+    assert mct.returncode == 0, mct.stderr[-3000:]
+    return corpus, tmp
+
+
+def test_teacher_and_mct_students_are_well_above_chance(runs):
+    _, tmp = runs
+    teacher = json.loads((tmp / "teacher" / "report.json").read_text())
+    assert teacher["results"][0]["accuracy"] >= 0.6  # 4 intents: chance is 0.25
+    report = json.loads((tmp / "mct" / "report.json").read_text())
+    by_bits = {r["bits"]: r for r in report["results"]}
+    assert set(by_bits) == {32, 4}
+    for bits, row in by_bits.items():
+        assert row["split"] == "test" and row["n"] == 24
+        assert row["accuracy"] >= 0.6, f"{bits}-bit accuracy {row['accuracy']}"
+        assert row["macro_f1"] >= 0.5
+    # Every epoch of the plan ran once: 2 shared D, then QQDQ for each of the two branches.
+    assert [(h["branch"], h["phase"]) for h in report["history"]] == (
+        [("shared", "D")] * 2 + [("float", p) for p in "QQDQ"] + [("4bit", p) for p in "QQDQ"])
+
+
+def test_the_4_bit_file_is_about_an_eighth_of_fp32(runs):
+    _, tmp = runs
+    fp32, q4 = tmp / "mct" / "quads-fsc-32bit.safetensors", tmp / "mct" / "quads-fsc-4bit.safetensors"
+    with safe_open(str(fp32), framework="pt") as f32, safe_open(str(q4), framework="pt") as f4:
+        names = [k.removesuffix(".codes") for k in f4.keys() if k.endswith(".codes")]
+        assert names, "no quantized tensors in the 4-bit file"
+        fp32_bytes = sum(f32.get_tensor(n).numel() * 4 for n in names)
+        code_bytes = sum(f4.get_tensor(f"{n}.codes").numel() for n in names)
+        codebook_bytes = sum(f4.get_tensor(f"{n}.codebook").numel() * 4 for n in names)
+    # The quantized matrices themselves: exactly 4/32 of their float32 bytes (up to byte rounding).
+    assert code_bytes == pytest.approx(fp32_bytes / 8, rel=1e-3)
+    assert codebook_bytes == 16 * 4 * len(names)
+    # The whole file also carries float32 biases/LayerNorms and metadata, a larger share on a
+    # tiny model than on whisper-base (where it is ~1/8): bound it rather than equate it.
+    ratio = q4.stat().st_size / fp32.stat().st_size
+    assert ratio < 0.2, f"4-bit file is {ratio:.3f} of the fp32 file"
+
+
+def test_reports_and_charts_are_written(runs):
+    _, tmp = runs
+    for name in ("report.json", "report.md", "bubbles.png", "curves.png", "config.yaml", "train.log"):
+        assert (tmp / "mct" / name).is_file(), name
+    md = (tmp / "mct" / "report.md").read_text()
+    assert "| mct | teacher-layers | 4 |" in md and "| mct | teacher-layers | 32 |" in md
+
+
+def test_quads_eval_prints_metrics_and_writes_a_confusion_report(runs):
+    corpus, tmp = runs
+    ckpt = tmp / "mct" / "quads-fsc-4bit.safetensors"
+    out = run_cli("training.evaluate", ["--model", str(ckpt), "--data", str(corpus), "--split", "test",
+                                        "--confusion", str(tmp / "confusion.json"), "--no-progress"])
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout)
+    for key in ("accuracy", "macro_f1", "n", "params", "file_bytes", "bits", "gmacs_per_clip", "gmacs_30s"):
+        assert key in result, key
+    report = json.loads((tmp / "mct" / "report.json").read_text())
+    row = next(r for r in report["results"] if r["bits"] == 4)
+    assert result["bits"] == 4 and result["n"] == 24 and result["file_bytes"] == ckpt.stat().st_size
+    assert result["accuracy"] == pytest.approx(row["accuracy"])
+    assert 0 < result["gmacs_per_clip"] < result["gmacs_30s"]  # real-length clips are far below 30 s
+    confusion = json.loads((tmp / "confusion.json").read_text())
+    matrix = confusion["confusion"]
+    assert len(matrix) == 4 and sum(map(sum, matrix)) == 24
+    assert sum(matrix[i][i] for i in range(4)) == round(result["accuracy"] * 24)
+
+
+def test_the_service_loader_classifies_real_audio(runs):
+    corpus, tmp = runs
+    ckpt = load_checkpoint(tmp / "mct" / "quads-fsc-4bit.safetensors")
+    assert ckpt.bits == 4 and sorted(ckpt.labels) == sorted(INTENTS)
+    for p in ckpt.model.parameters():
+        if p.dim() > 1:
+            assert torch.unique(p).numel() <= 16
+    samples = load_samples(corpus, "test")
+    correct = 0
+    with torch.no_grad():
+        for sample in samples:
+            mel = log_mel_spectrogram(decode_audio(sample.path.read_bytes()), ckpt.dims.n_mels)
+            _, logits = ckpt.model(mel[None])
+            correct += ckpt.labels[int(logits.argmax())] == sample.label
+    assert correct / len(samples) >= 0.6
+    row = next(r for r in json.loads((tmp / "mct" / "report.json").read_text())["results"] if r["bits"] == 4)
+    assert math.isclose(correct / len(samples), row["accuracy"])
