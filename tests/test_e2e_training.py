@@ -75,6 +75,28 @@ def test_the_4_bit_file_is_about_an_eighth_of_fp32(runs):
     assert ratio < 0.2, f"4-bit file is {ratio:.3f} of the fp32 file"
 
 
+def test_qad_quantizes_after_distillation_without_retraining(runs):
+    corpus, tmp = runs
+    out = tmp / "qad"
+    qad = run_cli("training.train", [
+        "--data", str(corpus), "--out", str(out), "--strategy", "qad", "--bits", "32,16,2", "--schedule", "DD",
+        "--teacher", str(tmp / "teacher" / "teacher-32bit.safetensors"), "--set", "student.n_state=128",
+        "--set", "student.n_head=2", "--set", "student.n_layer=1", "--init", "teacher-layers",
+        "--set", f"teacher.cache_dir={tmp / 'teacher-cache'}", *COMMON,
+    ])
+    assert qad.returncode == 0, qad.stderr[-3000:]
+    assert "read from" in qad.stderr  # the MCT run's cached teacher embeddings, reused
+    fp32, fp16, q2 = (load_checkpoint(out / f"quads-fsc-{b}bit.safetensors") for b in (32, 16, 2))
+    assert q2.provenance["quantization"] == "post-hoc k-means" and fp32.provenance["quantization"] == "trained"
+    for (name, w32), (_, w16), (_, w2) in zip(*(c.model.state_dict().items() for c in (fp32, fp16, q2))):
+        torch.testing.assert_close(w16, w32, atol=1e-3, rtol=1e-3)  # the float16 export of the same model
+        if w32.dim() > 1:
+            assert torch.unique(w2).numel() <= 4
+    assert fp16.file_bytes < 0.6 * fp32.file_bytes
+    history = json.loads((out / "report.json").read_text())["history"]
+    assert [(h["branch"], h["phase"]) for h in history] == [("float", "D"), ("float", "D")]
+
+
 def test_reports_and_charts_are_written(runs):
     _, tmp = runs
     for name in ("report.json", "report.md", "bubbles.png", "curves.png", "config.yaml", "train.log"):

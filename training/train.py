@@ -35,7 +35,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
@@ -56,7 +55,7 @@ from training.quantize import KMeansQuantizer, quantize_model
 from training.run_state import RunState, RunStateError, load_state, save_state
 from training.schedule import PHASE_NAMES, Plan, make_plan, scale_pattern
 from training.student import StudentInitError, init_student, student_dims
-from training.teacher import Teacher, TeacherCache, compute_embeddings, load_teacher
+from training.teacher import Teacher, TeacherCache, load_teacher
 
 log = logging.getLogger("quads.train")
 
@@ -326,6 +325,9 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
              procs.world, procs.device)
 
     # Data.
+    if Path(cfg.data.root).is_file():
+        log.warning("%s is a single manifest: it serves as train, validation and test split alike, so the "
+                    "scores are on training data; pass a folder of train/valid/test manifests", cfg.data.root)
     train_ds = load_split(cfg, cfg.data.train_split, None, train=True, progress=progress)
     labels = train_ds.labels
     try:

@@ -1,0 +1,190 @@
+"""Training-speed benchmark: the cost of quantization-aware steps, and of the teacher in distillation.
+
+    python bench/bench_training.py [--threads 2] [--out bench/results/training.md]
+
+1. One optimizer step on the same batch, whisper-tiny dims, 8 bits (256 centroids per matrix):
+   * plain: forward, cross-entropy, backward, SGD step;
+   * quantization phase (ours): the same plus L_centroid and ``KMeansQuantizer.snap()``
+     (vectorised centroid update: index_add + bincount, then write back). Target: <= 1.2x plain;
+   * the authors' approach: the plain step plus a Python loop over clusters for the update.
+2. One distillation epoch over the same clips: student only (cross-entropy), with the teacher
+   embeddings from ``TeacherCache`` (read once), and with the teacher run on every batch.
+   Target: cached == student-only.
+
+Medians over repeats; ratios against the plain step / the student-only epoch. Prints Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from service.model import WHISPER_BASE, WHISPER_TINY, AudioEncoder, IntentClassifier  # noqa: E402
+from training.features import collate  # noqa: E402
+from training.losses import ChannelMaxPool, ClassificationLoss, DistillationLoss, QuantizationLoss  # noqa: E402
+from training.quantize import KMeansQuantizer  # noqa: E402
+from training.teacher import Teacher, compute_embeddings  # noqa: E402
+from training.train import TrainStep, make_optimizer, train_epoch  # noqa: E402
+from training.config import Config  # noqa: E402
+
+
+def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def loop_centroid_update(quantizer: KMeansQuantizer) -> None:
+    """The authors' update: for every matrix, for every cluster, the mean of its weights; then write back."""
+    with torch.no_grad():
+        for name, p in quantizer.params.items():
+            w, labels, centroids = p.reshape(-1), quantizer.labels[name], quantizer.centroids[name]
+            for k in range(centroids.numel()):
+                members = labels == k
+                if members.any():
+                    centroids[k] = w[members].mean()
+            p.copy_(centroids[labels].view_as(p))
+
+
+def bench_steps(args) -> list[tuple[str, float]]:
+    torch.manual_seed(0)
+    model = IntentClassifier(WHISPER_TINY, 31)
+    frames = int(args.seconds * 100)
+    mels = torch.randn(args.batch, WHISPER_TINY.n_mels, frames)
+    lengths = torch.full((args.batch,), frames)
+    labels = torch.randint(0, 31, (args.batch,))
+    quantizer = KMeansQuantizer(model, 8).fit()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    quant_loss = QuantizationLoss(quantizer)
+
+    def plain():
+        _, logits = model(mels, lengths)
+        loss = F.cross_entropy(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def quantization_phase():
+        _, logits = model(mels, lengths)
+        loss = quant_loss(logits, labels).total
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        quantizer.snap()
+
+    def authors_loop():
+        plain()
+        loop_centroid_update(quantizer)
+
+    t_plain = median_seconds(plain, args.repeats)
+    t_quant = median_seconds(quantization_phase, args.repeats)
+    t_snap = median_seconds(quantizer.snap, args.repeats)
+    t_loop = median_seconds(authors_loop, max(1, args.repeats // 3), warmup=0)
+    t_loop_update = median_seconds(lambda: loop_centroid_update(quantizer), max(1, args.repeats // 3), warmup=0)
+    return [
+        ("plain step (forward, CE, backward, SGD)", t_plain),
+        ("quantization-phase step (+ L_centroid, vectorised snap)", t_quant),
+        ("  of which snap() alone", t_snap),
+        ("authors' step (plain + per-cluster Python loop)", t_loop),
+        ("  of which the Python-loop update alone", t_loop_update),
+    ]
+
+
+def bench_distillation(args) -> list[tuple[str, float]]:
+    torch.manual_seed(0)
+    student = IntentClassifier(WHISPER_TINY, 31)
+    teacher = Teacher(AudioEncoder(WHISPER_BASE).eval(), Path("random-whisper-base"), "0" * 64, "whisper")
+    for p in teacher.encoder.parameters():
+        p.requires_grad_(False)
+    pool = ChannelMaxPool(WHISPER_BASE.n_state, WHISPER_TINY.n_state)
+    g = torch.Generator().manual_seed(0)
+    clips = [(torch.randn(80, int(100 * (args.seconds + 0.5 * (i % 3 - 1))), generator=g), i % 31, i)
+             for i in range(args.clips)]
+
+    class Clips(torch.utils.data.Dataset):
+        n_mels, augment, pad_to_30s = 80, False, False
+
+        def __len__(self):
+            return len(clips)
+
+        def __getitem__(self, i):
+            return clips[i]
+
+    loader = torch.utils.data.DataLoader(Clips(), batch_size=args.batch, shuffle=False, collate_fn=collate)
+    cfg, cpu = Config(), torch.device("cpu")
+    started = time.perf_counter()
+    targets = compute_embeddings(teacher, Clips(), pool, batch_size=args.batch, progress=False)
+    t_cache_build = time.perf_counter() - started
+
+    def epoch(loss, **kw):
+        step = TrainStep(student, loss)
+        optimizer = make_optimizer("D", student, loss, cfg)
+        return lambda: train_epoch(step, loader, optimizer, device=cpu, progress=False, **kw)
+
+    distill = DistillationLoss(0.5)
+    t_student = median_seconds(epoch(ClassificationLoss()), args.epoch_repeats)
+    t_cached = median_seconds(epoch(distill, targets=targets), args.epoch_repeats)
+    t_online = median_seconds(epoch(distill, online_teacher=(teacher, pool)), args.epoch_repeats)
+    return [
+        ("student-only epoch (CE)", t_student),
+        ("distillation epoch, teacher embeddings cached", t_cached),
+        ("distillation epoch, teacher run on every batch", t_online),
+        ("one-time teacher pass that fills the cache", t_cache_build),
+    ]
+
+
+def table(title: str, rows: list[tuple[str, float]], base: float) -> list[str]:
+    lines = [f"### {title}", "", "| | median (s) | ratio |", "|---|---:|---:|"]
+    lines += [f"| {name} | {seconds:.4f} | {seconds / base:.2f}x |" for name, seconds in rows]
+    return lines + [""]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=3.0, help="clip length")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--clips", type=int, default=32, help="clips per distillation epoch")
+    parser.add_argument("--epoch-repeats", type=int, default=3)
+    parser.add_argument("--out", help="also write the Markdown here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    steps = bench_steps(args)
+    epochs = bench_distillation(args)
+    lines = [
+        "## Training benchmark",
+        "",
+        f"torch {torch.__version__}, {args.threads} thread(s), {platform.processor() or platform.machine()}; "
+        f"batch {args.batch} x {args.seconds:g} s clips; whisper-tiny student dims "
+        f"({sum(p.numel() for p in IntentClassifier(WHISPER_TINY, 31).parameters()) / 1e6:.1f} M params), 8 bits; "
+        f"teacher: whisper-base dims (random weights), {args.clips} clips per epoch.",
+        "",
+        *table("Optimizer step (ratio to the plain step; target for ours <= 1.2x)", steps, steps[0][1]),
+        *table("Distillation epoch (ratio to student-only; target for cached ~1.0x)", epochs, epochs[0][1]),
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
