@@ -4,8 +4,9 @@
 
 1. One optimizer step on the same batch, whisper-tiny dims, 8 bits (256 centroids per matrix):
    * plain: forward, cross-entropy, backward, SGD step;
-   * quantization phase (ours): the same plus L_centroid and ``KMeansQuantizer.snap()``
-     (vectorised centroid update: index_add + bincount, then write back). Target: <= 1.2x plain;
+   * quantization phase (ours): the same with ``QuantizationLoss`` (L_centroid + CE) and its
+     ``snap()`` (vectorised centroid update: index_add + bincount, then write back). Target:
+     <= 1.2x plain;
    * the authors' approach: the plain step plus a Python loop over clusters for the update.
 2. One distillation epoch over the same clips: student only (cross-entropy), with the teacher
    embeddings from ``TeacherCache`` (read once), and with the teacher run on every batch.
@@ -38,14 +39,22 @@ from training.config import Config  # noqa: E402
 
 
 def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
+    return interleaved_medians({"fn": fn}, repeats, warmup)["fn"]
+
+
+def interleaved_medians(fns: dict, repeats: int, warmup: int = 2) -> dict[str, float]:
+    """Median seconds of each function, run in turn round after round, so a load change on a shared
+    machine hits all of them alike."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            started = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def loop_centroid_update(quantizer: KMeansQuantizer) -> None:
@@ -67,9 +76,10 @@ def bench_steps(args) -> list[tuple[str, float]]:
     mels = torch.randn(args.batch, WHISPER_TINY.n_mels, frames)
     lengths = torch.full((args.batch,), frames)
     labels = torch.randint(0, 31, (args.batch,))
-    quantizer = KMeansQuantizer(model, 8).fit()
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    quantizer = KMeansQuantizer(model, 8)
     quant_loss = QuantizationLoss(quantizer)
+    quant_loss.fit()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
 
     def plain():
         _, logits = model(mels, lengths)
@@ -84,21 +94,20 @@ def bench_steps(args) -> list[tuple[str, float]]:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        quantizer.snap()
+        quant_loss.snap()
 
     def authors_loop():
         plain()
         loop_centroid_update(quantizer)
 
-    t_plain = median_seconds(plain, args.repeats)
-    t_quant = median_seconds(quantization_phase, args.repeats)
-    t_snap = median_seconds(quantizer.snap, args.repeats)
-    t_loop = median_seconds(authors_loop, max(1, args.repeats // 3), warmup=0)
-    t_loop_update = median_seconds(lambda: loop_centroid_update(quantizer), max(1, args.repeats // 3), warmup=0)
+    same_batch = interleaved_medians({"plain": plain, "quant": quantization_phase, "snap": quant_loss.snap}, args.repeats)
+    slow = max(1, args.repeats // 3)
+    t_loop = median_seconds(authors_loop, slow, warmup=0)
+    t_loop_update = median_seconds(lambda: loop_centroid_update(quantizer), slow, warmup=0)
     return [
-        ("plain step (forward, CE, backward, SGD)", t_plain),
-        ("quantization-phase step (+ L_centroid, vectorised snap)", t_quant),
-        ("  of which snap() alone", t_snap),
+        ("plain step (forward, CE, backward, SGD)", same_batch["plain"]),
+        ("quantization-phase step (+ L_centroid, vectorised snap)", same_batch["quant"]),
+        ("  of which snap() alone", same_batch["snap"]),
         ("authors' step (plain + per-cluster Python loop)", t_loop),
         ("  of which the Python-loop update alone", t_loop_update),
     ]
@@ -136,9 +145,12 @@ def bench_distillation(args) -> list[tuple[str, float]]:
         return lambda: train_epoch(step, loader, optimizer, device=cpu, progress=False, **kw)
 
     distill = DistillationLoss(0.5)
-    t_student = median_seconds(epoch(ClassificationLoss()), args.epoch_repeats)
-    t_cached = median_seconds(epoch(distill, targets=targets), args.epoch_repeats)
-    t_online = median_seconds(epoch(distill, online_teacher=(teacher, pool)), args.epoch_repeats)
+    epochs = interleaved_medians({
+        "student": epoch(ClassificationLoss()),
+        "cached": epoch(distill, targets=targets),
+        "online": epoch(distill, online_teacher=(teacher, pool)),
+    }, args.epoch_repeats, warmup=1)
+    t_student, t_cached, t_online = epochs["student"], epochs["cached"], epochs["online"]
     return [
         ("student-only epoch (CE)", t_student),
         ("distillation epoch, teacher embeddings cached", t_cached),

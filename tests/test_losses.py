@@ -13,7 +13,7 @@ from training.losses import (
     StudentProjection,
     channel_pool_geometry,
 )
-from training.quantize import quantize_model
+from training.quantize import KMeansQuantizer, quantize_model
 
 
 def reference_channel_pool(x: torch.Tensor, stride: int, dilation: int, c_out: int) -> torch.Tensor:
@@ -99,7 +99,7 @@ def test_quantization_loss_is_centroid_loss_plus_ce():
     centroid = torch.stack([
         ((p.reshape(-1) - quantizer.centroids[n][quantizer.labels[n]]) ** 2).mean() for n, p in quantizer.params.items()
     ]).mean()
-    assert float(centroid) > 0
+    assert float(centroid.detach()) > 0
     torch.testing.assert_close(out.total, 2.0 * centroid + F.cross_entropy(logits, labels))
     out.total.backward()  # the centroid term pulls every quantized weight toward its centroid
     name, p = next(iter(quantizer.params.items()))
@@ -110,3 +110,26 @@ def test_classification_loss_is_cross_entropy():
     logits, labels = torch.randn(5, 4), torch.tensor([0, 1, 2, 3, 0])
     out = ClassificationLoss()(logits, labels)
     torch.testing.assert_close(out.total, F.cross_entropy(logits, labels))
+
+
+def test_quantization_loss_skips_the_exact_zero_right_after_a_snap_and_computes_it_otherwise():
+    torch.manual_seed(0)
+    model = IntentClassifier(ModelDims(n_mels=8, n_ctx=32, n_state=16, n_head=2, n_layer=1), 3)
+    loss = QuantizationLoss(KMeansQuantizer(model, 2))
+    mel, labels = torch.randn(2, 8, 10), torch.tensor([1, 2])
+    loss.fit()
+    assert loss.on_codebook()
+    calls = []
+    original = loss.quantizer.centroid_loss
+    loss.quantizer.centroid_loss = lambda: calls.append(1) or original()
+    assert float(original().detach()) == 0.0  # what is skipped is exactly zero
+    out = loss(model(mel)[1], labels)
+    assert out.parts["centroid"] == 0.0 and not calls
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    out.total.backward()
+    optimizer.step()  # the weights leave their codebooks
+    assert not loss.on_codebook()
+    out = loss(model(mel)[1], labels)
+    assert calls and out.parts["centroid"] > 0
+    loss.snap()
+    assert loss.on_codebook() and loss(model(mel)[1], labels).parts["centroid"] == 0.0

@@ -299,10 +299,11 @@ def golden_run():
     loss = DistillationLoss(0.5)
     d = train_epoch(TrainStep(model, loss), loader, make_optimizer("D", model, loss, cfg), device=cpu, targets=targets,
                     progress=False)
-    quantizer = KMeansQuantizer(model, 2).fit()
+    quantizer = KMeansQuantizer(model, 2)
     qloss = QuantizationLoss(quantizer)
+    qloss.fit()
     q = train_epoch(TrainStep(model, qloss), loader, make_optimizer("Q", model, qloss, cfg), device=cpu,
-                    quantizer=quantizer, cosine=(0.01, 0, 2), progress=False)
+                    snap=qloss.snap, cosine=(0.01, 0, 2), progress=False)
     return d, q, model, quantizer
 
 

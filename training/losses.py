@@ -117,17 +117,43 @@ class QuantizationLoss(nn.Module):
     """``centroid_weight * L_centroid + CE(logits, labels)`` (paper eq. 5).
 
     L_centroid is ``KMeansQuantizer.centroid_loss()``: the mean squared distance of each weight
-    to its centroid. Its gradient pulls each weight toward its cluster's shared value.
+    to its centroid. Right after ``fit()`` or ``snap()`` every weight equals its centroid, so
+    L_centroid and its gradient are exactly zero; in a training loop that snaps after every step
+    (use ``self.snap``) that holds at every forward pass, and the centroids learn through the
+    snap's cluster means (paper eq. 4). The loss then skips computing the zeros: every in-place
+    change to a tensor bumps its version counter, so unchanged versions since the last snap prove
+    the weights are still on their codebooks. Otherwise L_centroid is computed in full.
     """
 
     def __init__(self, quantizer: KMeansQuantizer, centroid_weight: float = 1.0):
         super().__init__()
         self.quantizer = quantizer
         self.centroid_weight = centroid_weight
+        self._snapped_versions: list[int] | None = None
+
+    def _versions(self) -> list[int]:
+        return [p._version for p in self.quantizer.params.values()]
+
+    def fit(self) -> None:
+        """Fit the codebooks (start of a Q phase) and snap the weights onto them."""
+        self.quantizer.fit()
+        self._snapped_versions = self._versions()
+
+    def snap(self) -> None:
+        """Re-estimate the centroids and snap the weights onto them (after every optimizer step)."""
+        self.quantizer.snap()
+        self._snapped_versions = self._versions()
+
+    def on_codebook(self) -> bool:
+        """Whether the weights are unchanged since the last fit/snap (so L_centroid is exactly 0)."""
+        return self._snapped_versions is not None and self._snapped_versions == self._versions()
 
     def forward(self, logits: Tensor, labels: Tensor) -> LossParts:
-        centroid = self.quantizer.centroid_loss().to(logits.device)
         ce = F.cross_entropy(logits, labels)
+        if self.on_codebook():
+            centroid = ce.new_zeros(())
+        else:
+            centroid = self.quantizer.centroid_loss().to(logits.device)
         total = self.centroid_weight * centroid + ce
         return LossParts(total, {"loss": total.item(), "centroid": centroid.item(), "ce": ce.item()})
 

@@ -30,6 +30,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -130,7 +131,7 @@ def train_epoch(
     optimizer: torch.optim.Optimizer,
     *,
     device: torch.device,
-    quantizer: KMeansQuantizer | None = None,
+    snap: Callable[[], object] | None = None,
     targets: Tensor | None = None,
     online_teacher: tuple[Teacher, nn.Module | None] | None = None,
     cosine: tuple[float, int, int] | None = None,
@@ -141,7 +142,7 @@ def train_epoch(
 
     targets: (N, C) cached teacher embeddings indexed by dataset item; or ``online_teacher`` =
     (teacher, frame_pool) runs it on each batch. cosine: (base lr, first step, total steps) of
-    the phase's schedule. quantizer: snaps the weights after every optimizer step.
+    the phase's schedule. snap: called after every optimizer step (Q: ``QuantizationLoss.snap``).
     """
     step_module.train()
     sums: dict[str, float] = {}
@@ -163,8 +164,8 @@ def train_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if quantizer is not None:
-            quantizer.snap()
+        if snap is not None:
+            snap()
 
         n_batches += 1
         for key, value in parts.items():
@@ -316,10 +317,8 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
     elif state_path.exists():
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
     if procs.main:
-        for stale in state_dir.glob(".*.tmp"):  # temp files of a killed write; never a real output
+        for stale in [*out.glob(".*.tmp"), *state_dir.glob(".*.tmp")]:  # temp files of a killed write
             stale.unlink(missing_ok=True)
-        if state is None:
-            fork_path.unlink(missing_ok=True)
         save_config(cfg, out / "config.yaml")
     log.info("run %s: strategy %s, bits %s, %d process(es) on %s", out, cfg.train.strategy, cfg.train.bits,
              procs.world, procs.device)
@@ -384,6 +383,7 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
     sampler = DistributedSampler(train_ds, num_replicas=procs.world, rank=procs.rank, shuffle=True, seed=cfg.train.seed)
     loader = DataLoader(train_ds, batch_size=cfg.data.batch_size, sampler=sampler, collate_fn=collate,
                         num_workers=cfg.data.num_workers)
+    first_own_branch = next(i for i, b in enumerate(plan.branches) if not b.shared)
     optimizer = quantizer = step_module = None
     epoch_bar = tqdm(total=len(epochs), initial=done, desc="epochs", unit="epoch", disable=not progress, dynamic_ncols=True)
     with logging_redirect_tqdm():
@@ -392,16 +392,17 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
             branch = plan.branches[ep.branch]
             first_of_branch = u == 0 or epochs[u - 1].branch != ep.branch
             # Every non-shared branch starts from the same state: the end of the shared epochs
-            # (or the initial model). The first branch to start saves it; the others load it.
+            # (or the initial model). The first such branch saves it; the others load it.
             if first_of_branch and not branch.shared:
-                if fork_path.exists():
+                if ep.branch == first_own_branch:
+                    if procs.main:
+                        save_state(fork_path, RunState(u, model.state_dict(),
+                                                       projection=projection.state_dict() if projection else None))
+                else:
                     fork = load_state(fork_path)
                     model.load_state_dict(fork.model)
                     if projection is not None and fork.projection is not None:
                         projection.load_state_dict(fork.projection)
-                elif procs.main:
-                    save_state(fork_path, RunState(u, model.state_dict(),
-                                                   projection=projection.state_dict() if projection else None))
                 procs.barrier()
 
             # Phase set-up: a fresh optimizer at each phase start (the weights just jumped, to or
@@ -425,7 +426,7 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
                             "labels": {n: t.to(procs.device) for n, t in state.quantizer["labels"].items()},
                         })
                 elif quantizer is not None:
-                    quantizer.fit()
+                    loss.fit()
                 step_module = TrainStep(model, loss)
                 if procs.world > 1:
                     step_module = DistributedDataParallel(step_module, device_ids=[procs.device.index] if procs.device.type == "cuda" else None,
@@ -439,7 +440,8 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
             cosine = (cfg.quant.lr, ep.epoch_in_phase * steps, ep.phase_epochs * steps) if ep.kind == "Q" else None
             desc = f"epoch {ep.index + 1}/{len(plan.pattern)} {branch.name} {ep.kind}"
             started = time.perf_counter()
-            parts = train_epoch(step_module, loader, optimizer, device=procs.device, quantizer=quantizer,
+            parts = train_epoch(step_module, loader, optimizer, device=procs.device,
+                                snap=loss.snap if isinstance(loss, QuantizationLoss) else None,
                                 targets=targets if ep.kind == "D" else None,
                                 online_teacher=online_teacher if ep.kind == "D" else None,
                                 cosine=cosine, desc=desc, progress=progress)
