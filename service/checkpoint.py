@@ -173,15 +173,18 @@ def save_checkpoint(
 
 def _sniff(path: Path) -> None:
     """Refuse files that are not safetensors before any parser sees them, naming what they look like."""
+    size = path.stat().st_size
     with open(path, "rb") as f:
-        head = f.read(16)
+        head = f.read(9)
+    # safetensors: an 8-byte little-endian header length, then the JSON header.
+    if len(head) == 9 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size:
+        return
     if head[:2] == b"PK" or head[:1] == b"\x80":
         raise CheckpointError(
             f"{path}: this is a PyTorch/pickle file, not a QUADS .safetensors checkpoint; "
             "pickles are never loaded (import Whisper weights with service.whisper.load_whisper_encoder)"
         )
-    if len(head) < 10:
-        raise CheckpointError(f"{path}: file is {len(head)} bytes, too short for a .safetensors checkpoint")
+    raise CheckpointError(f"{path}: not a .safetensors file (no safetensors header), or truncated")
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:

@@ -158,3 +158,20 @@ def test_pickle_payload_is_never_executed(tmp_path, name):
         with pytest.raises(CheckpointError, match="pickle file, not a QUADS"):
             load_checkpoint(path)
     assert not marker.exists()
+
+
+def test_a_header_length_starting_with_a_pickle_byte_is_still_safetensors(tmp_path):
+    """safetensors begins with its header length: when that starts with 0x80 it must not pass for a pickle."""
+    model = IntentClassifier(ModelDims(n_mels=8, n_ctx=4, n_state=4, n_head=1, n_layer=1), 2)
+    for pad in range(256):
+        path = save_checkpoint(tmp_path / "m.safetensors", model, ["a", "b"], 32, {"pad": "x" * pad})
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[0] == 0x80
+    assert load_checkpoint(path).provenance == {"pad": "x" * pad}
+
+
+def test_garbage_file_is_refused(tmp_path):
+    (tmp_path / "g.safetensors").write_bytes(b"hello world, not a model")
+    with pytest.raises(CheckpointError, match="not a .safetensors file"):
+        load_checkpoint(tmp_path / "g.safetensors")
