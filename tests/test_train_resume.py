@@ -32,7 +32,7 @@ def setup(tmp_path_factory):
         return ["--data", str(corpus), "--out", str(out), "--strategy", "mct", "--bits", "32,4", "--schedule", "DDQQDQ",
                 "--teacher", str(teacher), "--set", f"teacher.cache_dir={tmp / 'cache'}", "--batch-size", "4",
                 "--threads", "1", "--no-progress", "--set", "data.augment=false", "--set", "distill.lr_encoder=1e-3",
-                *tiny_student_args(64, 1)]
+                "--set", "train.eval_every_epoch=false", *tiny_student_args(64, 1)]
 
     return tmp, args
 
@@ -105,7 +105,7 @@ def test_sigkill_at_any_phase_then_resume_equals_an_uninterrupted_run(setup):
 
     # 3. While the resume state is being written: the temp file exists, the rename has not happened.
     done_before = load_state(out / "resume" / "state.safetensors").done
-    proc = start(args(out) + ["--resume"], {WRITE_DELAY_ENV: "3"})
+    proc = start(args(out) + ["--resume"], {WRITE_DELAY_ENV: "1"})
     wait_for(lambda: any((out / "resume").glob(".state.safetensors.*.tmp")), proc)
     kill(proc)
     assert any((out / "resume").glob(".*.tmp"))

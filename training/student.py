@@ -15,6 +15,7 @@ The classification head always starts random.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 
@@ -96,7 +97,7 @@ def init_student(
     if cfg.init == "random":
         log.info("student: random init, %s", _describe(dims))
     elif cfg.init.startswith("whisper:"):
-        path = cfg.init.removeprefix("whisper:")
+        path = Path(cfg.init.removeprefix("whisper:")).expanduser()
         encoder = load_whisper_encoder(path)
         differing = [k for k in _COMPARED if getattr(encoder.dims, k) != getattr(dims, k)]
         if differing:

@@ -199,7 +199,7 @@ def all_reduce_mean(parts: dict[str, float], procs: Processes) -> dict[str, floa
 
 def load_split(cfg: Config, split: str, labels: list[str] | None, *, train: bool, progress: bool) -> MelDataset:
     d = cfg.data
-    samples = load_samples(d.root, split, headset=d.slurp_headset, synthetic=d.slurp_synthetic and train)
+    samples = load_samples(Path(d.root).expanduser(), split, headset=d.slurp_headset, synthetic=d.slurp_synthetic and train)
     if labels is None:
         labels = label_set(samples)
     return MelDataset(
@@ -225,7 +225,7 @@ def teacher_targets(cfg: Config, teacher: Teacher, dataset: MelDataset, frame_po
 
 
 def checkpoint_path(cfg: Config, bits: int) -> Path:
-    return Path(cfg.train.out) / f"{cfg.train.name}-{bits}bit.safetensors"
+    return Path(cfg.train.out).expanduser() / f"{cfg.train.name}-{bits}bit.safetensors"
 
 
 def export_branch(cfg: Config, model: IntentClassifier, labels: list[str], plan: Plan, branch_index: int,
@@ -298,7 +298,7 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
     """Run the whole plan of ``cfg`` (see the module docstring). Returns the report (rank 0) or {}."""
     cfg.validate()
     procs = setup_processes(cfg.train.device)
-    out = Path(cfg.train.out)
+    out = Path(cfg.train.out).expanduser()
     state_dir = out / "resume"
     state_path, fork_path = state_dir / "state.safetensors", state_dir / "fork.safetensors"
     if procs.main:
@@ -324,7 +324,7 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
              procs.world, procs.device)
 
     # Data.
-    if Path(cfg.data.root).is_file():
+    if Path(cfg.data.root).expanduser().is_file():
         log.warning("%s is a single manifest: it serves as train, validation and test split alike, so the "
                     "scores are on training data; pass a folder of train/valid/test manifests", cfg.data.root)
     train_ds = load_split(cfg, cfg.data.train_split, None, train=True, progress=progress)
@@ -506,7 +506,7 @@ def final_report(cfg: Config, plan: Plan, labels: list[str], train_ds: MelDatase
     }
     from training.report import write_report  # matplotlib is slow to import; only the end of a run needs it
 
-    paths = write_report(Path(cfg.train.out), report)
+    paths = write_report(Path(cfg.train.out).expanduser(), report)
     log.info("reports: %s", ", ".join(str(p) for p in paths.values()))
     return report
 
@@ -560,7 +560,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         return cfg
 
     cfg = resolve(args.config)
-    saved_path = Path(cfg.train.out) / "config.yaml"
+    saved_path = Path(cfg.train.out).expanduser() / "config.yaml"
     if args.resume and saved_path.is_file():
         # The saved config is the run's; the command line may restate it but not change it.
         requested = cfg if args.config else resolve(saved_path)
