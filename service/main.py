@@ -19,6 +19,7 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import ValidationError
 
+import service.openmp_policy  # noqa: F401 - before anything imports torch
 from service.api import api_router
 from service.body import BodyLimitMiddleware
 from service.checkpoint import Checkpoint, CheckpointError, load_checkpoint

@@ -184,6 +184,18 @@ def test_bad_model_path_exits_with_the_reason(tmp_path):
     assert f"quads-serve: cannot start: {missing}: no such checkpoint file" in result.stderr
 
 
+def test_openmp_policy_is_set_before_torch_loads():
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import os, service.main; print(os.environ['OMP_WAIT_POLICY'])"],
+        env=env, capture_output=True, text=True, timeout=120, check=True,
+    )
+    assert result.stdout.strip() == "PASSIVE"
+    imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "|" in line]
+    first_torch = next(i for i, name in enumerate(imported) if name.split(".")[0] == "torch")
+    assert imported.index("service.openmp_policy") < first_torch  # libgomp reads the policy when torch loads
+
+
 def test_sigterm_drains_then_finishes_in_flight_requests(checkpoint_path, speech_wav, tmp_path):
     # The batch wait holds a lone request in flight for 2 s, across the SIGTERM and the 1-s drain below.
     server = Server(
