@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from functools import lru_cache
 
 import numpy as np
@@ -27,7 +28,19 @@ FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100
 
 
 class AudioDecodeError(ValueError):
-    """The bytes are not usable audio. ``str(err)`` is a reason a person can act on."""
+    """The bytes are not usable audio. ``str(err)`` is a reason a person can act on.
+
+    Subclasses tell apart what a client can fix by sending other audio of the same kind:
+    ``EmptyAudioError`` (no bytes or no samples) and ``AudioTooLongError`` (over the limit).
+    """
+
+
+class EmptyAudioError(AudioDecodeError):
+    """No bytes, or well-formed audio with no samples."""
+
+
+class AudioTooLongError(AudioDecodeError):
+    """Longer than the ``max_seconds`` limit."""
 
 
 def decode_audio(data: bytes, max_seconds: float | None = CHUNK_LENGTH) -> torch.Tensor:
@@ -37,7 +50,7 @@ def decode_audio(data: bytes, max_seconds: float | None = CHUNK_LENGTH) -> torch
     non-finite or over-long (``> max_seconds``; ``None`` disables the check) input.
     """
     if not data:
-        raise AudioDecodeError("the audio is empty (0 bytes)")
+        raise EmptyAudioError("the audio is empty (0 bytes)")
     try:
         with soundfile.SoundFile(io.BytesIO(data)) as f:
             sample_rate, channels, frames = f.samplerate, f.channels, f.frames
@@ -50,23 +63,23 @@ def decode_audio(data: bytes, max_seconds: float | None = CHUNK_LENGTH) -> torch
             # Check the duration the header claims before reading, so that a header claiming
             # hours of audio is refused without allocating for it.
             if max_seconds is not None and 0 < frames < 2**62 and frames / sample_rate > max_seconds + 1:
-                raise AudioDecodeError(
+                raise AudioTooLongError(
                     f"audio is {frames / sample_rate:.1f} s long; the limit is {max_seconds:g} s"
                 )
             wave = f.read(dtype="float32", always_2d=True)  # (frames, channels)
     except AudioDecodeError:
         raise
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError) as e:
-        raise AudioDecodeError(
-            f"could not decode the audio ({e}); send WAV, FLAC, OGG/Vorbis or MP3"
-        ) from None
+        # libsndfile names the in-memory file object ("Error opening <_io.BytesIO ...>: "): drop that.
+        reason = re.sub(r"Error opening <[^>]*>: ", "", str(e))
+        raise AudioDecodeError(f"could not decode the audio ({reason}); send WAV, FLAC, OGG/Vorbis or MP3") from None
     if wave.shape[0] == 0:
-        raise AudioDecodeError("the audio holds no samples")
+        raise EmptyAudioError("the audio holds no samples")
     if not np.isfinite(wave).all():
         raise AudioDecodeError("the audio holds NaN or infinite samples")
     mono = torch.from_numpy(wave.mean(axis=1, dtype=np.float32))
     if max_seconds is not None and mono.numel() / sample_rate > max_seconds:
-        raise AudioDecodeError(f"audio is {mono.numel() / sample_rate:.1f} s long; the limit is {max_seconds:g} s")
+        raise AudioTooLongError(f"audio is {mono.numel() / sample_rate:.1f} s long; the limit is {max_seconds:g} s")
     return resample(mono, sample_rate)
 
 

@@ -14,36 +14,25 @@ once on the batch. Clips of different lengths are padded and masked (``pad_mels`
 from __future__ import annotations
 
 import asyncio
-import io
 import queue
-import re
 import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-import soundfile
 import torch
 
-from service.audio import FRAMES_PER_SECOND, SAMPLE_RATE, AudioDecodeError, decode_audio, log_mel_spectrogram, pad_mels
+from service.audio import (
+    FRAMES_PER_SECOND,
+    SAMPLE_RATE,
+    AudioTooLongError,
+    EmptyAudioError,
+    decode_audio,
+    log_mel_spectrogram,
+    pad_mels,
+)
 from service.checkpoint import Checkpoint
 from service.metrics import ServiceMetrics
-
-
-class InvalidAudio(ValueError):
-    """The request's audio cannot be classified; ``str(err)`` says why and what to send instead."""
-
-
-class UndecodableAudio(InvalidAudio):
-    """Not audio in a format we read, or corrupt."""
-
-
-class EmptyAudio(InvalidAudio):
-    """Well-formed audio with no samples, or no bytes at all."""
-
-
-class AudioTooLong(InvalidAudio):
-    """Longer than the configured limit."""
 
 
 class EngineOverloaded(RuntimeError):
@@ -119,7 +108,7 @@ class InferenceEngine:
 
     def submit(self, data: bytes) -> Future:
         """Queue one clip (encoded audio bytes); the future resolves to a ``Prediction`` or raises
-        ``InvalidAudio``. Raises ``EngineOverloaded`` or ``EngineDraining`` at once. Thread-safe."""
+        ``service.audio.AudioDecodeError``. Raises ``EngineOverloaded`` or ``EngineDraining`` at once. Thread-safe."""
         job = _Job(data, Future())
         with self._lock:
             if self._closed:
@@ -225,26 +214,10 @@ class InferenceEngine:
 
 
 def decode_clip(data: bytes, max_seconds: float) -> torch.Tensor:
-    """``decode_audio`` with its failures sorted into ``InvalidAudio`` subclasses. (samples,) at 16 kHz."""
-    if not data:
-        raise EmptyAudio("the audio is empty (0 bytes); send a recording of the spoken command")
+    """``decode_audio`` with the client's next step added to the reason. (samples,) at 16 kHz."""
     try:
         return decode_audio(data, max_seconds=max_seconds)
-    except AudioDecodeError as e:
-        claimed = _header_duration(data)
-        if claimed is not None and claimed > max_seconds:
-            raise AudioTooLong(f"{e}; trim the recording to at most {max_seconds:g} s") from None
-        if claimed == 0:
-            raise EmptyAudio(f"{e}; the recording has no samples") from None
-        # libsndfile names the in-memory file object ("Error opening <_io.BytesIO object at 0x...>: ");
-        # that tells the client nothing.
-        raise UndecodableAudio(re.sub(r"Error opening <[^>]*>: ", "", str(e))) from None
-
-
-def _header_duration(data: bytes) -> float | None:
-    """Seconds the file's header claims, or None when there is no readable header."""
-    try:
-        info = soundfile.info(io.BytesIO(data))
-    except Exception:  # noqa: BLE001 - any failure means "no usable header"
-        return None
-    return info.frames / info.samplerate if info.samplerate > 0 else None
+    except AudioTooLongError as e:
+        raise AudioTooLongError(f"{e}; trim the recording to at most {max_seconds:g} s") from None
+    except EmptyAudioError as e:
+        raise EmptyAudioError(f"{e}; send a recording of the spoken command") from None

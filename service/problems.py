@@ -19,7 +19,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.engine import AudioTooLong, EmptyAudio, EngineDraining, EngineOverloaded, UndecodableAudio
+from service.audio import AudioDecodeError, AudioTooLongError, EmptyAudioError
+from service.engine import EngineDraining, EngineOverloaded
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 RETRY_AFTER_SECONDS = 1
@@ -71,9 +72,9 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 # (exception type, status, slug): engine errors a client caused or can retry.
 _ENGINE_ERRORS = (
-    (UndecodableAudio, 400, "undecodable-audio"),
-    (EmptyAudio, 422, "empty-audio"),
-    (AudioTooLong, 422, "audio-too-long"),
+    (AudioDecodeError, 400, "undecodable-audio"),  # handlers match the most specific class first
+    (EmptyAudioError, 422, "empty-audio"),
+    (AudioTooLongError, 422, "audio-too-long"),
     (EngineOverloaded, 503, "overloaded"),
     (EngineDraining, 503, "draining"),
 )

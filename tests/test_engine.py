@@ -15,15 +15,8 @@ import torch
 import service.engine as engine_module
 from service.checkpoint import load_checkpoint
 from service.cpu import cgroup_cpu_limit, resolve_threads
-from service.engine import (
-    AudioTooLong,
-    EmptyAudio,
-    EngineDraining,
-    EngineOverloaded,
-    InferenceEngine,
-    UndecodableAudio,
-    decode_clip,
-)
+from service.audio import AudioDecodeError, AudioTooLongError, EmptyAudioError
+from service.engine import EngineDraining, EngineOverloaded, InferenceEngine, decode_clip
 from service.metrics import ServiceMetrics
 from tests.service_fixtures import (  # noqa: F401 - fixtures
     ENCODINGS,
@@ -75,9 +68,9 @@ def test_a_bad_clip_fails_only_its_own_request(checkpoint, clips):
     try:
         good, bad, empty = engine.submit(clips[0]), engine.submit(b"garbage"), engine.submit(b"")
         assert good.result(timeout=30).batch_size == 1
-        with pytest.raises(UndecodableAudio):
+        with pytest.raises(AudioDecodeError):
             bad.result(timeout=30)
-        with pytest.raises(EmptyAudio):
+        with pytest.raises(EmptyAudioError):
             empty.result(timeout=30)
         assert engine.submit(clips[1]).result(timeout=30).probabilities.shape == (len(checkpoint.labels),)
     finally:
@@ -179,16 +172,16 @@ def test_padding_to_30s_runs_the_whole_window(checkpoint, clips):
 def test_decode_clip_sorts_failures():
     tone = np.sin(np.arange(8000 * 5) / 10).astype(np.float32)
     assert decode_clip(wav_bytes(tone, 8000), 30.0).shape == (16000 * 5,)
-    with pytest.raises(AudioTooLong, match="trim the recording to at most 4 s"):
+    with pytest.raises(AudioTooLongError, match="trim the recording to at most 4 s"):
         decode_clip(wav_bytes(tone, 8000), 4.0)
-    with pytest.raises(EmptyAudio):
+    with pytest.raises(EmptyAudioError):
         decode_clip(b"", 30.0)
-    with pytest.raises(EmptyAudio):
+    with pytest.raises(EmptyAudioError):
         decode_clip(wav_bytes(tone[:0], 8000), 30.0)
-    with pytest.raises(UndecodableAudio) as err:
+    with pytest.raises(AudioDecodeError) as err:
         decode_clip(b"\x00" * 1000, 30.0)
     assert "BytesIO" not in str(err.value)
-    with pytest.raises(UndecodableAudio, match="NaN"):
+    with pytest.raises(AudioDecodeError, match="NaN"):
         decode_clip(encode_float_wav(np.full(100, np.nan, dtype=np.float32)), 30.0)
 
 
