@@ -50,12 +50,12 @@ class DemoPreset:
 PRESETS = {
     "full": DemoPreset(
         voices={"train": 60, "valid": 15, "test": 15},
-        teacher={"n_state": 256, "n_head": 4, "n_layer": 4},
-        teacher_epochs=10,
-        student={"n_state": 256, "n_head": 4, "n_layer": 2},
-        default_schedule="DDDQQDDDQQQ",
+        teacher={"n_state": 128, "n_head": 4, "n_layer": 4},
+        teacher_epochs=20,
+        student={"n_state": 128, "n_head": 4, "n_layer": 2},
+        default_schedule="DDQQDQQ",
         grid_schedule="DDQDDQQ",
-        common={"distill": {"lr_encoder": 1e-3}, "data": {"batch_size": 16}},
+        common={"distill": {"lr_encoder": 5e-4}, "data": {"batch_size": 16}},
     ),
     # Minutes, not an hour: for trying the pipeline end to end.
     "quick": DemoPreset(
