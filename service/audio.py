@@ -47,7 +47,8 @@ def decode_audio(data: bytes, max_seconds: float | None = CHUNK_LENGTH) -> torch
     """Decode WAV/FLAC/OGG/MP3 bytes (any rate, any channel count) to mono float32 at 16 kHz.
 
     Returns a 1-D tensor of samples. Raises ``AudioDecodeError`` for undecodable, empty,
-    non-finite or over-long (``> max_seconds``; ``None`` disables the check) input.
+    non-finite, absurdly loud (``> MAX_SAMPLE_MAGNITUDE``) or over-long (``> max_seconds``;
+    ``None`` disables the check) input.
     """
     if not data:
         raise EmptyAudioError("the audio is empty (0 bytes)")
@@ -77,6 +78,12 @@ def decode_audio(data: bytes, max_seconds: float | None = CHUNK_LENGTH) -> torch
         raise EmptyAudioError("the audio holds no samples")
     if not np.isfinite(wave).all():
         raise AudioDecodeError("the audio holds NaN or infinite samples")
+    if np.abs(wave).max() > MAX_SAMPLE_MAGNITUDE:
+        # Float WAV/FLAC may hold any finite value, but the power spectrum of samples near 1e16
+        # overflows float32 and the model would answer NaN.
+        raise AudioDecodeError(
+            f"the audio holds samples beyond ±{MAX_SAMPLE_MAGNITUDE:.0e}; float samples should lie within ±1"
+        )
     mono = torch.from_numpy(wave.mean(axis=1, dtype=np.float32))
     if max_seconds is not None and mono.numel() / sample_rate > max_seconds:
         raise AudioTooLongError(f"audio is {mono.numel() / sample_rate:.1f} s long; the limit is {max_seconds:g} s")
@@ -84,6 +91,7 @@ def decode_audio(data: bytes, max_seconds: float | None = CHUNK_LENGTH) -> torch
 
 
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 384_000
+MAX_SAMPLE_MAGNITUDE = 2.0**32  # above any integer PCM scale a float file might mistakenly use
 
 
 def resample(audio: torch.Tensor, sample_rate: int) -> torch.Tensor:

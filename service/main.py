@@ -25,6 +25,7 @@ from service.body import BodyLimitMiddleware
 from service.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from service.cpu import resolve_threads
 from service.engine import InferenceEngine
+from service.http_protocol import guarded_h11_protocol
 from service.metrics import HttpMetricsMiddleware, ServiceMetrics
 from service.problems import install_problem_handlers
 from service.settings import Settings
@@ -152,6 +153,8 @@ def cli(argv: list[str] | None = None) -> None:
         port=args.port,
         workers=1,
         lifespan="on",
+        # h11 plus a deadline for request heads (uvicorn alone waits forever) and problem+json 400s.
+        http=guarded_h11_protocol(settings.body_timeout_seconds),
         log_level=args.log_level,
         timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
     )
