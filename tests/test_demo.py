@@ -1,0 +1,38 @@
+"""The demo pipeline's report: rows of every run in one table, with the qad run's float files as the distill baseline."""
+
+import json
+
+import pytest
+
+from training.demo import PRESETS, STEPS, cli, write_demo_report
+
+
+def row(strategy, init, bits, acc):
+    return {"strategy": strategy, "init": init, "bits": bits, "params": 1e6, "file_bytes": 2**20 * bits / 32,
+            "gmacs_per_clip": 0.1, "gmacs_30s": 1.5, "accuracy": acc, "macro_f1": acc, "checkpoint": f"m-{bits}bit"}
+
+
+def test_report_collects_every_run(tmp_path):
+    runs = {
+        "teacher": [row("finetune", "random", 32, 0.9)],
+        "grid/qad-random": [row("qad", "random", 32, 0.8), row("qad", "random", 4, 0.5)],
+        "grid/mct-random": [row("mct", "random", 4, 0.7)],
+    }
+    for name, rows in runs.items():
+        (tmp_path / name).mkdir(parents=True)
+        (tmp_path / name / "report.json").write_text(json.dumps({"results": rows, "history": []}))
+    path = write_demo_report(tmp_path, tmp_path / "out", PRESETS["quick"], seed=0)
+    text = path.read_text()
+    assert "| grid/qad-random | distill | random | 32 |" in text  # float files of a qad run = distillation only
+    assert "| grid/qad-random | qad | random | 4 |" in text
+    assert "| grid/mct-random | mct | random | 4 | 1.00 | 0.12 |" in text
+    assert text.index("| teacher |") < text.index("| grid/")
+    assert (tmp_path / "out" / "bubbles.png").stat().st_size > 1000
+    assert len(json.loads((tmp_path / "out" / "report.json").read_text())) == 4
+
+
+def test_unknown_step_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        cli(["--steps", "corpus,bogus"])
+    assert "unknown steps ['bogus']" in capsys.readouterr().err
+    assert STEPS[0] == "corpus" and STEPS[-1] == "report"
