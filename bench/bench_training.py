@@ -1,6 +1,7 @@
 """Training-speed benchmark: the cost of quantization-aware steps, and of the teacher in distillation.
 
     python bench/bench_training.py [--threads 2] [--out bench/results/training.md]
+    python bench/bench_training.py --threads 1 --clock cpu   # on a machine shared with other jobs
 
 1. One optimizer step on the same batch, whisper-tiny dims, 8 bits (256 centroids per matrix):
    * plain: forward, cross-entropy, backward, SGD step;
@@ -12,12 +13,16 @@
    embeddings from ``TeacherCache`` (read once), and with the teacher run on every batch.
    Target: cached == student-only.
 
-Medians over repeats; ratios against the plain step / the student-only epoch. Prints Markdown.
+Medians over repeats, the variants interleaved round by round; ratios against the plain step /
+the student-only epoch. Prints Markdown (and writes it to ``--out``). On a busy machine,
+wall-clock times with several threads are dominated by the other jobs (threads spin-wait for
+each other); one thread and the process's CPU time (``--clock cpu``) give steady ratios.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import statistics
 import sys
@@ -42,6 +47,9 @@ def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
     return interleaved_medians({"fn": fn}, repeats, warmup)["fn"]
 
 
+CLOCK = time.perf_counter  # --clock cpu: time.process_time, steadier on a shared machine (use with --threads 1)
+
+
 def interleaved_medians(fns: dict, repeats: int, warmup: int = 2) -> dict[str, float]:
     """Median seconds of each function, run in turn round after round, so a load change on a shared
     machine hits all of them alike."""
@@ -51,9 +59,9 @@ def interleaved_medians(fns: dict, repeats: int, warmup: int = 2) -> dict[str, f
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            started = time.perf_counter()
+            started = CLOCK()
             fn()
-            times[name].append(time.perf_counter() - started)
+            times[name].append(CLOCK() - started)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -71,7 +79,10 @@ def loop_centroid_update(quantizer: KMeansQuantizer) -> None:
 
 def bench_steps(args) -> list[tuple[str, float]]:
     torch.manual_seed(0)
-    model = IntentClassifier(WHISPER_TINY, 31)
+    # Two copies of the model, so that the plain steps never move the quantized model's weights
+    # off their codebooks between its own steps (in training, a snap always precedes a forward).
+    plain_model = IntentClassifier(WHISPER_TINY, 31)
+    model = copy.deepcopy(plain_model)
     frames = int(args.seconds * 100)
     mels = torch.randn(args.batch, WHISPER_TINY.n_mels, frames)
     lengths = torch.full((args.batch,), frames)
@@ -79,29 +90,29 @@ def bench_steps(args) -> list[tuple[str, float]]:
     quantizer = KMeansQuantizer(model, 8)
     quant_loss = QuantizationLoss(quantizer)
     quant_loss.fit()
+    plain_optimizer = torch.optim.SGD(plain_model.parameters(), lr=1e-4, momentum=0.9)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
 
-    def plain():
-        _, logits = model(mels, lengths)
-        loss = F.cross_entropy(logits, labels)
-        optimizer.zero_grad(set_to_none=True)
+    def sgd_step(net, opt, loss_fn):
+        _, logits = net(mels, lengths)
+        loss = loss_fn(logits, labels)
+        opt.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        opt.step()
+
+    def plain():
+        sgd_step(plain_model, plain_optimizer, F.cross_entropy)
 
     def quantization_phase():
-        _, logits = model(mels, lengths)
-        loss = quant_loss(logits, labels).total
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        sgd_step(model, optimizer, lambda logits, y: quant_loss(logits, y).total)
         quant_loss.snap()
 
     def authors_loop():
-        plain()
+        sgd_step(model, optimizer, F.cross_entropy)
         loop_centroid_update(quantizer)
 
     same_batch = interleaved_medians({"plain": plain, "quant": quantization_phase, "snap": quant_loss.snap}, args.repeats)
-    slow = max(1, args.repeats // 3)
+    slow = args.loop_repeats
     t_loop = median_seconds(authors_loop, slow, warmup=0)
     t_loop_update = median_seconds(lambda: loop_centroid_update(quantizer), slow, warmup=0)
     return [
@@ -135,9 +146,9 @@ def bench_distillation(args) -> list[tuple[str, float]]:
 
     loader = torch.utils.data.DataLoader(Clips(), batch_size=args.batch, shuffle=False, collate_fn=collate)
     cfg, cpu = Config(), torch.device("cpu")
-    started = time.perf_counter()
+    started = CLOCK()
     targets = compute_embeddings(teacher, Clips(), pool, batch_size=args.batch, progress=False)
-    t_cache_build = time.perf_counter() - started
+    t_cache_build = CLOCK() - started
 
     def epoch(loss, **kw):
         step = TrainStep(student, loss)
@@ -173,16 +184,22 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--clips", type=int, default=32, help="clips per distillation epoch")
     parser.add_argument("--epoch-repeats", type=int, default=3)
+    parser.add_argument("--loop-repeats", type=int, default=2, help="repeats of the (slow) Python-loop update")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall: perf_counter; cpu: this process's CPU time (steadier on a busy machine, 1 thread)")
     parser.add_argument("--out", help="also write the Markdown here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
 
     steps = bench_steps(args)
     epochs = bench_distillation(args)
     lines = [
         "## Training benchmark",
         "",
-        f"torch {torch.__version__}, {args.threads} thread(s), {platform.processor() or platform.machine()}; "
+        f"torch {torch.__version__}, {args.threads} thread(s), {platform.processor() or platform.machine()}, "
+        f"{args.clock} clock; "
         f"batch {args.batch} x {args.seconds:g} s clips; whisper-tiny student dims "
         f"({sum(p.numel() for p in IntentClassifier(WHISPER_TINY, 31).parameters()) / 1e6:.1f} M params), 8 bits; "
         f"teacher: whisper-base dims (random weights), {args.clips} clips per epoch.",
