@@ -73,6 +73,15 @@ def test_config_validation_explains_the_problem(updates, message):
         cfg.validate()
 
 
+def test_resume_uses_the_saved_config_and_refuses_changes(tmp_path):
+    saved = load_config(None, [{"data": {"root": "/d"}, "train": {"out": str(tmp_path), "seed": 3, "bits": [32, 4]}}])
+    save_config(saved, tmp_path / "config.yaml")
+    resumed = config_from_args(build_parser().parse_args(["--out", str(tmp_path), "--resume", "--threads", "1"]))
+    assert resumed.train.seed == 3 and resumed.train.bits == [32, 4] and resumed.train.threads == 1
+    with pytest.raises(ConfigError, match="train.seed"):
+        config_from_args(build_parser().parse_args(["--out", str(tmp_path), "--resume", "--seed", "4"]))
+
+
 def test_cli_reports_a_bad_configuration_as_an_error(capsys):
     assert cli(["--data", "/d", "--teacher", "t.pt", "--strategy", "distill", "--bits", "32,4"]) == 2
     assert "use --strategy qad" in capsys.readouterr().err

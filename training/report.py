@@ -104,9 +104,11 @@ def curves_chart(history: list[dict], path: Path) -> Path:
             ax.axvspan(epoch - 0.5, epoch + 0.5, color="tab:orange", alpha=0.08, lw=0)
     ax_loss.set(xlabel="epoch", ylabel="training loss (phase's own loss)", title="loss (Q epochs shaded)")
     ax_acc.set(xlabel="epoch", ylabel="validation accuracy (%)", title="validation accuracy")
+    if not ax_acc.lines:
+        ax_acc.text(0.5, 0.5, "no validation split / per-epoch evaluation", ha="center", transform=ax_acc.transAxes)
     for ax in (ax_loss, ax_acc):
         ax.grid(True, alpha=0.3)
-        if branches:
+        if ax.lines:
             ax.legend(fontsize=8)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
