@@ -142,3 +142,33 @@ def test_the_service_loader_classifies_real_audio(runs):
     assert correct / len(samples) >= 0.6
     row = next(r for r in json.loads((tmp / "mct" / "report.json").read_text())["results"] if r["bits"] == 4)
     assert math.isclose(correct / len(samples), row["accuracy"])
+
+
+def test_bad_samples_are_reported_with_their_path_and_skipped_or_fail_fast(tmp_path_factory, capsys):
+    from training.train import cli
+
+    corpus = tiny_corpus(tmp_path_factory)
+    data = tmp_path_factory.mktemp("bad-data")
+    good = load_samples(corpus, "train")[:8]
+    (data / "notaudio.wav").write_text("this is not audio")
+    rows = [f"{s.path},{s.label}" for s in good] + [f"{data / 'missing.wav'},{good[0].label}",
+                                                     f"{data / 'notaudio.wav'},{good[1].label}"]
+    (data / "train.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    held_out = [f"{s.path},{s.label}" for s in load_samples(corpus, "valid")[:4]] + [f"{good[2].path},no_such_intent"]
+    for split in ("valid", "test"):
+        (data / f"{split}.csv").write_text("path,label\n" + "\n".join(held_out) + "\n")
+    args = ["--data", str(data), "--strategy", "finetune", "--bits", "32", "--epochs", "1", "--batch-size", "4",
+            "--threads", "1", "--no-progress", "--set", "data.augment=false", "--set", "student.n_state=32",
+            "--set", "student.n_head=2", "--set", "student.n_layer=1"]
+    assert cli([*args, "--out", str(tmp_path_factory.mktemp("skip"))]) == 0
+    out = capsys.readouterr().err
+    for path in ("missing.wav", "notaudio.wav"):
+        assert path in out
+    report = json.loads(next(tmp_path_factory.getbasetemp().glob("skip*/report.json")).read_text())
+    assert report["run"]["n_train"] == 8 and len(report["run"]["skipped_train"]) == 2
+    assert report["results"][0]["n"] == 4  # the held-out clip with an unknown label is left out
+    assert "no_such_intent" in out
+
+    assert cli([*args, "--out", str(tmp_path_factory.mktemp("raise")), "--set", "data.on_error=raise"]) == 2
+    err = capsys.readouterr().err
+    assert "quads-train: error:" in err and "missing.wav" in err
