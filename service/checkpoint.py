@@ -125,6 +125,9 @@ def atomic_write(path: Path, write) -> None:
         write(Path(tmp))
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o644 & ~umask)  # mkstemp creates 0600: readable by others, as a plain open() would be
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

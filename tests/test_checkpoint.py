@@ -175,3 +175,16 @@ def test_garbage_file_is_refused(tmp_path):
     (tmp_path / "g.safetensors").write_bytes(b"hello world, not a model")
     with pytest.raises(CheckpointError, match="not a .safetensors file"):
         load_checkpoint(tmp_path / "g.safetensors")
+
+
+def test_written_files_are_readable_by_others(tmp_path):
+    """mkstemp makes 0600 files; a checkpoint must be readable by a service running as another user."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path / "m.safetensors", quantized(SMALL, 4), LABELS, 4)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

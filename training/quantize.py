@@ -25,11 +25,15 @@ def assign(w: Tensor, centroids: Tensor) -> Tensor:
     return torch.bucketize(w, midpoints)
 
 
-def update_centroids(w: Tensor, labels: Tensor, centroids: Tensor) -> Tensor:
-    """Mean of the weights in each cluster; a cluster with no weights keeps its old centroid."""
-    k = centroids.numel()
+def update_centroids(w: Tensor, labels: Tensor, centroids: Tensor, counts: Tensor | None = None) -> Tensor:
+    """Mean of the weights in each cluster; a cluster with no weights keeps its old centroid.
+
+    ``counts`` (the cluster sizes, ``bincount(labels)``) may be passed when the labels are fixed.
+    """
+    if counts is None:
+        counts = torch.bincount(labels, minlength=centroids.numel())
     sums = torch.zeros_like(centroids).index_add_(0, labels, w)
-    counts = torch.bincount(labels, minlength=k).to(w.dtype)
+    counts = counts.to(w.dtype)
     return torch.where(counts > 0, sums / counts.clamp(min=1), centroids)
 
 
@@ -64,7 +68,8 @@ class KMeansQuantizer:
     optimizer step ``snap()`` re-estimates each centroid as the mean of its cluster's weights
     (assignments fixed) and writes the centroids back, so the model always holds <= 2**bits
     distinct values per matrix. ``centroid_loss()`` is L_centroid, the within-cluster squared
-    distance, which pulls the weights toward their shared values between snaps.
+    distance, which pulls the weights toward their shared values between snaps (it is exactly
+    0 right after a snap).
     At 16 bits weights are rounded to float16; at 32 bits nothing changes.
     """
 
@@ -75,6 +80,7 @@ class KMeansQuantizer:
         self.params = {n: p for n, p in model.named_parameters() if is_quantizable(n, p)}
         self.centroids: dict[str, Tensor] = {}
         self.labels: dict[str, Tensor] = {}
+        self._counts: dict[str, Tensor] = {}  # cluster sizes: fixed while the labels are
 
     @property
     def clusters(self) -> bool:
@@ -84,6 +90,7 @@ class KMeansQuantizer:
     @torch.no_grad()
     def fit(self) -> "KMeansQuantizer":
         if self.clusters:
+            self._counts = {}
             for name, p in self.params.items():
                 self.centroids[name], self.labels[name] = kmeans_1d(p, 2**self.bits, self.iters)
         return self.snap(update=False)
@@ -96,7 +103,11 @@ class KMeansQuantizer:
             elif self.clusters:
                 labels = self.labels[name]
                 if update:
-                    self.centroids[name] = update_centroids(p.reshape(-1).float(), labels, self.centroids[name])
+                    if name not in self._counts:
+                        self._counts[name] = torch.bincount(labels, minlength=self.centroids[name].numel())
+                    self.centroids[name] = update_centroids(
+                        p.reshape(-1).float(), labels, self.centroids[name], self._counts[name]
+                    )
                 p.copy_(self.centroids[name][labels].view_as(p).to(p.dtype))
         return self
 
@@ -116,6 +127,7 @@ class KMeansQuantizer:
         if state["bits"] != self.bits:
             raise ValueError(f"quantizer state is for {state['bits']} bits, not {self.bits}")
         self.centroids, self.labels = dict(state["centroids"]), dict(state["labels"])
+        self._counts = {}
 
 
 def quantize_model(model: nn.Module, bits: int, iters: int = 50) -> KMeansQuantizer:
