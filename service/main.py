@@ -8,6 +8,7 @@ already uses every CPU the container allows, so scale by replicas, not by worker
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import signal
 import threading
@@ -18,6 +19,8 @@ import anyio
 import uvicorn
 from fastapi import FastAPI
 from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import service.openmp_policy  # noqa: F401 - before anything imports torch
 from service.api import api_router
@@ -27,7 +30,7 @@ from service.cpu import resolve_threads
 from service.engine import InferenceEngine
 from service.http_protocol import guarded_h11_protocol
 from service.metrics import HttpMetricsMiddleware, ServiceMetrics
-from service.problems import install_problem_handlers
+from service.problems import install_problem_handlers, problem_response
 from service.settings import Settings
 
 logger = logging.getLogger("service")
@@ -99,10 +102,43 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.startup_error = None
     install_problem_handlers(app)
     # The last added is the outermost: metrics see the body limiter's 413/408 answers too.
+    app.add_middleware(ShutdownCutoffMiddleware, state=app.state)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_seconds=settings.body_timeout_seconds)
     app.add_middleware(HttpMetricsMiddleware, metrics=app.state.metrics)
     app.include_router(api_router)
     return app
+
+
+class ShutdownCutoffMiddleware:
+    """Answers 503 ``draining`` to a request that uvicorn cancels when its shutdown timeout ends
+    (an upload still arriving, say), where uvicorn would answer a bare 500 and log a traceback."""
+
+    def __init__(self, app: ASGIApp, state):
+        self.app = app
+        self.state = state  # the app's state: ``draining`` is set from the first SIGTERM on
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        response_started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal response_started
+            response_started = response_started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except asyncio.CancelledError:
+            if response_started or not self.state.draining:
+                raise
+            task = asyncio.current_task()
+            if task is not None and hasattr(task, "uncancel"):  # Python >= 3.11
+                task.uncancel()  # handled: the answer below ends the request
+            detail = "the service shut down before this request finished; retry on another replica"
+            headers = {"Connection": "close", "Retry-After": "1"}
+            await problem_response(Request(scope), 503, "draining", detail, headers)(scope, receive, send)
 
 
 class DrainingServer(uvicorn.Server):
