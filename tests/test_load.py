@@ -1,0 +1,167 @@
+"""Load, overload, soak and shutdown of a real ``quads-serve`` on 127.0.0.1 (bounded, loopback).
+
+The load comes from ``bench/load_test.py`` (the same code a person runs by hand), so the test
+and the benchmark measure the same thing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bench.load_test import LoadResult, run_load, soak_verdict
+from service.checkpoint import load_checkpoint
+from tests.service_fixtures import (  # noqa: F401 - fixtures
+    LABELS,
+    checkpoint_path,
+    model_dir,
+    reference_probabilities,
+    speech,
+    speech_wav,
+)
+from tests.test_api import metric_samples
+from tests.test_hostile_inputs import assert_problem_bytes, read_responses
+from tests.test_service_process import Server
+
+MiB = 1024 * 1024
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def expected_answer(checkpoint_path, speech_wav) -> tuple[str, float]:
+    """(intent, confidence to 4 places) of the model run alone on ``speech_wav``, as ``LoadResult.answers`` keys them."""
+    probabilities = reference_probabilities(load_checkpoint(checkpoint_path), speech_wav)
+    return LABELS[int(probabilities.argmax())], round(float(probabilities.max()), 4)
+
+
+def start(tmp_path: Path, checkpoint_path: Path, **env: str) -> Server:
+    server = Server(tmp_path / "server.log", QUADS_MODEL=str(checkpoint_path), **env)
+    server.wait_ready()
+    return server
+
+
+def load(server: Server, clip: bytes, requests: int, concurrency: int, **options) -> LoadResult:
+    return asyncio.run(run_load(server.url, clip, requests, concurrency, max_seconds=60, **options))
+
+
+def test_overload_is_refused_at_once_with_503(tmp_path, checkpoint_path, speech_wav, expected_answer):
+    """Many more clients than the queue holds: the surplus gets 503 problem+json without waiting
+    for the model, and everything else is a correct 200."""
+    server = start(tmp_path, checkpoint_path, QUADS_MAX_QUEUE="2", QUADS_MAX_BATCH_SIZE="1")
+    try:
+        result = load(server, speech_wav, requests=200, concurrency=32)
+        with httpx.Client(base_url=server.url) as client:
+            metrics = metric_samples(client)
+    finally:
+        server.stop()
+
+    assert set(result.counts) <= {"200", "503"}, result.counts
+    assert result.counts.get("503", 0) >= 10 and result.counts.get("200", 0) >= 10, result.counts
+    assert dict(result.answers) == {expected_answer: result.counts["200"]}  # every 200 is the right answer
+    headers, body = result.first_answer["503"]
+    problem = json.loads(body)
+    assert headers["content-type"] == "application/problem+json" and headers["retry-after"] == "1"
+    assert problem["type"] == "urn:quads:problem:overloaded" and "retry" in problem["detail"]
+    # Refused without queueing: a 503 takes less than a 200, which waits its turn at the model.
+    assert result.percentiles_ms("503")["p50"] < result.percentiles_ms("200")["p50"]
+    assert metrics[("quads_rejected_total", (("reason", "overloaded"),))] == result.counts["503"]
+    assert metrics[("quads_queue_depth", ())] == 0
+
+
+def test_soak_has_no_errors_and_memory_stops_growing(tmp_path, checkpoint_path, speech_wav, expected_answer):
+    server = start(tmp_path, checkpoint_path, QUADS_MAX_BATCH_SIZE="4")
+    try:
+        result = load(server, speech_wav, requests=1200, concurrency=4, warmup=120, pid=server.process.pid)
+        report = subprocess.run(  # the script's command line, briefly, against the same server
+            [sys.executable, str(PROJECT / "bench" / "load_test.py"), "--url", server.url, "--pid", str(server.process.pid),
+             "-n", "40", "-c", "2", "--warmup", "4", "--clip", str(write(tmp_path / "clip.wav", speech_wav))],
+            capture_output=True, text=True, timeout=120,
+        )
+    finally:
+        server.stop()
+
+    assert result.completed == 1200 and result.errors == 0, result.counts
+    assert dict(result.answers) == {expected_answer: 1200}
+    passed, verdict = soak_verdict(result)
+    assert passed, verdict
+    start_rss, end_rss = result.rss[0][1], result.rss[-1][1]
+    assert end_rss - start_rss < 8 * MiB, [(n, rss / MiB) for n, rss in result.rss]
+
+    assert report.returncode == 0, report.stderr
+    text = report.stdout
+    assert "Requests: 40 of 40 at concurrency 2" in text and "| 200 | 40 |" in text and "VmRSS" in text
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def test_sigterm_with_requests_in_flight_and_a_stalled_upload(tmp_path, checkpoint_path, speech_wav, expected_answer):
+    """Several requests held in one filling batch, and an upload that never finishes, at SIGTERM:
+    the requests get their 200s, /readyz turns 503 while new requests are still served, and the
+    process exits within the drain plus the shutdown timeout, the stalled upload cut off with a 503."""
+    drain, shutdown_timeout = 1.0, 3.0
+    server = start(
+        tmp_path, checkpoint_path,
+        QUADS_DRAIN_SECONDS=str(drain), QUADS_SHUTDOWN_TIMEOUT_SECONDS=str(shutdown_timeout),
+        QUADS_MAX_BATCH_SIZE="8", QUADS_MAX_WAIT_MS="2500",  # a batch of fewer than 8 waits 2.5 s to fill
+        QUADS_BODY_TIMEOUT_SECONDS="60",  # the stalled upload outlives the grace period
+    )
+    answers: dict[int, httpx.Response] = {}
+
+    def classify(i: int) -> None:
+        answers[i] = httpx.post(f"{server.url}/intent", content=speech_wav, headers={"Content-Type": "audio/wav"}, timeout=30)
+
+    try:
+        in_flight = [threading.Thread(target=classify, args=(i,)) for i in range(5)]
+        for thread in in_flight:
+            thread.start()
+        stalled = socket.create_connection(("127.0.0.1", server.port))
+        stalled.sendall(b"POST /intent HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav\r\nContent-Length: 100000\r\n\r\nRIFF")
+        deadline = time.monotonic() + 10
+        while "quads_requests_in_flight 5.0" not in httpx.get(f"{server.url}/metrics").text:
+            assert time.monotonic() < deadline, "the requests never reached the engine"
+            time.sleep(0.05)
+
+        sigterm = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        readiness = httpx.get(f"{server.url}/readyz")
+        assert readiness.status_code == 503 and readiness.json()["type"] == "urn:quads:problem:draining"
+        during_drain = threading.Thread(target=classify, args=(5,))
+        during_drain.start()
+
+        exit_code = server.process.wait(timeout=drain + shutdown_timeout + 10)
+        exited_after = time.monotonic() - sigterm
+        for thread in [*in_flight, during_drain]:
+            thread.join(timeout=10)
+        stalled.settimeout(5)
+        stalled_answer = b""
+        while chunk := stalled.recv(65536):  # until the server closes it
+            stalled_answer += chunk
+        stalled.close()
+    finally:
+        server.stop()
+
+    assert exit_code in (0, -signal.SIGTERM)
+    assert drain <= exited_after <= drain + shutdown_timeout + 2.0, exited_after
+    assert sorted(answers) == list(range(6))
+    for response in answers.values():
+        assert response.status_code == 200, response.text
+        assert (response.json()["intent"], round(response.json()["confidence"], 4)) == expected_answer
+    # Cut off when the shutdown timeout ended, with a problem that sends the client elsewhere.
+    (response,) = read_responses(stalled_answer)
+    assert_problem_bytes(response, 503, "draining")
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{server.url}/healthz")
