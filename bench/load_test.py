@@ -1,15 +1,17 @@
 """Load and soak test of POST /intent: N requests at concurrency C over loopback HTTP.
 
 Reports latency percentiles (p50/p95/p99/max) overall and per status, the count of each status
-and transport error, throughput, and, when the server's process id is known, its resident
-memory (VmRSS from /proc/<pid>/status) through the run. Writes Markdown to stdout and, with
-``--out``, to a file. The run is bounded: at most ``--requests`` requests and ``--max-seconds``.
+and transport error, and throughput. When the server's process id is known, it also reports
+the server's resident memory through the run: VmRSS from /proc/<pid>/status, and RssAnon, its
+heap part. File-backed pages such as torch's libraries come and go with the host's page cache;
+a leak does not. Writes Markdown to stdout and, with ``--out``, to a file. The run is bounded:
+at most ``--requests`` requests and ``--max-seconds``.
 
     # against a running server (give --pid to follow its memory)
     python bench/load_test.py --url http://127.0.0.1:8000 --pid 1234 -n 2000 -c 8
     # start quads-serve on 127.0.0.1 with a model (default: random whisper-tiny dims, 4-bit)
     python bench/load_test.py --model models/quads-fsc-4bit.safetensors -n 2000 -c 8
-    # soak: N requests, RSS after a warm-up vs at the end; exit status 1 on errors or growth
+    # soak: N requests, memory after a warm-up vs at the end; exit status 1 on errors or growth
     python bench/load_test.py --soak 3000 -c 4 --out bench/soak.md
     # overload: a short queue and many clients; expect quick 503s
     python bench/load_test.py -n 500 -c 32 --env QUADS_MAX_QUEUE=2 --env QUADS_MAX_BATCH_SIZE=1
@@ -31,23 +33,29 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 import numpy as np
 
 MiB = 1024 * 1024
-RSS_SAMPLES = 10  # memory readings per run
-# The soak passes if RSS grew by at most this over the second half of the run (after the
-# warm-up, allocator pools and caches have settled; a leak keeps growing).
-SOAK_GROWTH_TOLERANCE_BYTES = 8 * MiB
+MEMORY_SAMPLES = 10  # readings per run
+# The soak passes if anonymous RSS grew by at most this over the second half of the run (after
+# the warm-up, allocator pools and caches have settled; a leak keeps growing).
+SOAK_GROWTH_TOLERANCE_BYTES = 4 * MiB
 
 
-def read_rss_bytes(pid: int) -> int:
-    """Resident set size of process ``pid`` (Linux /proc)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024  # reported in kB
-    raise RuntimeError(f"no VmRSS in /proc/{pid}/status")
+class Memory(NamedTuple):
+    """Resident memory of a process, bytes: all of it, and its anonymous (heap) part."""
+
+    rss: int
+    anon: int
+
+
+def read_memory(pid: int) -> Memory:
+    """VmRSS and RssAnon of process ``pid`` (Linux /proc)."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return Memory(*(int(fields[name].split()[0]) * 1024 for name in ("VmRSS", "RssAnon")))  # reported in kB
 
 
 @dataclass
@@ -60,8 +68,8 @@ class LoadResult:
     latencies: dict[str, list[float]] = field(default_factory=dict)  # status -> seconds per request
     first_answer: dict[str, tuple[dict[str, str], bytes]] = field(default_factory=dict)  # status -> (headers, body)
     answers: Counter = field(default_factory=Counter)  # 200 bodies' (intent, confidence to 4 places) -> count
-    rss: list[tuple[int, int]] = field(default_factory=list)  # (requests completed, RSS bytes), after the warm-up
-    rss_before_warmup: int | None = None
+    memory: list[tuple[int, Memory]] = field(default_factory=list)  # (requests completed, memory), after the warm-up
+    memory_before_warmup: Memory | None = None
 
     @property
     def completed(self) -> int:
@@ -89,13 +97,13 @@ class LoadResult:
         return {"p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)),
                 "p99": float(np.percentile(ms, 99)), "max": float(ms.max())}
 
-    def rss_growth_second_half(self) -> int | None:
-        """RSS at the end minus RSS halfway through the measured requests (bytes)."""
-        if len(self.rss) < 2:
+    def anon_growth_second_half(self) -> int | None:
+        """Anonymous RSS at the end minus halfway through the measured requests (bytes)."""
+        if len(self.memory) < 2:
             return None
-        end_count, end_rss = self.rss[-1]
-        middle = min(self.rss, key=lambda sample: abs(sample[0] - end_count / 2))
-        return end_rss - middle[1]
+        end_count, end = self.memory[-1]
+        _, middle = min(self.memory, key=lambda sample: abs(sample[0] - end_count / 2))
+        return end.anon - middle.anon
 
     def record(self, status: str, seconds: float, headers: dict[str, str], body: bytes) -> None:
         self.latencies.setdefault(status, []).append(seconds)
@@ -123,13 +131,13 @@ async def run_load(
     """POST ``clip`` to ``url``/intent ``requests`` times from ``concurrency`` closed-loop clients.
 
     ``warmup`` requests go first, the same way, and are not counted. No request starts later
-    than ``max_seconds`` after the call. With ``pid``, the server's RSS is read before the warm-up and at about
-    ``RSS_SAMPLES`` points of the run.
+    than ``max_seconds`` after the call. With ``pid``, the server's memory is read before the
+    warm-up and at about ``MEMORY_SAMPLES`` points of the run.
     """
     result = LoadResult(requested=requests, concurrency=concurrency)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     headers = {"Content-Type": content_type}
-    rss_every = max(1, requests // RSS_SAMPLES)
+    memory_every = max(1, requests // MEMORY_SAMPLES)
     async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as client:
 
         async def drive(count: int, deadline: float, measured: LoadResult | None) -> None:
@@ -149,18 +157,18 @@ async def run_load(
                     if measured is None:
                         continue
                     measured.record(status, time.perf_counter() - t0, answer_headers, body)
-                    if pid is not None and (measured.completed % rss_every == 0 or measured.completed == count):
-                        measured.rss.append((measured.completed, read_rss_bytes(pid)))
+                    if pid is not None and (measured.completed % memory_every == 0 or measured.completed == count):
+                        measured.memory.append((measured.completed, read_memory(pid)))
 
             await asyncio.gather(*(client_loop() for _ in range(concurrency)))
 
         deadline = time.perf_counter() + max_seconds
         if pid is not None:
-            result.rss_before_warmup = read_rss_bytes(pid)
+            result.memory_before_warmup = read_memory(pid)
         # The warm-up runs at the same concurrency, so that every batch size has been seen.
         await drive(warmup, deadline, None)
         if pid is not None:
-            result.rss.append((0, read_rss_bytes(pid)))
+            result.memory.append((0, read_memory(pid)))
         start = time.perf_counter()
         await drive(requests, deadline, result)
         result.seconds = time.perf_counter() - start
@@ -168,7 +176,7 @@ async def run_load(
 
 
 def markdown(result: LoadResult, context: list[str], soak: bool = False) -> str:
-    """The report: context lines, the latency table, and the memory table when RSS was read."""
+    """The report: context lines, the latency table, and the memory table when memory was read."""
     stopped_early = result.completed < result.requested
     lines = [
         "## POST /intent load test" + (" (soak)" if soak else ""),
@@ -190,32 +198,33 @@ def markdown(result: LoadResult, context: list[str], soak: bool = False) -> str:
             lines.append(f"| {status or 'all'} | {count} | {p['p50']:.1f} | {p['p95']:.1f} | {p['p99']:.1f} | {p['max']:.1f} |")
     if len(result.answers) > 1:
         lines += ["", f"- Distinct 200 answers (intent, confidence): {dict(result.answers.most_common(5))}"]
-    if result.rss:
-        first, last = result.rss[0][1], result.rss[-1][1]
-        growth = result.rss_growth_second_half()
+    if result.memory:
+        before, first, last = result.memory_before_warmup, result.memory[0][1], result.memory[-1][1]
         lines += [
             "",
-            "### Server resident memory (VmRSS)",
+            "### Server resident memory",
             "",
-            f"- Before the warm-up {result.rss_before_warmup / MiB:.1f} MiB; after it (start) **{first / MiB:.1f} MiB**; "
-            f"at the end **{last / MiB:.1f} MiB** ({(last - first) / MiB:+.1f} MiB); "
-            f"over the second half {growth / MiB:+.1f} MiB.",
+            f"- VmRSS: {before.rss / MiB:.1f} MiB before the warm-up, **{first.rss / MiB:.1f} MiB** after it (start), "
+            f"**{last.rss / MiB:.1f} MiB** at the end ({(last.rss - first.rss) / MiB:+.1f} MiB).",
+            f"- RssAnon (heap): {before.anon / MiB:.1f} MiB before the warm-up, **{first.anon / MiB:.1f} MiB** at the start, "
+            f"**{last.anon / MiB:.1f} MiB** at the end ({(last.anon - first.anon) / MiB:+.1f} MiB; "
+            f"{result.anon_growth_second_half() / MiB:+.1f} MiB over the second half).",
             "",
-            "| requests done | RSS MiB |",
-            "| ---: | ---: |",
-            *[f"| {count} | {rss / MiB:.1f} |" for count, rss in result.rss],
+            "| requests done | VmRSS MiB | RssAnon MiB |",
+            "| ---: | ---: | ---: |",
+            *[f"| {count} | {m.rss / MiB:.1f} | {m.anon / MiB:.1f} |" for count, m in result.memory],
         ]
     return "\n".join(lines) + "\n"
 
 
 def soak_verdict(result: LoadResult) -> tuple[bool, str]:
-    """Passed when every request got a 200 and RSS stopped growing (second half within the tolerance)."""
-    growth = result.rss_growth_second_half()
+    """Passed when every request got a 200 and anonymous RSS stopped growing (second half within the tolerance)."""
+    growth = result.anon_growth_second_half()
     problems = []
     if result.errors or result.completed < result.requested:
         problems.append(f"{result.errors} answers other than 200, {result.requested - result.completed} not sent")
     if growth is not None and growth > SOAK_GROWTH_TOLERANCE_BYTES:
-        problems.append(f"RSS grew {growth / MiB:.1f} MiB over the second half (tolerance {SOAK_GROWTH_TOLERANCE_BYTES / MiB:.0f} MiB)")
+        problems.append(f"anonymous RSS grew {growth / MiB:.1f} MiB over the second half (tolerance {SOAK_GROWTH_TOLERANCE_BYTES / MiB:.0f} MiB)")
     if problems:
         return False, "Soak FAILED: " + "; ".join(problems) + "."
     return True, "Soak passed: no errors" + (", and the resident memory stopped growing." if growth is not None else ".")
@@ -233,12 +242,12 @@ def main(argv: list[str] | None = None) -> int:
     target.add_argument("--url", help="a running server, e.g. http://127.0.0.1:8000")
     target.add_argument("--model", type=Path, help="start quads-serve on 127.0.0.1 with this checkpoint "
                         "(default: a random whisper-tiny-dims 4-bit model)")
-    parser.add_argument("--pid", type=int, help="with --url: the server's process id, to follow its RSS")
+    parser.add_argument("--pid", type=int, help="with --url: the server's process id, to follow its memory")
     parser.add_argument("--threads", type=int, default=1, help="QUADS_THREADS of a server this script starts")
     parser.add_argument("--env", action="append", default=[], metavar="QUADS_X=V", help="more settings for that server")
     parser.add_argument("-n", "--requests", type=int, default=500)
     parser.add_argument("-c", "--concurrency", type=int, default=4)
-    parser.add_argument("--soak", type=int, metavar="N", help="soak mode: N requests, RSS through the run, verdict")
+    parser.add_argument("--soak", type=int, metavar="N", help="soak mode: N requests, memory through the run, verdict")
     parser.add_argument("--warmup", type=int, help="requests before measuring (default 10, or N/10 in soak mode)")
     parser.add_argument("--clip", type=Path, help="audio file to send (default: a 3-s 16 kHz espeak-ng WAV)")
     parser.add_argument("--max-seconds", type=float, default=600, help="start no request after this long")
