@@ -16,7 +16,7 @@ from service.checkpoint import load_checkpoint
 from tests.speech import requires_espeak
 from tests.training_corpus import REPO, random_teacher, tiny_corpus, tiny_student_args
 from training.config import load_config
-from training.run_state import WRITE_DELAY_ENV, load_state
+from training.run_state import RunStateError, WRITE_DELAY_ENV, load_state
 from training.train import cli
 
 pytestmark = [requires_espeak, pytest.mark.slow]
@@ -55,9 +55,20 @@ def wait_for(condition, proc: subprocess.Popen, timeout: float = 120.0) -> None:
 
 
 def epochs_done(out: Path) -> int:
-    """Epochs the saved resume state says are complete (0 before the first is saved)."""
+    """Epochs the saved resume state says are complete (0 before the first is saved).
+
+    Polled while the run writes: safetensors opens the file more than once, so a read that
+    straddles the writer's rename can see two different files; such a read is retried. Files
+    are checked strictly by ``assert_nothing_corrupt`` once the writer is dead.
+    """
     path = out / "resume" / "state.safetensors"
-    return load_state(path).done if path.exists() else 0
+    for attempt in range(3):
+        try:
+            return load_state(path).done if path.exists() else 0
+        except RunStateError:
+            if attempt == 2:
+                raise
+            time.sleep(0.05)
 
 
 def kill(proc: subprocess.Popen) -> None:

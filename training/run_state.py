@@ -106,7 +106,7 @@ def load_state(path: str | os.PathLike) -> RunState:
         if metadata.get("format") != FORMAT or metadata.get("format_version") != str(FORMAT_VERSION):
             raise ValueError(f"format {metadata.get('format')!r} version {metadata.get('format_version')!r}")
         meta = json.loads(metadata["state"])
-    except (SafetensorError, OSError, ValueError, KeyError) as e:
+    except (SafetensorError, OSError, ValueError, KeyError, RuntimeError) as e:
         raise RunStateError(f"{path}: not a readable QUADS training state ({e})") from None
 
     def section(prefix: str) -> dict[str, Tensor]:
