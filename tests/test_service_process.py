@@ -230,3 +230,32 @@ def test_sigterm_drains_then_finishes_in_flight_requests(checkpoint_path, speech
             httpx.get(f"{server.url}/healthz")
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("damage", ["tampered", "truncated", "pickle"])
+def test_refuses_to_start_on_a_damaged_or_unsafe_checkpoint(tmp_path, damage):
+    from service.checkpoint import save_checkpoint
+    from tests.test_checkpoint import LABELS, SMALL, _Payload, quantized
+
+    path = save_checkpoint(tmp_path / "m.safetensors", quantized(SMALL, 4), LABELS, 4)
+    data = bytearray(path.read_bytes())
+    marker = tmp_path / "pwned"
+    if damage == "tampered":
+        data[-10] ^= 0xFF  # a byte of the last tensor
+        expected = "content hash mismatch"
+    elif damage == "truncated":
+        data = data[: len(data) // 2]
+        expected = "not a readable .safetensors file"
+    else:
+        import pickle
+
+        data = pickle.dumps(_Payload(marker))
+        expected = "pickle file, not a QUADS"
+    path.write_bytes(bytes(data))
+    result = subprocess.run(
+        [*serve_command(), "--port", str(free_port())],
+        env={**os.environ, "QUADS_MODEL": str(path)}, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode != 0
+    assert f"quads-serve: cannot start: {path}: " in result.stderr and expected in result.stderr
+    assert not marker.exists()
