@@ -55,7 +55,7 @@ PRESETS = {
         student={"n_state": 128, "n_head": 4, "n_layer": 2},
         default_schedule="DDQQDQQ",
         grid_schedule="DDQDDQQ",
-        common={"distill": {"lr_encoder": 5e-4}, "data": {"batch_size": 16}},
+        common={"distill": {"lr_encoder": 1e-3, "warmup_steps": 200, "grad_clip": 1.0}, "data": {"batch_size": 16}},
     ),
     # Minutes, not an hour: for trying the pipeline end to end.
     "quick": DemoPreset(

@@ -135,6 +135,8 @@ def train_epoch(
     targets: Tensor | None = None,
     online_teacher: tuple[Teacher, nn.Module | None] | None = None,
     cosine: tuple[float, int, int] | None = None,
+    warmup: tuple[int, int] | None = None,
+    grad_clip: float = 0.0,
     desc: str = "",
     progress: bool = True,
 ) -> dict[str, float]:
@@ -142,7 +144,9 @@ def train_epoch(
 
     targets: (N, C) cached teacher embeddings indexed by dataset item; or ``online_teacher`` =
     (teacher, frame_pool) runs it on each batch. cosine: (base lr, first step, total steps) of
-    the phase's schedule. snap: called after every optimizer step (Q: ``QuantizationLoss.snap``).
+    the phase's schedule. warmup: (first step, warm-up steps) of a linear warm-up of each group's
+    ``base_lr``. grad_clip: clip the gradient norm to this (0: off). snap: called after every
+    optimizer step (Q: ``QuantizationLoss.snap``).
     """
     step_module.train()
     sums: dict[str, float] = {}
@@ -153,6 +157,10 @@ def train_epoch(
             base, first, total = cosine
             for group in optimizer.param_groups:
                 group["lr"] = cosine_lr(base, first + i, total)
+        elif warmup is not None:
+            first, n_warmup = warmup
+            for group in optimizer.param_groups:
+                group["lr"] = group["base_lr"] * min(1.0, (first + i + 1) / n_warmup)
         mels, lengths, labels = mels.to(device), lengths.to(device), labels.to(device)
         teacher = None
         if targets is not None:
@@ -163,6 +171,8 @@ def train_epoch(
         loss, parts = step_module(mels, lengths, labels, teacher)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(step_module.parameters(), grad_clip)
         optimizer.step()
         if snap is not None:
             snap()
@@ -180,8 +190,8 @@ def make_optimizer(kind: str, model: IntentClassifier, loss: nn.Module, cfg: Con
         return torch.optim.SGD(model.parameters(), lr=cfg.quant.lr, momentum=cfg.quant.momentum)
     head = [*model.head.parameters(), *loss.parameters()]  # the head, and a learned projection if any
     return torch.optim.Adam([
-        {"params": list(model.encoder.parameters()), "lr": cfg.distill.lr_encoder},
-        {"params": head, "lr": cfg.distill.lr_head},
+        {"params": list(model.encoder.parameters()), "lr": cfg.distill.lr_encoder, "base_lr": cfg.distill.lr_encoder},
+        {"params": head, "lr": cfg.distill.lr_head, "base_lr": cfg.distill.lr_head},
     ])
 
 
@@ -438,13 +448,16 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
             train_ds.set_epoch(ep.index)
             steps = len(loader)
             cosine = (cfg.quant.lr, ep.epoch_in_phase * steps, ep.phase_epochs * steps) if ep.kind == "Q" else None
+            warmup = (ep.epoch_in_phase * steps, cfg.distill.warmup_steps) if ep.kind != "Q" and cfg.distill.warmup_steps else None
             desc = f"epoch {ep.index + 1}/{len(plan.pattern)} {branch.name} {ep.kind}"
             started = time.perf_counter()
             parts = train_epoch(step_module, loader, optimizer, device=procs.device,
                                 snap=loss.snap if isinstance(loss, QuantizationLoss) else None,
                                 targets=targets if ep.kind == "D" else None,
                                 online_teacher=online_teacher if ep.kind == "D" else None,
-                                cosine=cosine, desc=desc, progress=progress)
+                                cosine=cosine, warmup=warmup,
+                                grad_clip=cfg.distill.grad_clip if ep.kind != "Q" else 0.0,
+                                desc=desc, progress=progress)
             parts = all_reduce_mean(parts, procs)
             record = {"branch": branch.name, "epoch": ep.index + 1, "phase": ep.kind, **parts,
                       "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started}

@@ -1,0 +1,46 @@
+"""Warm-up and gradient clipping in distillation / fine-tuning epochs."""
+
+import torch
+
+from service.audio import pad_mels
+from service.model import IntentClassifier, ModelDims
+from training.config import Config
+from training.losses import ClassificationLoss
+from training.train import TrainStep, make_optimizer, train_epoch
+
+
+def batches(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        mels, lengths = pad_mels([torch.randn(16, 20, generator=g), torch.randn(16, 13, generator=g)])
+        out.append((mels * 100, lengths, torch.tensor([0, 1]), torch.tensor([2 * i, 2 * i + 1])))
+    return out
+
+
+def setup(warmup_steps=0, grad_clip=0.0):
+    torch.manual_seed(0)
+    model = IntentClassifier(ModelDims(n_mels=16, n_ctx=16, n_state=8, n_head=2, n_layer=1), 2)
+    cfg = Config()
+    cfg.distill.warmup_steps, cfg.distill.grad_clip = warmup_steps, grad_clip
+    loss = ClassificationLoss()
+    return model, cfg, TrainStep(model, loss), make_optimizer("F", model, loss, cfg)
+
+
+def test_learning_rates_warm_up_linearly_from_the_phase_start():
+    model, cfg, step, opt = setup(warmup_steps=10)
+    train_epoch(step, batches(4), opt, device=torch.device("cpu"), warmup=(0, 10), progress=False)
+    assert [g["lr"] for g in opt.param_groups] == [cfg.distill.lr_encoder * 0.4, cfg.distill.lr_head * 0.4]
+    train_epoch(step, batches(8), opt, device=torch.device("cpu"), warmup=(4, 10), progress=False)
+    assert [g["lr"] for g in opt.param_groups] == [cfg.distill.lr_encoder, cfg.distill.lr_head]
+
+
+def test_gradient_clipping_bounds_the_update():
+    updates = {}
+    for clip in (0.0, 1e-3):
+        model, cfg, step, opt = setup(grad_clip=clip)
+        opt = torch.optim.SGD(model.parameters(), lr=1.0)
+        before = [p.detach().clone() for p in model.parameters()]
+        train_epoch(step, batches(1), opt, device=torch.device("cpu"), grad_clip=clip, progress=False)
+        updates[clip] = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)]).norm()
+    assert updates[1e-3] <= 1e-3 * 1.001 < updates[0.0]
