@@ -19,7 +19,16 @@ from training.run_state import RunState, RunStateError, load_state, save_state
 from training.schedule import make_plan, parse_pattern, runs, scale_pattern
 from training.student import StudentInitError, init_student, student_dims, teacher_layer_indices
 from training.teacher import TeacherCache, load_teacher
-from training.train import TrainStep, build_parser, cli, config_from_args, cosine_lr, make_optimizer, train_epoch
+from training.train import (
+    PhaseSchedule,
+    TrainStep,
+    build_parser,
+    cli,
+    config_from_args,
+    cosine_lr,
+    make_optimizer,
+    train_epoch,
+)
 
 SMALL = ModelDims(n_mels=16, n_ctx=64, n_state=32, n_head=2, n_layer=1)
 
@@ -312,7 +321,7 @@ def golden_run():
     qloss = QuantizationLoss(quantizer)
     qloss.fit()
     q = train_epoch(TrainStep(model, qloss), loader, make_optimizer("Q", model, qloss, cfg), device=cpu,
-                    snap=qloss.snap, cosine=(0.01, 0, 2), progress=False)
+                    snap=qloss.snap, schedule=PhaseSchedule(0, 2, decay=True), progress=False)
     return d, q, model, quantizer
 
 

@@ -1,12 +1,13 @@
-"""Warm-up and gradient clipping in distillation / fine-tuning epochs."""
+"""Learning-rate warm-up and decay, and gradient clipping, in distillation / fine-tuning epochs."""
 
+import pytest
 import torch
 
 from service.audio import pad_mels
 from service.model import IntentClassifier, ModelDims
 from training.config import Config
 from training.losses import ClassificationLoss
-from training.train import TrainStep, make_optimizer, train_epoch
+from training.train import PhaseSchedule, cosine_lr, TrainStep, make_optimizer, train_epoch
 
 
 def batches(n, seed=0):
@@ -29,9 +30,9 @@ def setup(warmup_steps=0, grad_clip=0.0):
 
 def test_learning_rates_warm_up_linearly_from_the_phase_start():
     model, cfg, step, opt = setup(warmup_steps=10)
-    train_epoch(step, batches(4), opt, device=torch.device("cpu"), warmup=(0, 10), progress=False)
+    train_epoch(step, batches(4), opt, device=torch.device("cpu"), schedule=PhaseSchedule(0, 12, warmup=10), progress=False)
     assert [g["lr"] for g in opt.param_groups] == [cfg.distill.lr_encoder * 0.4, cfg.distill.lr_head * 0.4]
-    train_epoch(step, batches(8), opt, device=torch.device("cpu"), warmup=(4, 10), progress=False)
+    train_epoch(step, batches(8), opt, device=torch.device("cpu"), schedule=PhaseSchedule(4, 12, warmup=10), progress=False)
     assert [g["lr"] for g in opt.param_groups] == [cfg.distill.lr_encoder, cfg.distill.lr_head]
 
 
@@ -44,3 +45,19 @@ def test_gradient_clipping_bounds_the_update():
         train_epoch(step, batches(1), opt, device=torch.device("cpu"), grad_clip=clip, progress=False)
         updates[clip] = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)]).norm()
     assert updates[1e-3] <= 1e-3 * 1.001 < updates[0.0]
+
+
+def test_cosine_decay_follows_the_warm_up_and_ends_at_zero():
+    s = PhaseSchedule(0, 110, warmup=10, decay=True)
+    assert [s.scale(i) for i in (0, 9)] == [0.1, 1.0]
+    assert s.scale(60) == pytest.approx(0.5)
+    assert s.scale(110) == pytest.approx(0.0, abs=1e-12)
+    assert PhaseSchedule(0, 100).scale(99) == 1.0  # neither: constant
+
+
+def test_decay_reaches_zero_at_the_last_step_of_a_multi_epoch_phase():
+    model, cfg, step, opt = setup()
+    for epoch in range(3):  # a 3-epoch phase of 4 steps each
+        train_epoch(step, batches(4), opt, device=torch.device("cpu"),
+                    schedule=PhaseSchedule(4 * epoch, 12, decay=True), progress=False)
+    assert opt.param_groups[0]["lr"] == pytest.approx(cfg.distill.lr_encoder * cosine_lr(1.0, 11, 12))

@@ -75,8 +75,10 @@ class DistillConfig:
     lr_encoder: float = 1e-5  # Adam; the authors' code uses 1e-5 (the paper says 1e-6) from a pre-trained init
     lr_head: float = 1e-3
     # D and F phases: linear warm-up of both learning rates over this many steps at the start of
-    # each phase (0 = none), and gradient-norm clipping (0 = none). Both help a random init.
+    # each phase (0 = none), an optional cosine decay to 0 at the phase's end, and gradient-norm
+    # clipping (0 = none). They help a random init.
     warmup_steps: int = 0
+    decay: bool = False
     grad_clip: float = 0.0
 
 

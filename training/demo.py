@@ -41,6 +41,7 @@ class DemoPreset:
     voices: dict[str, int]  # espeak-ng voices per split
     teacher: dict  # student.* overrides for the teacher (it is trained as a plain classifier)
     teacher_epochs: int
+    teacher_distill: dict  # distill.* overrides for the teacher, over ``common``'s
     student: dict  # student.* overrides for every student
     default_schedule: str  # MCT schedule of the shipped model
     grid_schedule: str  # schedule of the comparison runs
@@ -51,17 +52,22 @@ PRESETS = {
     "full": DemoPreset(
         voices={"train": 60, "valid": 15, "test": 15},
         teacher={"n_state": 128, "n_head": 4, "n_layer": 4},
-        teacher_epochs=20,
+        teacher_epochs=30,
+        # From scratch the encoder sits on a plateau for ~300 steps; a long warm-up and a cosine
+        # decay over the whole run get it off and then settle it.
+        teacher_distill={"warmup_steps": 300},
         student={"n_state": 128, "n_head": 4, "n_layer": 2},
         default_schedule="DDQQDQQ",
         grid_schedule="DDQDDQQ",
-        common={"distill": {"lr_encoder": 1e-3, "warmup_steps": 200, "grad_clip": 1.0}, "data": {"batch_size": 16}},
+        common={"distill": {"lr_encoder": 1e-3, "warmup_steps": 50, "decay": True, "grad_clip": 1.0},
+                "data": {"batch_size": 16}},
     ),
     # Minutes, not an hour: for trying the pipeline end to end.
     "quick": DemoPreset(
         voices={"train": 8, "valid": 3, "test": 3},
         teacher={"n_state": 64, "n_head": 2, "n_layer": 2},
         teacher_epochs=3,
+        teacher_distill={},
         student={"n_state": 64, "n_head": 2, "n_layer": 1},
         default_schedule="DQ",
         grid_schedule="DQ",
@@ -94,7 +100,8 @@ def run_demo(out: Path, preset: DemoPreset, seed: int, steps: tuple[str, ...], p
         synthesize_corpus(corpus, voices=default_voices(preset.voices, seed), seed=seed, progress=progress)
 
     if "teacher" in steps:
-        run_training(teacher_dir, corpus, seed, progress, **common,
+        run_training(teacher_dir, corpus, seed, progress,
+                     **{**common, "distill": {**common.get("distill", {}), **preset.teacher_distill}},
                      train={"strategy": "finetune", "bits": [32], "name": "teacher",
                             "schedule": "D" * preset.teacher_epochs},
                      student={"init": "random", **preset.teacher})

@@ -125,6 +125,24 @@ def cosine_lr(base: float, step: int, total: int) -> float:
     return base * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
 
 
+@dataclass(frozen=True)
+class PhaseSchedule:
+    """The learning rate through one phase: a linear warm-up over ``warmup`` steps, then constant
+    or (``decay``) a cosine decay to 0 at the phase's last step. Scales each group's ``base_lr``."""
+
+    first: int  # the phase step of this epoch's first batch
+    total: int  # steps in the whole phase
+    warmup: int = 0
+    decay: bool = False
+
+    def scale(self, step: int) -> float:
+        """The factor at phase step ``step`` (0-based)."""
+        factor = min(1.0, (step + 1) / self.warmup) if self.warmup else 1.0
+        if self.decay:
+            factor *= cosine_lr(1.0, step - self.warmup, self.total - self.warmup) if step >= self.warmup else 1.0
+        return factor
+
+
 def train_epoch(
     step_module: nn.Module,
     loader: DataLoader,
@@ -134,8 +152,7 @@ def train_epoch(
     snap: Callable[[], object] | None = None,
     targets: Tensor | None = None,
     online_teacher: tuple[Teacher, nn.Module | None] | None = None,
-    cosine: tuple[float, int, int] | None = None,
-    warmup: tuple[int, int] | None = None,
+    schedule: PhaseSchedule | None = None,
     grad_clip: float = 0.0,
     desc: str = "",
     progress: bool = True,
@@ -143,9 +160,8 @@ def train_epoch(
     """One pass over ``loader``: forward, backward, step and (in Q) snap. Returns the mean loss parts.
 
     targets: (N, C) cached teacher embeddings indexed by dataset item; or ``online_teacher`` =
-    (teacher, frame_pool) runs it on each batch. cosine: (base lr, first step, total steps) of
-    the phase's schedule. warmup: (first step, warm-up steps) of a linear warm-up of each group's
-    ``base_lr``. grad_clip: clip the gradient norm to this (0: off). snap: called after every
+    (teacher, frame_pool) runs it on each batch. schedule: sets each group's lr from its
+    ``base_lr`` before every step (None: the lr is left as it is). grad_clip: clip the gradient norm to this (0: off). snap: called after every
     optimizer step (Q: ``QuantizationLoss.snap``).
     """
     step_module.train()
@@ -153,14 +169,10 @@ def train_epoch(
     n_batches = 0
     bar = tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress, dynamic_ncols=True)
     for i, (mels, lengths, labels, indices) in enumerate(bar):
-        if cosine is not None:
-            base, first, total = cosine
+        if schedule is not None:
+            factor = schedule.scale(schedule.first + i)
             for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(base, first + i, total)
-        elif warmup is not None:
-            first, n_warmup = warmup
-            for group in optimizer.param_groups:
-                group["lr"] = group["base_lr"] * min(1.0, (first + i + 1) / n_warmup)
+                group["lr"] = group["base_lr"] * factor
         mels, lengths, labels = mels.to(device), lengths.to(device), labels.to(device)
         teacher = None
         if targets is not None:
@@ -187,7 +199,8 @@ def train_epoch(
 def make_optimizer(kind: str, model: IntentClassifier, loss: nn.Module, cfg: Config) -> torch.optim.Optimizer:
     """Adam with separate encoder/head learning rates for D and F; SGD with momentum for Q."""
     if kind == "Q":
-        return torch.optim.SGD(model.parameters(), lr=cfg.quant.lr, momentum=cfg.quant.momentum)
+        return torch.optim.SGD([{"params": list(model.parameters()), "lr": cfg.quant.lr, "base_lr": cfg.quant.lr}],
+                               momentum=cfg.quant.momentum)
     head = [*model.head.parameters(), *loss.parameters()]  # the head, and a learned projection if any
     return torch.optim.Adam([
         {"params": list(model.encoder.parameters()), "lr": cfg.distill.lr_encoder, "base_lr": cfg.distill.lr_encoder},
@@ -447,15 +460,18 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
             sampler.set_epoch(ep.index)
             train_ds.set_epoch(ep.index)
             steps = len(loader)
-            cosine = (cfg.quant.lr, ep.epoch_in_phase * steps, ep.phase_epochs * steps) if ep.kind == "Q" else None
-            warmup = (ep.epoch_in_phase * steps, cfg.distill.warmup_steps) if ep.kind != "Q" and cfg.distill.warmup_steps else None
+            if ep.kind == "Q":
+                schedule = PhaseSchedule(ep.epoch_in_phase * steps, ep.phase_epochs * steps, decay=True)
+            else:
+                schedule = PhaseSchedule(ep.epoch_in_phase * steps, ep.phase_epochs * steps,
+                                         warmup=cfg.distill.warmup_steps, decay=cfg.distill.decay)
             desc = f"epoch {ep.index + 1}/{len(plan.pattern)} {branch.name} {ep.kind}"
             started = time.perf_counter()
             parts = train_epoch(step_module, loader, optimizer, device=procs.device,
                                 snap=loss.snap if isinstance(loss, QuantizationLoss) else None,
                                 targets=targets if ep.kind == "D" else None,
                                 online_teacher=online_teacher if ep.kind == "D" else None,
-                                cosine=cosine, warmup=warmup,
+                                schedule=schedule,
                                 grad_clip=cfg.distill.grad_clip if ep.kind != "Q" else 0.0,
                                 desc=desc, progress=progress)
             parts = all_reduce_mean(parts, procs)
