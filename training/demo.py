@@ -189,7 +189,7 @@ def cli(argv: list[str] | None = None) -> int:
     steps = tuple(s.strip() for s in args.steps.split(",") if s.strip())
     if unknown := set(steps) - set(STEPS):
         p.error(f"unknown steps {sorted(unknown)}; choose from {', '.join(STEPS)}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     run_demo(Path(args.out), PRESETS[args.preset], args.seed, steps, not args.no_publish, not args.no_progress)
     return 0
 

@@ -12,6 +12,7 @@ The noise helpers at the bottom are shared with the synthetic corpus generator (
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -26,7 +27,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 from tqdm import tqdm
 
-from service.audio import AudioDecodeError, decode_audio, log_mel_spectrogram, pad_mels
+from service.audio import SAMPLE_RATE, AudioDecodeError, decode_audio, log_mel_spectrogram, pad_mels
 from service.checkpoint import atomic_write
 from training.datasets import Sample
 
@@ -242,9 +243,22 @@ def augment_waveform(wave: Tensor, rng: np.random.Generator) -> Tensor:
     if rng.random() < 0.8:
         wave = wave * float(10 ** (rng.uniform(-12.0, 6.0) / 20))
     if rng.random() < 0.5:
-        noise = colored_noise(rng, wave.numel(), str(rng.choice(NOISE_COLORS)))
+        bank = noise_bank()[str(rng.choice(NOISE_COLORS))]
+        start = int(rng.integers(0, bank.size))
+        noise = np.take(bank, np.arange(start, start + wave.numel()), mode="wrap")
         wave = torch.from_numpy(mix_at_snr(wave.numpy(), noise, snr_db=rng.uniform(5.0, 35.0)))
     return wave
+
+
+@functools.cache
+def noise_bank(seconds: int = 64) -> dict[str, np.ndarray]:
+    """A fixed minute of each noise colour, which augmentation slices at random offsets.
+
+    Coloured noise per clip costs an FFT of the clip's (often awkward) length, about a quarter of
+    an epoch on 2 cores; slicing a bank costs nothing, and a minute of each colour is plenty.
+    """
+    rng = np.random.default_rng(20_240_101)
+    return {color: colored_noise(rng, seconds * SAMPLE_RATE, color) for color in NOISE_COLORS}
 
 
 def spec_augment(mel: Tensor, rng: np.random.Generator, n_masks: int = 2) -> Tensor:

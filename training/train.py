@@ -301,12 +301,14 @@ def close_logging() -> None:
 
 
 def setup_logging(out: Path | None, main: bool) -> None:
-    """Log to stderr, and on rank 0 also to ``<out>/train.log``; replaces the handlers of an earlier run."""
+    """Log to stderr (unless the root logger already does), and on rank 0 also to ``<out>/train.log``;
+    replaces the handlers of an earlier run."""
     close_logging()
     root = logging.getLogger()
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     root.setLevel(logging.INFO if main else logging.WARNING)
-    _LOG_HANDLERS.append(logging.StreamHandler(sys.stderr))
+    if not any(type(h) is logging.StreamHandler for h in root.handlers):  # a caller (quads-demo) may log already
+        _LOG_HANDLERS.append(logging.StreamHandler(sys.stderr))
     if out is not None and main:
         _LOG_HANDLERS.append(logging.FileHandler(out / "train.log"))
     for handler in _LOG_HANDLERS:
