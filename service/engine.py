@@ -75,6 +75,7 @@ class InferenceEngine:
         max_queue: int = 64,
         max_audio_seconds: float = 30.0,
         pad_to_30s: bool = False,
+        compute_dtype: str = "float32",
         metrics: ServiceMetrics | None = None,
     ):
         self.checkpoint = checkpoint
@@ -85,6 +86,9 @@ class InferenceEngine:
         # The encoder has n_ctx positions, two mel frames each: 1500 positions = 30 s.
         self.max_audio_seconds = min(max_audio_seconds, checkpoint.dims.n_ctx * 2 / FRAMES_PER_SECOND)
         self.pad_to_30s = pad_to_30s
+        if compute_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"compute_dtype must be float32 or bfloat16, got {compute_dtype!r}")
+        self.compute_dtype = compute_dtype
         self.metrics = metrics
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self._lock = threading.Lock()  # orders "closed" against submissions, so _STOP is queued last
@@ -199,7 +203,9 @@ class InferenceEngine:
         try:
             t0 = time.perf_counter()
             mels, lengths = pad_mels([mel for _, _, mel, _, _ in clips])
-            with torch.inference_mode():
+            # bfloat16: autocast runs the matrix products in bfloat16 and keeps softmax, LayerNorm
+            # and the pooling in float32 (a fully bfloat16 model is both slower and less exact).
+            with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=self.compute_dtype == "bfloat16"):
                 _, logits = self.checkpoint.model(mels, lengths)
             probabilities = logits.float().softmax(dim=-1)
             inference = time.perf_counter() - t0

@@ -63,6 +63,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         max_queue=settings.max_queue,
         max_audio_seconds=settings.max_audio_seconds,
         pad_to_30s=settings.pad_to_30s,
+        compute_dtype=settings.compute_dtype,
         metrics=app.state.metrics,
     ).start()
     app.state.metrics.set_model(
@@ -75,8 +76,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     app.state.engine = engine
     logger.info(
-        "serving %s (%d-bit, %d labels) with %d torch threads, batches of up to %d",
-        checkpoint.path, checkpoint.bits, len(checkpoint.labels), threads, settings.max_batch_size,
+        "serving %s (%d-bit, %d labels) with %d torch threads in %s, batches of up to %d",
+        checkpoint.path, checkpoint.bits, len(checkpoint.labels), threads, engine.compute_dtype, settings.max_batch_size,
     )
     try:
         yield

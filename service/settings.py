@@ -14,11 +14,13 @@ must hold weights of that width, so a mislabelled file is a startup error.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.checkpoint import SUPPORTED_BITS
+from service.cpu import native_bfloat16
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_DIR = PROJECT_ROOT / "models"
@@ -44,6 +46,11 @@ class Settings(BaseSettings):
     drain_seconds: float = Field(0.0, ge=0, description="After SIGTERM, keep serving this long while /readyz says 503.")
     shutdown_timeout_seconds: float = Field(20.0, gt=0, description="After the drain, how long in-flight requests may finish.")
     pad_to_30s: bool = Field(False, description="Pad every clip to 30 s as Whisper does (only to benchmark that cost).")
+    precision: Literal["float32", "bfloat16", "auto"] = Field(
+        "float32",
+        description="The encoder's matrix products: float32 (exact), bfloat16 (faster on CPUs with AMX or "
+        "AVX512-BF16; probabilities move by ~1e-3), or auto (bfloat16 where the CPU has it).",
+    )
 
     @field_validator("bits")
     @classmethod
@@ -51,6 +58,21 @@ class Settings(BaseSettings):
         if bits not in SUPPORTED_BITS:
             raise ValueError(f"QUADS_BITS must be one of {SUPPORTED_BITS}, got {bits}")
         return bits
+
+    @field_validator("precision")
+    @classmethod
+    def _bfloat16_in_hardware(cls, precision: str) -> str:
+        if precision == "bfloat16" and not native_bfloat16():
+            raise ValueError("QUADS_PRECISION=bfloat16 needs a CPU with AMX or AVX512-BF16, and this one has "
+                             "neither (it would be slower than float32); use float32 or auto")
+        return precision
+
+    @property
+    def compute_dtype(self) -> str:
+        """``precision`` with ``auto`` resolved for this CPU: "float32" or "bfloat16"."""
+        if self.precision == "auto":
+            return "bfloat16" if native_bfloat16() else "float32"
+        return self.precision
 
     @property
     def model_path(self) -> Path:

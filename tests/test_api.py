@@ -138,6 +138,7 @@ def test_model_metadata(client, checkpoint):
         "dims": checkpoint.dims.to_dict(),
         "sha256": checkpoint.sha256,
         "max_audio_seconds": 30.0,
+        "precision": "float32",
     }
 
 
@@ -363,6 +364,20 @@ def test_model_path_rules(monkeypatch, tmp_path):
     monkeypatch.setenv("QUADS_BITS", "9")
     with pytest.raises(ValidationError, match="QUADS_BITS must be one of"):
         Settings()
+
+
+def test_precision_bfloat16_needs_the_hardware_and_auto_resolves(monkeypatch):
+    import service.settings as settings_module
+
+    monkeypatch.setattr(settings_module, "native_bfloat16", lambda: False)
+    with pytest.raises(ValidationError, match="AMX or AVX512-BF16"):
+        Settings(precision="bfloat16")
+    assert Settings(precision="auto").compute_dtype == "float32"
+    assert Settings().compute_dtype == "float32"  # the default is exact everywhere
+    monkeypatch.setattr(settings_module, "native_bfloat16", lambda: True)
+    assert Settings(precision="bfloat16").compute_dtype == Settings(precision="auto").compute_dtype == "bfloat16"
+    with pytest.raises(ValidationError):
+        Settings(precision="float16")
 
 
 def test_model_dir_and_bits_pick_the_checkpoint(model_dir, speech_wav):

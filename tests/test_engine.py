@@ -14,7 +14,7 @@ import torch
 
 import service.engine as engine_module
 from service.checkpoint import load_checkpoint
-from service.cpu import cgroup_cpu_limit, resolve_threads
+from service.cpu import cgroup_cpu_limit, native_bfloat16, resolve_threads
 from service.audio import AudioDecodeError, AudioTooLongError, EmptyAudioError
 from service.engine import EngineDraining, EngineOverloaded, InferenceEngine, decode_clip
 from service.metrics import ServiceMetrics
@@ -61,6 +61,25 @@ def test_batched_answers_equal_answers_alone(checkpoint, clips):
     for clip, prediction in zip(clips, batched):
         alone = reference_probabilities(checkpoint, clip)
         torch.testing.assert_close(prediction.probabilities, alone, atol=1e-5, rtol=0)
+
+
+@pytest.mark.skipif(not native_bfloat16(), reason="this CPU has no bfloat16 matrix hardware")
+def test_bfloat16_answers_stay_close_to_float32(checkpoint, clips):
+    engine = InferenceEngine(checkpoint, compute_dtype="bfloat16").start()
+    try:
+        answers = [engine.submit(clip).result(timeout=30).probabilities for clip in clips]
+    finally:
+        engine.close()
+    for clip, probabilities in zip(clips, answers):
+        exact = reference_probabilities(checkpoint, clip)
+        assert probabilities.dtype == torch.float32
+        torch.testing.assert_close(probabilities, exact, atol=0.02, rtol=0)
+        assert probabilities.argmax() == exact.argmax()
+
+
+def test_unknown_compute_dtype_is_refused(checkpoint):
+    with pytest.raises(ValueError, match="float32 or bfloat16"):
+        InferenceEngine(checkpoint, compute_dtype="float16")
 
 
 def test_a_bad_clip_fails_only_its_own_request(checkpoint, clips):

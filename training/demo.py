@@ -41,7 +41,7 @@ class DemoPreset:
     voices: dict[str, int]  # espeak-ng voices per split
     teacher: dict  # student.* overrides for the teacher (it is trained as a plain classifier)
     teacher_epochs: int
-    teacher_distill: dict  # distill.* overrides for the teacher, over ``common``'s
+    teacher_sections: dict  # section -> overrides for the teacher run, over ``common``'s
     student: dict  # student.* overrides for every student
     default_schedule: str  # MCT schedule of the shipped model
     grid_schedule: str  # schedule of the comparison runs
@@ -53,9 +53,10 @@ PRESETS = {
         voices={"train": 60, "valid": 15, "test": 15},
         teacher={"n_state": 128, "n_head": 4, "n_layer": 4},
         teacher_epochs=30,
-        # From scratch the encoder sits on a plateau for ~300 steps; a long warm-up and a cosine
-        # decay over the whole run get it off and then settle it.
-        teacher_distill={"warmup_steps": 300},
+        # From scratch the encoder sits at chance for a few hundred steps, and augmentation (on
+        # top of the corpus' own noise and reverb) kept a 4-layer one there for 4+ epochs; clean
+        # features, a long warm-up and a cosine decay over the whole run get it off and settle it.
+        teacher_sections={"distill": {"warmup_steps": 300}, "data": {"augment": False}},
         student={"n_state": 128, "n_head": 4, "n_layer": 2},
         default_schedule="DDQQDQQ",
         grid_schedule="DDQDDQQ",
@@ -67,7 +68,7 @@ PRESETS = {
         voices={"train": 8, "valid": 3, "test": 3},
         teacher={"n_state": 64, "n_head": 2, "n_layer": 2},
         teacher_epochs=3,
-        teacher_distill={},
+        teacher_sections={},
         student={"n_state": 64, "n_head": 2, "n_layer": 1},
         default_schedule="DQ",
         grid_schedule="DQ",
@@ -101,7 +102,8 @@ def run_demo(out: Path, preset: DemoPreset, seed: int, steps: tuple[str, ...], p
 
     if "teacher" in steps:
         run_training(teacher_dir, corpus, seed, progress,
-                     **{**common, "distill": {**common.get("distill", {}), **preset.teacher_distill}},
+                     **{k: {**common.get(k, {}), **preset.teacher_sections.get(k, {})}
+                        for k in {*common, *preset.teacher_sections}},
                      train={"strategy": "finetune", "bits": [32], "name": "teacher",
                             "schedule": "D" * preset.teacher_epochs},
                      student={"init": "random", **preset.teacher})

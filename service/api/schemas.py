@@ -44,6 +44,7 @@ class ModelInfo(BaseModel):
     dims: dict[str, int] = Field(description="Architecture (ModelDims).")
     sha256: str = Field(description="Content hash stored in the checkpoint.")
     max_audio_seconds: float = Field(description="Longest clip accepted.")
+    precision: str = Field(description="The matrix products' precision: float32 or bfloat16 (QUADS_PRECISION).")
 
 
 class Status(BaseModel):

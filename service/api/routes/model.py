@@ -25,4 +25,5 @@ async def model_info(engine: EngineDep) -> ModelInfo:
         dims=ckpt.dims.to_dict(),
         sha256=ckpt.sha256,
         max_audio_seconds=engine.max_audio_seconds,
+        precision=engine.compute_dtype,
     )
