@@ -20,13 +20,15 @@ def test_report_collects_every_run(tmp_path):
     }
     for name, rows in runs.items():
         (tmp_path / name).mkdir(parents=True)
-        (tmp_path / name / "report.json").write_text(json.dumps({"results": rows, "history": []}))
+        history = [{"epoch": e + 1, "seconds": 30.0} for e in range(len(rows))]
+        (tmp_path / name / "report.json").write_text(json.dumps({"results": rows, "history": history}))
     path = write_demo_report(tmp_path, tmp_path / "out", PRESETS["quick"], seed=0)
     text = path.read_text()
     assert "| grid/qad-random | distill | random | 32 |" in text  # float files of a qad run = distillation only
     assert "| grid/qad-random | qad | random | 4 |" in text
     assert "| grid/mct-random | mct | random | 4 | 1.00 | 0.12 |" in text
     assert text.index("| teacher |") < text.index("| grid/")
+    assert "| grid/qad-random | 2 | 1.0 |" in text and "| **all** | | **2.0** |" in text  # minutes of epochs
     assert (tmp_path / "out" / "bubbles.png").stat().st_size > 1000
     assert len(json.loads((tmp_path / "out" / "report.json").read_text())) == 4
 

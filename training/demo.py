@@ -171,6 +171,12 @@ def write_demo_report(out: Path, dest: Path, preset: DemoPreset, seed: int) -> P
             f"{r['file_bytes'] / mb:.2f} | {r['gmacs_per_clip']:.3f} | {r['gmacs_30s']:.2f} | "
             f"{100 * r['accuracy']:.2f} | {100 * r['macro_f1']:.2f} |"
         )
+    lines += ["", "Training time per run (the sum of its epochs, on the host that ran it):", "",
+              "| Run | Epochs | Minutes |", "|---|---:|---:|"]
+    for name, history in sorted(histories.items()):
+        lines.append(f"| {name} | {len(history)} | {sum(h.get('seconds', 0.0) for h in history) / 60:.1f} |")
+    total = sum(h.get("seconds", 0.0) for history in histories.values() for h in history) / 60
+    lines += [f"| **all** | | **{total:.1f}** |"]
     lines += ["", "![F1 vs size](bubbles.png)", ""]
     lines += [f"![{p.stem}]({p.name})" for p in sorted(dest.glob("curves-*.png"))]
     path = dest / "report.md"
