@@ -15,6 +15,7 @@ compare the ratios, and rerun on the target machine for absolute numbers.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import platform
@@ -37,7 +38,7 @@ import torch
 from service.audio import SAMPLE_RATE, resample
 from service.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from service.compute import forward_gmacs
-from service.cpu import resolve_threads
+from service.cpu import native_bfloat16, resolve_threads
 from service.model import WHISPER_TINY, IntentClassifier
 from training.quantize import quantize_model
 
@@ -188,17 +189,18 @@ def report(args, model_path: Path, clip: bytes) -> str:
     gmacs_clip = forward_gmacs(checkpoint.model, seconds=CLIP_SECONDS)
     gmacs_30s = forward_gmacs(checkpoint.model)
 
+    bf16 = native_bfloat16()  # then also QUADS_PRECISION=bfloat16, side by side
     with (
         Server(model_path, args.threads) as real_length,
         Server(model_path, args.threads, QUADS_MAX_BATCH_SIZE="1") as unbatched,
         Server(model_path, args.threads, QUADS_PAD_TO_30S="1") as padded_server,
+        Server(model_path, args.threads, QUADS_PRECISION="bfloat16") if bf16 else contextlib.nullcontext() as bf16_server,
     ):
-        latency = interleaved_latency(
-            {"real": real_length.url, "padded": padded_server.url},
-            clip,
-            {"real": args.requests, "padded": args.padded_requests},
-            rounds=10,
-        )
+        urls = {"real": real_length.url, "padded": padded_server.url}
+        requests = {"real": args.requests, "padded": args.padded_requests}
+        if bf16:
+            urls["bf16"], requests["bf16"] = bf16_server.url, args.requests
+        latency = interleaved_latency(urls, clip, requests, rounds=10)
         load = {
             c: median_throughput({"batched": real_length.url, "unbatched": unbatched.url}, clip, c, args.per_level, args.repeats)
             for c in args.clients
@@ -210,7 +212,8 @@ def report(args, model_path: Path, clip: bytes) -> str:
         "",
         f"- Host: {platform.machine()}, {os.cpu_count()} CPUs visible, torch threads {args.threads}; "
         f"client and server share the host; loopback HTTP, one uvicorn worker.",
-        f"- Model: whisper-tiny encoder dims ({checkpoint.n_params / 1e6:.2f} M parameters, {N_LABELS} labels), "
+        f"- Model: {model_path.name}, dims {checkpoint.dims.n_state}x{checkpoint.dims.n_layer} "
+        f"({checkpoint.n_params / 1e6:.2f} M parameters, {len(checkpoint.labels)} labels), "
         f"{checkpoint.bits}-bit, file {checkpoint.file_bytes / 1e6:.2f} MB.",
         f"- Clip: {CLIP_SECONDS:g}-s 16 kHz mono 16-bit WAV ({len(clip)} bytes), raw body. "
         f"Compute per clip: {gmacs_clip:.2f} GMACs at its length, {gmacs_30s:.2f} GMACs padded to 30 s "
@@ -224,6 +227,17 @@ def report(args, model_path: Path, clip: bytes) -> str:
         f"| same clip padded to 30 s (Whisper) | {padded['p50']:.1f} | {padded['p95']:.1f} | {padded['server_total']:.1f} | {padded['inference']:.1f} |",
         f"| **padded / real** | **{padded['p50'] / real['p50']:.1f}x** | {padded['p95'] / real['p95']:.1f}x | "
         f"{padded['server_total'] / real['server_total']:.1f}x | {padded['inference'] / real['inference']:.1f}x |",
+    ]
+    if bf16:
+        b = latency["bf16"]
+        lines += [
+            f"| 3-s clip, `QUADS_PRECISION=bfloat16` | {b['p50']:.1f} | {b['p95']:.1f} | {b['server_total']:.1f} | {b['inference']:.1f} |",
+            f"| **padded (float32) / real (bfloat16)** | **{padded['p50'] / b['p50']:.1f}x** | {padded['p95'] / b['p95']:.1f}x | "
+            f"{padded['server_total'] / b['server_total']:.1f}x | {padded['inference'] / b['inference']:.1f}x |",
+        ]
+    else:
+        lines += ["", "(This CPU has no bfloat16 matrix hardware, so `QUADS_PRECISION=bfloat16` was not measured.)"]
+    lines += [
         "",
         f"### Sustained throughput, closed-loop clients ({args.per_level} requests per level; median of {args.repeats} runs)",
         "",
