@@ -63,7 +63,9 @@ def markdown(report: dict) -> str:
 
 
 def bubble_chart(results: list[dict], path: Path) -> Path:
-    """F1 (%) against model size (MB, log scale); bubble area proportional to GMACs per clip."""
+    """F1 (%) against model size (MB, log scale); bubble area proportional to GMACs per clip.
+
+    Each point is labelled with its row's ``label``, or else its strategy and bits."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     top = max((r["gmacs_per_clip"] for r in results), default=1.0) or 1.0
     for r in results:
@@ -71,7 +73,7 @@ def bubble_chart(results: list[dict], path: Path) -> Path:
         ax.scatter(size, 100 * r["macro_f1"], s=300 + 1500 * r["gmacs_per_clip"] / top, alpha=0.45,
                    color=COLORS.get(r["strategy"], "tab:purple"), edgecolors="black")
         ax.scatter(size, 100 * r["macro_f1"], marker="*", color="black", s=40)
-        ax.annotate(f"{r['strategy']} {r['bits']}-bit", (size, 100 * r["macro_f1"]), textcoords="offset points",
+        ax.annotate(r.get("label") or f"{r['strategy']} {r['bits']}-bit", (size, 100 * r["macro_f1"]), textcoords="offset points",
                     xytext=(8, 8), fontsize=8)
     ax.set_xscale("log")
     ax.margins(x=0.3, y=0.3)  # room for the bubbles and their labels
