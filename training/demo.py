@@ -159,7 +159,8 @@ def write_demo_report(out: Path, dest: Path, preset: DemoPreset, seed: int) -> P
                 row["strategy"] = "distill"  # the float files of a qad run are the distillation-only model
             rows.append(row)
     dest.mkdir(parents=True, exist_ok=True)
-    bubble_chart([{**r, "label": f"{'shipped' if r['run'] == 'default' else r['strategy'] + ', ' + r['init']} {r['bits']}-bit"}
+    short = {"teacher-layers": "layers", "random": "rand"}
+    bubble_chart([{**r, "label": f"{'shipped' if r['run'] == 'default' else r['strategy'] + '/' + short.get(r['init'], r['init'])} {r['bits']}b"}
                   for r in rows if r["run"] != "teacher"], dest / "bubbles.png")
     for name in ("default", "grid/mct-teacher-layers"):
         if histories.get(name):
