@@ -1,6 +1,6 @@
 """Import the audio encoder of a real Whisper checkpoint into ``service.model.AudioEncoder``.
 
-Two layouts are read:
+Three layouts are read:
 
 * OpenAI ``.pt`` (``{"dims": {...}, "model_state_dict": {...}}``), loaded with
   ``torch.load(weights_only=True)``, so a pickle that would run code is refused;
@@ -22,10 +22,11 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from service.model import AudioEncoder, ModelDims
+from service.whisper_ct2 import CT2FormatError, read_ct2_encoder
 
 
 class WhisperImportError(ValueError):
-    """The path is not a usable OpenAI or Hugging Face Whisper checkpoint."""
+    """The path is not a usable OpenAI, Hugging Face or CTranslate2 Whisper checkpoint."""
 
 
 _HF_RENAMES = [
@@ -43,14 +44,19 @@ _HF_RENAMES = [
 
 
 def load_whisper_encoder(path: str | os.PathLike) -> AudioEncoder:
-    """Read the encoder of an OpenAI ``.pt`` file or a Hugging Face Whisper directory, in eval mode."""
+    """Read the encoder of an OpenAI ``.pt`` file, or a Hugging Face or CTranslate2 Whisper directory, in eval mode."""
     path = Path(path)
     if not path.exists():
         raise WhisperImportError(
-            f"{path}: not found; expected an OpenAI Whisper .pt file or a Hugging Face directory "
-            "with config.json and model.safetensors"
+            f"{path}: not found; expected an OpenAI Whisper .pt file, a Hugging Face directory "
+            "with config.json and model.safetensors, or a CTranslate2 directory with config.json and model.bin"
         )
-    if path.is_dir():
+    if path.is_dir() and (path / "model.bin").exists() and not any(path.glob("model*.safetensors*")):
+        try:
+            dims, state = read_ct2_encoder(path)
+        except CT2FormatError as e:
+            raise WhisperImportError(str(e)) from None
+    elif path.is_dir():
         dims, state = _read_hf(path)
     else:
         dims, state = _read_openai(path)
