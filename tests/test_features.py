@@ -267,3 +267,32 @@ def test_fingerprint_tracks_files_labels_and_settings(clips, tmp_path):
     assert fingerprint != base
     os.utime(copy, ns=(0, 0))  # same bytes, different mtime: the teacher cache must not trust it
     assert MelDataset(moved, LABELS, progress=False).fingerprint() != fingerprint
+
+
+def test_noise_level_is_set_against_the_speech_not_the_silence_around_it():
+    from training.features import active_rms
+
+    rng = np.random.default_rng(0)
+    speech = (0.3 * np.sin(np.arange(16000) * 0.07)).astype(np.float32)  # 1 s of "speech" in 3 s
+    clip = np.concatenate([np.zeros(16000, np.float32), speech, np.zeros(16000, np.float32)])
+    assert active_rms(clip) == pytest.approx(float(np.sqrt(np.mean(speech**2))), rel=0.02)
+    noise = colored_noise(rng, clip.size, "white")
+    mixed = mix_at_snr(clip, noise, snr_db=10.0, signal_rms=active_rms(clip))
+    added = mixed - clip
+    snr = 20 * np.log10(np.sqrt(np.mean(speech**2)) / np.sqrt(np.mean(added[16000:32000] ** 2)))
+    assert snr == pytest.approx(10.0, abs=0.3)
+
+
+def test_spec_augment_never_masks_a_whole_word():
+    from training.features import MAX_TIME_MASK_FRAMES, spec_augment
+
+    mel = torch.arange(80 * 300, dtype=torch.float32).reshape(80, 300) / 1000  # no column equals the fill
+    longest = 0
+    for seed in range(200):
+        masked = (spec_augment(mel, np.random.default_rng(seed)) != mel).all(dim=0)  # whole columns masked
+        run = 0
+        for m in masked.tolist():
+            run = run + 1 if m else 0
+            longest = max(longest, run)
+    assert 0 < longest <= 2 * MAX_TIME_MASK_FRAMES  # two masks may touch; a word lasts >= 150 ms
+    assert MAX_TIME_MASK_FRAMES * 10 <= 80  # ms

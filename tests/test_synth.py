@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +16,15 @@ from training.datasets import FSC_INTENTS, label_set, load_fsc, load_samples
 from training.synth import (
     ACCENTS,
     PHRASINGS,
-    VARIANTS,
+    TRAINABLE_VARIANTS,
     SynthError,
     cli,
     default_voices,
+    family_voices,
+    phrasings_of,
     synthesize_corpus,
 )
+from training.espeak_voices import is_generated, variant_file
 
 INTENTS = ["activate_lights_kitchen", "change language_Chinese_none", "bring_juice_none"]
 VOICES = {
@@ -87,7 +91,9 @@ def test_default_voices_are_disjoint_across_splits_down_to_the_variant():
     assert not variants["valid"] & variants["test"]
     for spec in all_specs:
         accent, variant = spec.split("+")
-        assert accent in ACCENTS and variant in VARIANTS
+        assert accent in ACCENTS and (variant in TRAINABLE_VARIANTS or is_generated(variant))
+        assert not variant.startswith("klatt")  # the held-out family
+    assert any(is_generated(spec.split("+")[1]) for spec in voices["train"])
     assert len({spec.split("+")[0] for spec in voices["train"]}) == len(ACCENTS)  # every accent in training
     assert default_voices({"train": 60, "valid": 15, "test": 15}, seed=3) == voices
     assert default_voices({"train": 60, "valid": 15, "test": 15}, seed=4) != voices
@@ -102,9 +108,59 @@ def test_more_voices_than_variants_reuse_variants_within_a_split_only():
     lopsided = default_voices({"train": 700, "valid": 1, "test": 1})
     assert sum(len(v) for v in lopsided.values()) == 702
     with pytest.raises(ValueError, match="at most"):
-        default_voices({"train": 5000, "valid": 1, "test": 1})
+        default_voices({"train": 5000, "valid": 1, "test": 1}, generated=False)
     with pytest.raises(ValueError, match="at least 1 voice"):
         default_voices({"train": 3, "eval": 1})
+
+
+def test_held_out_family_is_klatt_only_and_never_in_default_voices():
+    family = family_voices(12, seed=0)
+    assert len(set(family)) == 12 and all(spec.split("+")[1].startswith("klatt") for spec in family)
+    trained = {spec for specs in default_voices({"train": 300, "valid": 30, "test": 30}).values() for spec in specs}
+    assert not trained & set(family)
+    with pytest.raises(ValueError, match="klatt family has"):
+        family_voices(1000)
+
+
+def test_generated_variants_are_deterministic_and_differ():
+    assert variant_file("qv0001", seed=0) == variant_file("qv0001", seed=0)
+    assert variant_file("qv0001", seed=0) != variant_file("qv0002", seed=0)
+    assert variant_file("qv0001", seed=0) != variant_file("qv0001", seed=1)
+    assert re.search(r"^formant 8 \d+ \d+ \d+$", variant_file("qv0001", seed=0), re.M)
+
+
+def test_a_generated_variant_changes_the_voice(tmp_path):
+    # espeak-ng falls back silently to the plain accent when a variant is unknown, so compare
+    # the same text, rate and pitch with and without the generated variant.
+    from training.espeak_voices import build_variant_data_dir
+
+    data = build_variant_data_dir(tmp_path, ["qv0001"], seed=0)
+
+    def speak(voice: str) -> np.ndarray:
+        out = tmp_path / f"{voice}.wav"
+        subprocess.run(["espeak-ng", f"--path={data}", "-v", voice, "-s", "150", "-p", "50", "-w", str(out),
+                        "turn on the lights"], check=True)  # fmt: skip
+        return soundfile.read(out)[0]
+
+    plain, missing, generated = speak("en-us"), speak("en-us+qv9999"), speak("en-us+qv0001")
+    assert plain.size == missing.size and np.allclose(plain, missing)  # the fallback this test would miss
+    assert plain.size != generated.size or not np.allclose(plain, generated)
+
+
+def test_held_out_phrasings_never_reach_train_or_valid():
+    for intent in PHRASINGS:
+        seen, held_out = phrasings_of(intent, "seen"), phrasings_of(intent, "held-out")
+        assert len(held_out) == 1 and held_out[0] not in seen and len(seen) >= 5
+    with pytest.raises(ValueError, match="phrasing_set"):
+        phrasings_of(INTENTS[0], "other")
+
+
+def test_held_out_corpus_speaks_only_the_reserved_phrasings(tmp_path):
+    root = synthesize_corpus(tmp_path / "p", intents=INTENTS, voices={"test": ["en-gb+f5"]}, seed=0, noise=False,
+                             phrasing_set="held-out", progress=False)  # fmt: skip
+    with open(root / "data" / "test_data.csv") as f:
+        texts = {row["transcription"].lower() for row in csv.DictReader(f)}
+    assert texts == {phrasings_of(i, "held-out")[0].lower() for i in INTENTS}
 
 
 # --------------------------------------------------------------------------------- corpus

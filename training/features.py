@@ -246,8 +246,21 @@ def augment_waveform(wave: Tensor, rng: np.random.Generator) -> Tensor:
         bank = noise_bank()[str(rng.choice(NOISE_COLORS))]
         start = int(rng.integers(0, bank.size))
         noise = np.take(bank, np.arange(start, start + wave.numel()), mode="wrap")
-        wave = torch.from_numpy(mix_at_snr(wave.numpy(), noise, snr_db=rng.uniform(5.0, 35.0)))
+        speech = wave.numpy()
+        wave = torch.from_numpy(mix_at_snr(speech, noise, snr_db=rng.uniform(5.0, 35.0), signal_rms=active_rms(speech)))
     return wave
+
+
+def active_rms(wave: np.ndarray, frame: int = 320, floor_db: float = -35.0) -> float:
+    """RMS over the 20-ms frames within ``floor_db`` of the loudest: the level of the speech, not of the silence around it.
+
+    An SNR set against the whole clip's RMS puts the noise too high by the share of silence
+    (a 1-s command in 3 s of audio: about 5 dB).
+    """
+    frame = max(1, min(frame, wave.size))
+    power = np.mean(wave[: wave.size // frame * frame].astype(np.float64).reshape(-1, frame) ** 2, axis=1)
+    active = power[power >= power.max() * 10 ** (floor_db / 10)]
+    return float(np.sqrt(active.mean())) if active.size else 0.0
 
 
 @functools.cache
@@ -261,11 +274,15 @@ def noise_bank(seconds: int = 64) -> dict[str, np.ndarray]:
     return {color: colored_noise(rng, seconds * SAMPLE_RATE, color) for color in NOISE_COLORS}
 
 
+MAX_TIME_MASK_FRAMES = 8  # 80 ms
+
+
 def spec_augment(mel: Tensor, rng: np.random.Generator, n_masks: int = 2) -> Tensor:
     """SpecAugment-style masks: ``n_masks`` frequency bands and time spans set to the mel's mean.
 
-    mel: (n_mels, T); returns a new (n_mels, T) tensor. Bands are at most n_mels/8 bins, spans
-    at most T/8 frames (and 0.4 s), so the command itself is never erased.
+    mel: (n_mels, T); returns a new (n_mels, T) tensor. Bands are at most n_mels/8 bins; spans at
+    most T/8 frames and 80 ms, shorter than any word, so the one that decides the label ("on",
+    "off", "up") is never erased.
     """
     mel = mel.clone()
     fill = float(mel.mean())
@@ -275,7 +292,7 @@ def spec_augment(mel: Tensor, rng: np.random.Generator, n_masks: int = 2) -> Ten
         start = int(rng.integers(0, n_mels - width + 1))
         mel[start : start + width, :] = fill
     for _ in range(n_masks):
-        width = int(rng.integers(0, min(frames // 8, 40) + 1))
+        width = int(rng.integers(0, min(frames // 8, MAX_TIME_MASK_FRAMES) + 1))
         start = int(rng.integers(0, frames - width + 1))
         mel[:, start : start + width] = fill
     return mel

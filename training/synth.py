@@ -43,6 +43,7 @@ from tqdm import tqdm
 from service.audio import SAMPLE_RATE, resample
 from service.checkpoint import atomic_write
 from training.datasets import FSC_COLUMNS, FSC_INTENTS, FSC_SPLITS
+from training.espeak_voices import HELD_OUT_FAMILY, build_variant_data_dir, generated_variant_names, is_generated
 from training.features import NOISE_COLORS, colored_noise, mix_at_snr
 
 # ------------------------------------------------------------------------------ phrasings
@@ -233,6 +234,16 @@ def _expand_phrasings(table: dict[str, tuple[str, ...]]) -> dict[str, tuple[str,
 
 
 PHRASINGS: dict[str, tuple[str, ...]] = _expand_phrasings(PHRASING_TABLE)
+# The last phrasing of every intent is never spoken in train or valid: a corpus written with
+# ``phrasing_set="held-out"`` measures paraphrases the model never heard.
+PHRASING_SETS = ("seen", "held-out")
+
+
+def phrasings_of(intent: str, phrasing_set: str = "seen") -> tuple[str, ...]:
+    """The phrasings of ``intent`` that training may use ("seen"), or the one reserved for testing."""
+    if phrasing_set not in PHRASING_SETS:
+        raise ValueError(f"phrasing_set must be one of {PHRASING_SETS}, got {phrasing_set!r}")
+    return PHRASINGS[intent][:-1] if phrasing_set == "seen" else PHRASINGS[intent][-1:]
 
 # -------------------------------------------------------------------------------- voices
 # espeak-ng English accents (`espeak-ng --voices=en`; "en" is an alias of en-gb) and voice
@@ -253,7 +264,12 @@ VARIANTS = (
     "sandro", "shelby", "steph", "steph2", "steph3", "travis", "victor", "whisper", "whisperf", "zac",
 )  # fmt: skip
 
-# The demo corpus: 31 intents x (60 + 15 + 15) voices = 2790 clips, every voice a different variant.
+# Variants that training draws from: the stock ones but the held-out Klatt family, plus as many
+# generated ones (``training.espeak_voices``) as there are voices.
+TRAINABLE_VARIANTS = tuple(v for v in VARIANTS if not v.startswith(HELD_OUT_FAMILY))
+FAMILY_VARIANTS = tuple(v for v in VARIANTS if v.startswith(HELD_OUT_FAMILY))
+
+# 31 intents x (60 + 15 + 15) voices = 2790 clips, every voice a different variant.
 DEFAULT_VOICES_PER_SPLIT = {"train": 60, "valid": 15, "test": 15}
 DEFAULT_UTTERANCES_PER_VOICE = 1
 
@@ -285,17 +301,20 @@ class Voice:
         )
 
 
-def default_voices(counts: dict[str, int], seed: int = 0) -> dict[str, list[str]]:
+def default_voices(counts: dict[str, int], seed: int = 0, generated: bool = True) -> dict[str, list[str]]:
     """``counts[split]`` voice specs per split, with disjoint variants (hence voices) across splits.
 
-    Variants are shuffled by ``seed`` and dealt to the splits in proportion to their counts (one
-    variant per voice while there are enough); each split's voices cycle through the accents.
+    The variants are the stock ones outside the held-out Klatt family and, with ``generated``,
+    as many random ones (``qv0000``...) as there are voices. They are shuffled by ``seed`` and
+    dealt to the splits in proportion to their counts (one variant per voice while there are
+    enough); each split's voices cycle through the accents.
     """
     unknown = set(counts) - set(FSC_SPLITS)
     if unknown or any(k < 1 for k in counts.values()):
         raise ValueError(f"voice counts need splits among {FSC_SPLITS} and at least 1 voice each, got {counts}")
     rng = np.random.default_rng([seed, _stable_int("voices")])
-    variants = [VARIANTS[j] for j in rng.permutation(len(VARIANTS))]
+    pool = list(TRAINABLE_VARIANTS) + (generated_variant_names(sum(counts.values())) if generated else [])
+    variants = [pool[j] for j in rng.permutation(len(pool))]
     total = sum(counts.values())
     if total <= len(variants):
         n_variants = dict(counts)
@@ -309,7 +328,7 @@ def default_voices(counts: dict[str, int], seed: int = 0) -> dict[str, list[str]
         if k > nv * len(ACCENTS):
             raise ValueError(
                 f"{k} {split} voices asked for, but disjoint splits allow at most {nv * len(ACCENTS)} "
-                f"({len(VARIANTS)} variants x {len(ACCENTS)} accents shared among {total} voices)"
+                f"({len(pool)} variants x {len(ACCENTS)} accents shared among {total} voices)"
             )
         split_variants, start = variants[start : start + nv], start + nv
         accents = [ACCENTS[j] for j in rng.permutation(len(ACCENTS))]
@@ -318,6 +337,15 @@ def default_voices(counts: dict[str, int], seed: int = 0) -> dict[str, list[str]
             f"{accents[(i // nv + i % nv) % len(accents)]}+{split_variants[i % nv]}" for i in range(k)
         ]
     return voices
+
+
+def family_voices(count: int, seed: int = 0) -> list[str]:
+    """``count`` voices of the held-out Klatt family (never in ``default_voices``): an unseen-engine proxy."""
+    specs = [f"{accent}+{variant}" for variant in FAMILY_VARIANTS for accent in ACCENTS]
+    if not 1 <= count <= len(specs):
+        raise ValueError(f"the {HELD_OUT_FAMILY} family has {len(specs)} voices, {count} asked for")
+    rng = np.random.default_rng([seed, _stable_int("family")])
+    return [specs[j] for j in rng.permutation(len(specs))[:count]]
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -342,10 +370,11 @@ class Utterance:
         return f"wavs/speakers/{self.voice.spec}/{self.utterance_id}.wav"
 
 
-def espeak_command(voice: Voice, text: str, out_wav: Path, rng: np.random.Generator) -> list[str]:
-    """espeak-ng arguments for one utterance: the voice's prosody, jittered."""
+def espeak_command(voice: Voice, text: str, out_wav: Path, rng: np.random.Generator, data_path: Path | None = None) -> list[str]:
+    """espeak-ng arguments for one utterance: the voice's prosody, jittered (``data_path``: generated variants)."""
     return [
         "espeak-ng",
+        *([f"--path={data_path}"] if data_path else []),
         "-v", voice.spec,
         "-s", str(int(np.clip(voice.rate + rng.integers(-15, 16), 80, 260))),
         "-p", str(int(np.clip(voice.pitch + rng.integers(-8, 9), 0, 99))),
@@ -356,14 +385,14 @@ def espeak_command(voice: Voice, text: str, out_wav: Path, rng: np.random.Genera
     ]  # fmt: skip
 
 
-def render(utt: Utterance, seed: int, noise: bool, tmp_dir: Path) -> np.ndarray:
+def render(utt: Utterance, seed: int, noise: bool, tmp_dir: Path, data_path: Path | None = None) -> np.ndarray:
     """The utterance as a float32 16 kHz waveform: espeak-ng speech, silence, reverb, noise, gain."""
     rng = np.random.default_rng(
         [seed, FSC_SPLITS.index(utt.split), _stable_int(utt.voice.spec), _stable_int(utt.intent), utt.repetition]
     )
     text = utt.text + str(rng.choice(["", ".", "!", "?"], p=[0.4, 0.35, 0.1, 0.15]))  # sets the intonation
     with tempfile.NamedTemporaryFile(suffix=".wav", dir=tmp_dir) as tmp:
-        cmd = espeak_command(utt.voice, text, Path(tmp.name), rng)
+        cmd = espeak_command(utt.voice, text, Path(tmp.name), rng, data_path)
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
             raise SynthError(f"espeak-ng failed ({result.returncode}): {' '.join(cmd)}\n{result.stderr.strip()}")
@@ -415,6 +444,7 @@ def synthesize_corpus(
     voices: dict[str, list[str]] | None = None,
     utterances_per_voice: int = 1,
     phrasings: int | None = None,
+    phrasing_set: str = "seen",
     seed: int = 0,
     noise: bool = True,
     workers: int = 2,
@@ -425,13 +455,15 @@ def synthesize_corpus(
     intents: FSC intents to cover (default: all 31). voices: split -> espeak-ng voice specs
     (default: ``default_voices(DEFAULT_VOICES_PER_SPLIT, seed)``); they must not repeat across
     splits. Each voice says each intent ``utterances_per_voice`` times, cycling through the
-    first ``phrasings`` phrasings of the intent (default: all). ``noise=False`` writes clean
+    first ``phrasings`` phrasings of the intent (default: all) in ``phrasing_set`` ("seen": every
+    phrasing but the last, which "held-out" reserves for testing paraphrases). ``noise=False`` writes clean
     speech (silence padding and gain only). ``workers`` espeak-ng processes run at once.
     """
     root = Path(root)
     intents = list(FSC_INTENTS if intents is None else intents)
     voices = default_voices(DEFAULT_VOICES_PER_SPLIT, seed) if voices is None else voices
     _check_arguments(intents, voices, utterances_per_voice, phrasings, workers)
+    phrasings_of("change language_none_none", phrasing_set)  # checks the name
     if shutil.which("espeak-ng") is None:
         raise SynthError("espeak-ng is not installed (apt-get install espeak-ng)")
     _prepare_root(root)
@@ -441,7 +473,7 @@ def synthesize_corpus(
     for split, split_voices in voice_objects.items():
         for v, voice in enumerate(split_voices):
             for intent in intents:
-                choices = PHRASINGS[intent][:phrasings]
+                choices = phrasings_of(intent, phrasing_set)[:phrasings]
                 for r in range(utterances_per_voice):
                     text = choices[(v * utterances_per_voice + r) % len(choices)]
                     utterances.append(Utterance(split, voice, intent, r, text))
@@ -454,6 +486,7 @@ def synthesize_corpus(
         "intents": intents,
         "utterances_per_voice": utterances_per_voice,
         "phrasings": phrasings,
+        "phrasing_set": phrasing_set,
         "noise": noise,
         "voices": {split: [asdict(v) for v in vs] for split, vs in voice_objects.items()},
         "clips": {split: len(vs) * len(intents) * utterances_per_voice for split, vs in voice_objects.items()},
@@ -470,9 +503,12 @@ def synthesize_corpus(
     torch.set_num_threads(1)
     try:
         with tempfile.TemporaryDirectory(prefix="quads-synth-") as tmp, ThreadPoolExecutor(workers) as pool:
+            generated = sorted({v.spec.partition("+")[2] for vs in voice_objects.values() for v in vs} - {""})
+            generated = [v for v in generated if is_generated(v)]
+            data_path = build_variant_data_dir(Path(tmp), generated, seed) if generated else None
 
             def make_clip(utt: Utterance) -> None:
-                _write_wav(root / utt.relative_path, render(utt, seed, noise, Path(tmp)))
+                _write_wav(root / utt.relative_path, render(utt, seed, noise, Path(tmp), data_path))
 
             clips = pool.map(make_clip, utterances)
             for _ in tqdm(clips, total=len(utterances), desc="synthesising", unit="clip", disable=not progress):
@@ -587,6 +623,11 @@ def cli(argv: list[str] | None = None) -> None:
     parser.add_argument("--utterances-per-voice", type=int, default=DEFAULT_UTTERANCES_PER_VOICE,
                         help="utterances of each intent per voice (default: %(default)s)")  # fmt: skip
     parser.add_argument("--phrasings", type=int, help="use only the first N phrasings of each intent")
+    parser.add_argument("--phrasing-set", choices=PHRASING_SETS, default="seen",
+                        help="seen: the phrasings training may use; held-out: the one per intent reserved for testing")
+    parser.add_argument("--held-out-family", type=int, metavar="K",
+                        help=f"instead of --voices-per-split: a test split of K voices of the held-out "
+                             f"{HELD_OUT_FAMILY} family (an unseen-engine proxy)")  # fmt: skip
     parser.add_argument("--no-noise", action="store_true", help="clean speech: no background noise or reverberation")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -594,13 +635,17 @@ def cli(argv: list[str] | None = None) -> None:
 
     start = time.monotonic()
     try:
-        voices = default_voices(args.voices_per_split, args.seed)
+        if args.held_out_family:
+            voices = {"test": family_voices(args.held_out_family, args.seed)}
+        else:
+            voices = default_voices(args.voices_per_split, args.seed)
         root = synthesize_corpus(
             args.out_dir,
             intents=args.intents,
             voices=voices,
             utterances_per_voice=args.utterances_per_voice,
             phrasings=args.phrasings,
+            phrasing_set=args.phrasing_set,
             seed=args.seed,
             noise=not args.no_noise,
             workers=args.workers,
