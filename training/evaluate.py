@@ -78,6 +78,26 @@ def classification_metrics(preds: Tensor, targets: Tensor, labels: list[str]) ->
     }
 
 
+OPPOSITE_ACTIONS = {frozenset(("activate", "deactivate")), frozenset(("increase", "decrease"))}
+
+
+def is_polarity_swap(true_label: str, predicted: str) -> bool:
+    """True when two FSC-style labels (``action_object_location``) differ only by an opposite action (on/off, up/down)."""
+    t, p = true_label.split("_"), predicted.split("_")
+    return len(t) == len(p) == 3 and t[1:] == p[1:] and frozenset((t[0], p[0])) in OPPOSITE_ACTIONS
+
+
+def polarity_error_share(confusion: list[list[int]], labels: list[str]) -> float:
+    """The share of all errors that swap on/off or up/down with the same object and location (0 with no errors)."""
+    errors = swaps = 0
+    for i, row in enumerate(confusion):
+        for j, count in enumerate(row):
+            if i != j and count:
+                errors += count
+                swaps += count if is_polarity_swap(labels[i], labels[j]) else 0
+    return swaps / errors if errors else 0.0
+
+
 _GMACS: dict[tuple, float] = {}
 
 
@@ -137,6 +157,7 @@ def evaluate_checkpoint(
         "split": split,
         "accuracy": metrics["accuracy"],
         "macro_f1": metrics["macro_f1"],
+        "polarity_error_share": polarity_error_share(metrics["confusion"], checkpoint.labels),
         "n": metrics["n"],
         "skipped": len(dataset.skipped),
         "params": count_parameters(checkpoint.model),
