@@ -282,3 +282,13 @@ def test_cli_writes_a_corpus_and_reports_bad_arguments(tmp_path, capsys):
         cli([str(tmp_path / "y"), "--intents", "fly_to_mars", "--quiet"])
     assert exit_info.value.code == 2
     assert "no phrasings for intent" in capsys.readouterr().err
+
+
+def test_cli_writes_the_held_out_family_and_phrasings(tmp_path, capsys):
+    out = tmp_path / "klatt"
+    cli([str(out), "--held-out-family", "2", "--phrasing-set", "held-out", "--intents", "bring_socks_none",
+         "--no-noise", "--quiet"])  # fmt: skip
+    assert re.search(r"wrote 2 clips \(test 2\)", capsys.readouterr().err)
+    test = load_fsc(out, "test")
+    assert all(s.speaker.split("+")[1].startswith("klatt") for s in test)
+    assert {s.text for s in test} == transcriptions(phrasings_of("bring_socks_none", "held-out"))
