@@ -72,10 +72,10 @@ def read_ct2_variables(path: Path, prefix: str = "encoder/") -> dict[str, Tensor
     try:
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buffer:
             return _parse(_Reader(path, buffer), prefix)
-    except ValueError as e:
-        if isinstance(e, CT2FormatError):
-            raise
-        raise CT2FormatError(f"{path}: not a CTranslate2 model file ({e})") from None  # mmap of an empty file
+    except CT2FormatError:
+        raise
+    except ValueError as e:  # mmap of an empty file
+        raise CT2FormatError(f"{path}: not a CTranslate2 model file ({e})") from None
     except OSError as e:
         raise CT2FormatError(f"{path}: cannot be read ({e.strerror or e})") from None
 

@@ -1,0 +1,48 @@
+"""The shipped default model understands voices and phrasings it never heard in training.
+
+Every clip here is outside the demo's training data twice over: the phrasing is the one per
+intent that ``quads-synth`` reserves for testing, and the voice is either a plain espeak-ng
+accent (training voices are all accent+variant) or one of the held-out Klatt family.
+"""
+
+from pathlib import Path
+
+import torch
+
+from service.audio import log_mel_spectrogram
+from service.checkpoint import load_checkpoint
+from tests.speech import espeak_16k, requires_espeak
+from training.synth import PHRASINGS, phrasings_of
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT = REPO / "models" / "quads-fsc-4bit.safetensors"
+VOICES = ("en-us", "en-gb-scotland+klatt4", "en-029+klatt2")
+INTENTS = ("activate_lights_kitchen", "deactivate_lights_bedroom", "increase_heat_washroom", "decrease_heat_kitchen",
+           "decrease_volume_none", "bring_shoes_none", "change language_German_none", "deactivate_music_none")  # fmt: skip
+
+
+@requires_espeak
+def test_shipped_default_is_whisper_tiny_at_4_bits():
+    checkpoint = load_checkpoint(DEFAULT)
+    assert checkpoint.bits == 4
+    assert (checkpoint.dims.n_state, checkpoint.dims.n_head, checkpoint.dims.n_layer) == (384, 6, 4)
+    assert DEFAULT.stat().st_size <= 4.2e6
+    assert sorted(checkpoint.labels) == sorted(PHRASINGS)
+
+
+@requires_espeak
+def test_shipped_default_understands_unheard_voices_and_phrasings():
+    checkpoint = load_checkpoint(DEFAULT)
+    model = checkpoint.model.eval()
+    wrong = []
+    for voice in VOICES:
+        for intent in INTENTS:
+            text = phrasings_of(intent, "held-out")[0]
+            mel = log_mel_spectrogram(torch.from_numpy(espeak_16k(text, voice)))[None]
+            with torch.no_grad():
+                _, logits = model(mel)
+            predicted = checkpoint.labels[int(logits.argmax())]
+            if predicted != intent:
+                wrong.append(f"{voice}: {text!r} -> {predicted} (expected {intent})")
+    total = len(VOICES) * len(INTENTS)
+    assert len(wrong) <= total // 8, f"{len(wrong)}/{total} wrong:\n" + "\n".join(wrong)
