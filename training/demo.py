@@ -18,7 +18,8 @@ running the same command again after an interruption continues the pipeline):
    cached once); student: Whisper-tiny dims initialised from tiny.en, trained with MCT at the
    clips' real length; its 4- and 8-bit files are copied to ``models/``.
 4. ``grid``: a small comparison on a smaller corpus (``corpus-grid``): random vs Whisper init,
-   ``qad`` (distil, then k-means) vs ``mct``, at 4 bits.
+   ``qad`` (distil, then k-means; its 32-bit file is the distillation-only model) vs ``mct``,
+   at 32, 4 and 2 bits.
 5. ``report``: every checkpoint of ``default`` evaluated on the three test corpora, the grid's
    rows, charts and learning curves, written to ``docs/demo/``.
 
@@ -61,6 +62,7 @@ class DemoPreset:
     default_schedule: str
     grid_train_voices: int  # the grid's corpus: the first K training voices, one utterance each
     grid_schedule: str
+    grid_bits: list[int]
     student: dict = field(default_factory=dict)  # student.* overrides (default: Whisper tiny dims)
     common: dict = field(default_factory=dict)  # section -> overrides shared by every run
 
@@ -74,6 +76,7 @@ PRESETS = {
         default_schedule="DDQ",
         grid_train_voices=20,
         grid_schedule="DQ",
+        grid_bits=[32, 4, 2],
     ),
     # Minutes, not an hour: for trying the pipeline end to end (still with the real Whisper files).
     "quick": DemoPreset(
@@ -84,6 +87,7 @@ PRESETS = {
         default_schedule="DQ",
         grid_train_voices=2,
         grid_schedule="DQ",
+        grid_bits=[32, 4],
     ),
 }
 
@@ -145,7 +149,7 @@ def run_demo(out: Path, preset: DemoPreset, seed: int, steps: tuple[str, ...], p
     if "grid" in steps:
         for init in ("random", "whisper"):
             for strategy in ("qad", "mct"):
-                student_run(f"grid/{strategy}-{init}", "corpus-grid", strategy, init, [4], preset.grid_schedule)
+                student_run(f"grid/{strategy}-{init}", "corpus-grid", strategy, init, preset.grid_bits, preset.grid_schedule)
 
     if "report" in steps:
         write_demo_report(out, REPO / "docs" / "demo" if publish else out / "report", preset, seed, progress)
