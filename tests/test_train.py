@@ -115,7 +115,7 @@ def test_mct_plan_shares_the_leading_distillation_and_branches_per_width():
     assert names == ["shared", "float", "8bit", "4bit"]
     shared, floats, b8, b4 = plan.branches
     assert shared.letters == "DD" and shared.exports == ()
-    assert floats.exports == (32, 16) and floats.train_bits == 32 and floats.letters == "QQDQ"
+    assert floats.exports == (32, 16) and floats.train_bits == 32 and floats.letters == "FFDF"
     assert b4.train_bits == 4 and b4.exports == (4,) and b4.first_epoch == 2
     epochs = plan.epochs
     assert len(epochs) == 2 + 3 * 4
