@@ -54,7 +54,7 @@ def test_teacher_and_mct_students_are_well_above_chance(runs):
         assert row["macro_f1"] >= 0.5
     # Every epoch of the plan ran once: 2 shared D, then QQDQ for each of the two branches.
     assert [(h["branch"], h["phase"]) for h in report["history"]] == (
-        [("shared", "D")] * 2 + [("float", p) for p in "QQDQ"] + [("4bit", p) for p in "QQDQ"])
+        [("shared", "D")] * 2 + [("float", p) for p in "FFDF"] + [("4bit", p) for p in "QQDQ"])
 
 
 def test_the_4_bit_file_is_about_an_eighth_of_fp32(runs):

@@ -96,7 +96,8 @@ def test_sigkill_at_any_phase_then_resume_equals_an_uninterrupted_run(setup):
     assert cli(args(tmp / "reference")) == 0
 
     out = tmp / "killed"
-    # Plan: epochs 1-2 shared D (units 0-1), then QQDQ for the float (units 2-5) and 4-bit (6-9) branches.
+    # Plan: epochs 1-2 shared D (units 0-1), then FFDF for the float branch (units 2-5) and QQDQ
+    # for the 4-bit one (6-9).
     # 1. During distillation: epoch 1 is saved, epoch 2 (D, mid-phase: Adam's state) is running.
     proc = start(args(out))
     wait_for(lambda: epochs_done(out) >= 1, proc)
@@ -105,14 +106,14 @@ def test_sigkill_at_any_phase_then_resume_equals_an_uninterrupted_run(setup):
     assert_nothing_corrupt(out)
     assert epochs_done(out) == 1
 
-    # 2. During quantization: the float branch's first Q epoch is saved and its second is running,
+    # 2. During quantization: the 4-bit branch's first Q epoch is saved and its second is running,
     #    so the resume restores SGD momentum and the codebooks in the middle of a phase.
     proc = start(args(out) + ["--resume"])
-    wait_for(lambda: epochs_done(out) >= 3, proc)
+    wait_for(lambda: epochs_done(out) >= 7, proc)
     time.sleep(0.05)
     kill(proc)
     assert_nothing_corrupt(out)
-    assert epochs_done(out) == 3
+    assert epochs_done(out) == 7
 
     # 3. While the resume state is being written: the temp file exists, the rename has not happened.
     done_before = load_state(out / "resume" / "state.safetensors").done
