@@ -126,7 +126,12 @@ def run_demo(out: Path, preset: DemoPreset, seed: int, steps: tuple[str, ...], p
              whisper_from: Path | None = None) -> None:
     whisper = out / "whisper"
     if "whisper" in steps:
-        fetch_whisper(whisper, source=whisper_from)
+        from service.whisper import load_whisper_encoder
+
+        for name, folder in fetch_whisper(whisper, source=whisper_from).items():
+            dims = load_whisper_encoder(folder).dims
+            log.info("step whisper: %s in %s: encoder of %d layers, width %d, %d heads, %d mel bins", name, folder,
+                     dims.n_layer, dims.n_state, dims.n_head, dims.n_mels)
     if "corpus" in steps:
         make_corpora(out, preset, seed, progress)
 
