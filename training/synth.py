@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from service.audio import SAMPLE_RATE, resample
 from service.checkpoint import atomic_write
+from service.version import package_version
 from training.datasets import FSC_COLUMNS, FSC_INTENTS, FSC_SPLITS
 from training.espeak_voices import HELD_OUT_FAMILY, build_variant_data_dir, generated_variant_names, is_generated
 from training.features import NOISE_COLORS, colored_noise, mix_at_snr
@@ -631,6 +632,7 @@ def cli(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-noise", action="store_true", help="clean speech: no background noise or reverberation")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     args = parser.parse_args(argv)
 
     start = time.monotonic()

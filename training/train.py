@@ -47,6 +47,7 @@ from service.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from service.compute import count_parameters
 from service.model import IntentClassifier
 from service.whisper import WhisperImportError
+from service.version import package_version
 from training.config import Config, ConfigError, differences, load_config, parse_override, save_config
 from training.datasets import DatasetError, label_set, load_samples
 from training.evaluate import evaluate_model, frame_counts, gmacs_at, mean_gmacs
@@ -569,6 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override any config value")
     p.add_argument("--resume", action="store_true", help="continue the run in --out after its last completed epoch")
+    p.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     return p
 
 
