@@ -4,8 +4,9 @@ Which checkpoint is served:
 
 * ``QUADS_MODEL`` set: that file (a relative path is relative to the working directory);
 * otherwise ``<QUADS_MODEL_DIR>/<QUADS_MODEL_PREFIX>-<QUADS_BITS>bit.safetensors``, by default
-  ``<project>/models/quads-fsc-4bit.safetensors`` where ``<project>`` is the directory holding
-  the ``service`` package, so the default works from any working directory.
+  ``service/models/quads-fsc-4bit.safetensors`` inside the installed package: in a source
+  checkout ``service/models`` links to the repository's ``models/``, and a built wheel carries
+  the files themselves, so the default works from any working directory.
 
 When the bit width was chosen (``QUADS_BITS`` set, or the directory rule used), the loaded file
 must hold weights of that width, so a mislabelled file is a startup error.
@@ -23,7 +24,7 @@ from service.checkpoint import SUPPORTED_BITS
 from service.cpu import native_bfloat16
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL_DIR = PROJECT_ROOT / "models"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models"
 DEFAULT_MODEL_PREFIX = "quads-fsc"
 MiB = 1024 * 1024
 

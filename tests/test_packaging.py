@@ -58,3 +58,63 @@ def test_installed_commands_run(tmp_path):
     for command in ("quads-serve", "quads-train", "quads-eval", "quads-synth", "quads-demo"):
         result = subprocess.run([str(bin_dir / command), "--version"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
         assert result.returncode == 0 and result.stdout.strip() == f"{command} {package_version()}", result.stderr[-1000:]
+
+
+@pytest.mark.slow
+def test_a_built_wheel_serves_the_default_model_from_any_folder(tmp_path):
+    import shutil
+    import socket
+    import time
+
+    import httpx
+
+    from tests.speech import espeak_wav_bytes
+
+    # Build from a copy, so that the build leaves nothing in the working tree.
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy2(REPO / name, src / name)
+    for name in ("service", "training", "models"):
+        shutil.copytree(REPO / name, src / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    wheels = tmp_path / "wheels"
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(wheels), str(src)],
+                           capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert build.returncode == 0, build.stderr[-2000:]
+    (wheel,) = wheels.glob("quads-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        assert {"service/models/quads-fsc-4bit.safetensors", "service/models/quads-fsc-8bit.safetensors"} <= set(z.namelist())
+
+    # Installed alone (its dependencies come from this environment), run from an unrelated folder.
+    target, elsewhere = tmp_path / "site", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target", str(target), str(wheel)],
+                             capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert install.returncode == 0, install.stderr[-2000:]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = "import sys; from service.main import cli; sys.exit(cli())"
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("QUADS_")}
+    env["PYTHONPATH"] = str(target)  # the wheel's service package, not this checkout's
+    server = subprocess.Popen([sys.executable, "-c", code, "--port", str(port)], cwd=elsewhere, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None, server.stdout.read()[-3000:]
+            time.sleep(0.3)
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/model", timeout=5).json()["bits"] == 4
+        if shutil.which("espeak-ng"):
+            answer = httpx.post(f"http://127.0.0.1:{port}/intent", files={"file": ("a.wav", espeak_wav_bytes("turn on the lights"))},
+                                timeout=30).json()  # fmt: skip
+            assert answer["intent"] == "activate_lights_none"
+    finally:
+        server.terminate()
+        log = server.communicate(timeout=30)[0]
+    assert f"serving {target / 'service' / 'models' / 'quads-fsc-4bit.safetensors'}" in log, log[-3000:]
