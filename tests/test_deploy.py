@@ -264,7 +264,8 @@ def test_docker_build_context_holds_exactly_what_the_dockerfile_copies(tmp_path)
     build = pytest.importorskip("docker.utils.build", reason="the docker Python package implements .dockerignore")
     sources = [src for stage in dockerfile_stages() for srcs, _ in dockerfile_copies(stage) for src in srcs]
     # Mirror the repository layout (the model may not be trained yet), plus paths that must stay out.
-    wanted = ["pyproject.toml", "service/main.py", "service/model.py", "models/quads-fsc-4bit.safetensors"]
+    wanted = ["pyproject.toml", "README.md", "LICENSE", "service/main.py", "service/model.py",
+              "models/quads-fsc-4bit.safetensors"]
     unwanted = [".git/HEAD", ".venv/bin/python", "data/fsc/a.wav", "runs/x/log.txt", "tests/test_x.py",
                 "training/train.py", "models/quads-fsc-32bit.safetensors", "service/__pycache__/model.pyc"]
     for rel in wanted + unwanted:
