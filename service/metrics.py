@@ -3,13 +3,29 @@
 The server runs one worker process per container (scale by replicas), so prometheus-client's
 default single-process collectors are correct; there is no multiprocess mode.
 
-Label values are bounded: ``route`` is the matched route template (``/intent``), or
+Label values are bounded: ``route`` is the matched route template (``/intent``, ``/docs``), or
 ``unmatched`` for every path that no route matches; ``status`` is the HTTP status code.
+
+Beside the ``quads_*`` metrics, each registry carries the standard process (``process_*``:
+resident memory, CPU seconds, open files, start time) and garbage-collector (``python_gc_*``)
+collectors. Counters export no ``_created`` series: a scrape that doubles every counter's
+series for a timestamp nobody graphs.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # Seconds; dense over the 1-500 ms a request takes, with a tail for 30-s clips on a busy host.
@@ -25,7 +41,10 @@ class ServiceMetrics:
     """Every metric the service exports, registered in ``self.registry``."""
 
     def __init__(self, registry: CollectorRegistry | None = None):
+        disable_created_metrics()  # process-wide in prometheus-client; set where the metrics are made
         self.registry = r = registry if registry is not None else CollectorRegistry()
+        ProcessCollector(registry=r)
+        GCCollector(registry=r)
         self.stage_duration = Histogram(
             "quads_stage_duration_seconds", "Time per /intent request in each stage; total includes queueing.",
             ["stage"], buckets=LATENCY_BUCKETS, registry=r,
@@ -93,6 +112,12 @@ class HttpMetricsMiddleware:
 
 
 def route_template(scope: Scope) -> str:
-    """The path template of the route the router matched (``/intent``), never the raw path."""
+    """The path template of the route the router matched (``/intent``), never the raw path.
+
+    FastAPI records the matched route in the scope for its API routes only; for its own pages
+    (``/docs``, ``/openapi.json``) the app's routes are matched again here.
+    """
     route = scope.get("route")
+    if route is None and "app" in scope:
+        route = next((r for r in getattr(scope["app"], "routes", ()) if r.matches(scope)[0] == Match.FULL), None)
     return getattr(route, "path_format", None) or getattr(route, "path", None) or UNMATCHED_ROUTE

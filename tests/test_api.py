@@ -318,6 +318,19 @@ def test_metrics_appear_and_change_after_requests(client, checkpoint, speech_wav
     assert after[info] == 1
 
 
+def test_process_and_gc_metrics_without_created_series_and_docs_routes_by_name(client):
+    client.get("/docs")
+    client.get("/openapi.json")
+    text = client.get("/metrics").text
+    samples = metric_samples(client)
+    for name in ("process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds", "process_start_time_seconds"):
+        assert (name, ()) in samples, name
+    assert any(name == "python_gc_objects_collected_total" for name, _ in samples)
+    assert "_created" not in text
+    for route in ("/docs", "/openapi.json"):
+        assert samples[("quads_http_requests_total", (("route", route), ("status", "200")))] >= 1
+
+
 def test_rejected_before_routing_is_counted_under_its_route(small_body_client):
     before = metric_samples(small_body_client)
     small_body_client.post("/intent", content=b"\0" * 300_000, headers={"Content-Type": "audio/wav"})
