@@ -31,7 +31,7 @@ from service.engine import InferenceEngine
 from service.http_protocol import guarded_h11_protocol
 from service.metrics import HttpMetricsMiddleware, ServiceMetrics
 from service.problems import install_problem_handlers, problem_response
-from service.settings import Settings
+from service.settings import Settings, describe_errors, describe_variables
 from service.version import package_version
 
 logger = logging.getLogger("service")
@@ -173,6 +173,8 @@ def cli(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="quads-serve",
         description="Serve the QUADS intent model over HTTP (configure with QUADS_* environment variables).",
+        epilog="environment variables:\n" + describe_variables(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a container)")
     parser.add_argument("--port", type=int, default=8000)
@@ -183,7 +185,7 @@ def cli(argv: list[str] | None = None) -> None:
     try:
         settings = Settings()
     except ValidationError as e:
-        parser.exit(2, f"quads-serve: invalid QUADS_* configuration:\n{e}\n")
+        parser.exit(2, f"quads-serve: invalid configuration:\n{describe_errors(e)}\n")
 
     app = create_app(settings)
     config = uvicorn.Config(

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.checkpoint import SUPPORTED_BITS
@@ -88,3 +88,30 @@ class Settings(BaseSettings):
         if self.model is None or "bits" in self.model_fields_set:
             return self.bits
         return None
+
+
+ENV_PREFIX = "QUADS_"
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a ``Settings`` field: ``bits`` -> ``QUADS_BITS``."""
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def describe_variables() -> str:
+    """Every ``QUADS_*`` variable with its default and meaning, one per line (for ``--help``)."""
+    lines = []
+    for name, field in Settings.model_fields.items():
+        default = "unset" if field.default is None else str(field.default)
+        lines.append(f"  {env_name(name)} (default {default}): {field.description}")
+    return "\n".join(lines)
+
+
+def describe_errors(error: ValidationError) -> str:
+    """A ``ValidationError`` of ``Settings`` as one line per bad variable, named as the user set it."""
+    lines = []
+    for problem in error.errors():
+        where = env_name(str(problem["loc"][0])) if problem.get("loc") else ENV_PREFIX + "*"
+        value = f" (got {problem['input']!r})" if "input" in problem and not isinstance(problem["input"], dict) else ""
+        lines.append(f"  {where}{value}: {problem['msg'].removeprefix('Value error, ')}")
+    return "\n".join(lines)

@@ -440,3 +440,19 @@ def test_lower_audio_limit_from_settings(checkpoint_path):
         assert post_file(client, _silence(1.9, 16000)).status_code == 200
         body = assert_problem(post_file(client, _silence(2.5, 16000)), 422, "audio-too-long")
         assert "2 s" in body["detail"]
+
+
+def test_serve_help_lists_every_variable_and_bad_values_name_the_variable(monkeypatch, capsys):
+    from service.main import cli
+
+    with pytest.raises(SystemExit):
+        cli(["--help"])
+    help_text = capsys.readouterr().out
+    for field in Settings.model_fields:
+        assert f"QUADS_{field.upper()} (default " in help_text, field
+    monkeypatch.setenv("QUADS_MAX_QUEUE", "lots")
+    with pytest.raises(SystemExit) as exit_info:
+        cli([])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "QUADS_MAX_QUEUE (got 'lots'): Input should be a valid integer" in err and "max_queue" not in err
