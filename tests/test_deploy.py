@@ -246,8 +246,9 @@ def test_image_compose_and_k8s_settings_all_serve_the_baked_in_model(monkeypatch
     final = dockerfile_stages()[-1]
     workdir = Path([a for k, a in final if k == "WORKDIR"][-1])
     model_copies = [(s, d) for s, d in dockerfile_copies(final) if any(x.endswith(".safetensors") for x in s)]
-    assert model_copies == [(["models/quads-fsc-4bit.safetensors"], "models/quads-fsc-4bit.safetensors")]
-    baked = workdir / model_copies[0][1]
+    shipped = ["models/quads-fsc-4bit.safetensors", "models/quads-fsc-8bit.safetensors"]
+    assert model_copies == [(shipped, "models/")]
+    baked = workdir / shipped[0]
 
     image_env = {k: v for k, v in dockerfile_env(final).items() if k.startswith("QUADS_")}
     compose_env = load_yaml(COMPOSE)["services"]["service"]["environment"]
@@ -256,6 +257,8 @@ def test_image_compose_and_k8s_settings_all_serve_the_baked_in_model(monkeypatch
         settings = settings_from_env(monkeypatch, {**image_env, **overrides})
         assert settings.model_path == baked, f"{where} settings serve {settings.model_path}, not {baked}"
         assert settings.expected_bits in (None, 4), where
+        eight = settings_from_env(monkeypatch, {**image_env, **overrides, "QUADS_BITS": "8"})
+        assert eight.model_path == workdir / shipped[1], f"{where}: QUADS_BITS=8 serves {eight.model_path}"
 
 
 def test_docker_build_context_holds_exactly_what_the_dockerfile_copies(tmp_path):
@@ -265,7 +268,7 @@ def test_docker_build_context_holds_exactly_what_the_dockerfile_copies(tmp_path)
     sources = [src for stage in dockerfile_stages() for srcs, _ in dockerfile_copies(stage) for src in srcs]
     # Mirror the repository layout (the model may not be trained yet), plus paths that must stay out.
     wanted = ["pyproject.toml", "README.md", "LICENSE", "service/main.py", "service/model.py",
-              "models/quads-fsc-4bit.safetensors"]
+              "models/quads-fsc-4bit.safetensors", "models/quads-fsc-8bit.safetensors"]
     unwanted = [".git/HEAD", ".venv/bin/python", "data/fsc/a.wav", "runs/x/log.txt", "tests/test_x.py",
                 "training/train.py", "models/quads-fsc-32bit.safetensors", "service/__pycache__/model.pyc"]
     for rel in wanted + unwanted:
@@ -337,7 +340,7 @@ def test_compose_service_threads_match_its_cpu_limit_and_it_is_hardened(compose_
     service = compose_config["services"]["service"]
     cpus = service.get("cpus") or service["deploy"]["resources"]["limits"]["cpus"]
     assert int(service["environment"]["QUADS_THREADS"]) == float(cpus)
-    published = [str(p["published"]) if isinstance(p, dict) else p.split(":")[0] for p in service["ports"]]
+    published = [str(p["published"]) if isinstance(p, dict) else p.split(":")[-2] for p in service["ports"]]
     assert str(SERVICE_PORT) in published
     assert any(f"127.0.0.1:{SERVICE_PORT}/readyz" in part for part in service["healthcheck"]["test"])
     assert service["read_only"] is True and "/tmp" in service["tmpfs"]
@@ -742,3 +745,16 @@ def test_service_hpa_and_pdb_select_the_deployment():
     assert "replicas" not in docs["deployment.yaml"]["spec"], "the HPA owns replicas; apply would reset them"
     # With minAvailable below minReplicas, a node drain can always evict one pod.
     assert docs["pdb.yaml"]["spec"]["minAvailable"] < hpa["spec"]["minReplicas"]
+
+
+def test_compose_publishes_on_localhost_and_takes_the_grafana_password_from_the_environment(compose_config):
+    for name, service in compose_config["services"].items():
+        for port in service.get("ports", []):
+            host_ip = port.get("host_ip") if isinstance(port, dict) else port.rsplit(":", 2)[0]
+            assert host_ip == "127.0.0.1", f"{name} publishes {port} beyond this host"
+    raw = load_yaml(COMPOSE)["services"]["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    assert raw.startswith("${GRAFANA_ADMIN_PASSWORD")
+    env = {**os.environ, "GRAFANA_ADMIN_PASSWORD": "s3cret-from-env"}
+    resolved = yaml.safe_load(subprocess.run([*compose_command(), "-f", str(COMPOSE), "config"], env=env,
+                                             capture_output=True, text=True, check=True, timeout=60).stdout)  # fmt: skip
+    assert resolved["services"]["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "s3cret-from-env"
