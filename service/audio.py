@@ -18,6 +18,8 @@ import torch
 import torchaudio
 import torchaudio.functional as AF
 
+from service.audio_containers import ContainerAudioError, container_kind, decode_container
+
 SAMPLE_RATE = 16000
 N_FFT = 400  # 25 ms window
 HOP_LENGTH = 160  # 10 ms hop
@@ -43,37 +45,29 @@ class AudioTooLongError(AudioDecodeError):
     """Longer than the ``max_seconds`` limit."""
 
 
-def decode_audio(data: bytes, max_seconds: float | None = CHUNK_LENGTH) -> torch.Tensor:
-    """Decode WAV/FLAC/OGG/MP3 bytes (any rate, any channel count) to mono float32 at 16 kHz.
+ACCEPTED_FORMATS = "WAV, FLAC, OGG (Vorbis, Opus), MP3, WebM (Opus, Vorbis) or MP4/M4A (AAC)"
 
+
+def decode_audio(data: bytes, max_seconds: float | None = CHUNK_LENGTH) -> torch.Tensor:
+    """Decode audio bytes (``ACCEPTED_FORMATS``, any rate, any channel count) to mono float32 at 16 kHz.
+
+    WebM and MP4 go through PyAV (``service.audio_containers``), the rest through libsndfile.
     Returns a 1-D tensor of samples. Raises ``AudioDecodeError`` for undecodable, empty,
     non-finite, absurdly loud (``> MAX_SAMPLE_MAGNITUDE``) or over-long (``> max_seconds``;
     ``None`` disables the check) input.
     """
     if not data:
         raise EmptyAudioError("the audio is empty (0 bytes)")
-    try:
-        with soundfile.SoundFile(io.BytesIO(data)) as f:
-            sample_rate, channels, frames = f.samplerate, f.channels, f.frames
-            if channels <= 0:
-                raise AudioDecodeError(f"invalid header: {channels} channels")
-            if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
-                raise AudioDecodeError(
-                    f"unsupported sample rate {sample_rate} Hz; expected {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz"
-                )
-            # Check the duration the header claims before reading, so that a header claiming
-            # hours of audio is refused without allocating for it.
-            if max_seconds is not None and 0 < frames < 2**62 and frames / sample_rate > max_seconds + 1:
-                raise AudioTooLongError(
-                    f"audio is {frames / sample_rate:.1f} s long; the limit is {max_seconds:g} s"
-                )
-            wave = f.read(dtype="float32", always_2d=True)  # (frames, channels)
-    except AudioDecodeError:
-        raise
-    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError) as e:
-        # libsndfile names the in-memory file object ("Error opening <_io.BytesIO ...>: "): drop that.
-        reason = re.sub(r"Error opening <[^>]*>: ", "", str(e))
-        raise AudioDecodeError(f"could not decode the audio ({reason}); send WAV, FLAC, OGG/Vorbis or MP3") from None
+    kind = container_kind(data)
+    if kind is not None:
+        try:
+            wave, sample_rate = decode_container(data, kind, max_seconds)
+        except ContainerAudioError as e:
+            raise (AudioTooLongError if e.too_long else AudioDecodeError)(
+                str(e) if e.too_long else f"{e}; send {ACCEPTED_FORMATS}") from None
+        _check_rate(sample_rate)
+    else:
+        wave, sample_rate = _decode_with_soundfile(data, max_seconds)
     if wave.shape[0] == 0:
         raise EmptyAudioError("the audio holds no samples")
     if not np.isfinite(wave).all():
@@ -88,6 +82,34 @@ def decode_audio(data: bytes, max_seconds: float | None = CHUNK_LENGTH) -> torch
     if max_seconds is not None and mono.numel() / sample_rate > max_seconds:
         raise AudioTooLongError(f"audio is {mono.numel() / sample_rate:.1f} s long; the limit is {max_seconds:g} s")
     return resample(mono, sample_rate)
+
+
+def _check_rate(sample_rate: int) -> None:
+    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+        raise AudioDecodeError(f"unsupported sample rate {sample_rate} Hz; expected {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz")
+
+
+def _decode_with_soundfile(data: bytes, max_seconds: float | None) -> tuple[np.ndarray, int]:
+    """(samples (frames, channels) float32, sample rate) of what libsndfile reads."""
+    try:
+        with soundfile.SoundFile(io.BytesIO(data)) as f:
+            sample_rate, channels, frames = f.samplerate, f.channels, f.frames
+            if channels <= 0:
+                raise AudioDecodeError(f"invalid header: {channels} channels")
+            _check_rate(sample_rate)
+            # Check the duration the header claims before reading, so that a header claiming
+            # hours of audio is refused without allocating for it.
+            if max_seconds is not None and 0 < frames < 2**62 and frames / sample_rate > max_seconds + 1:
+                raise AudioTooLongError(
+                    f"audio is {frames / sample_rate:.1f} s long; the limit is {max_seconds:g} s"
+                )
+            return f.read(dtype="float32", always_2d=True), sample_rate  # (frames, channels)
+    except AudioDecodeError:
+        raise
+    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError) as e:
+        # libsndfile names the in-memory file object ("Error opening <_io.BytesIO ...>: "): drop that.
+        reason = re.sub(r"Error opening <[^>]*>: ", "", str(e))
+        raise AudioDecodeError(f"could not decode the audio ({reason}); send {ACCEPTED_FORMATS}") from None
 
 
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 384_000

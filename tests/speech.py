@@ -37,4 +37,29 @@ def encode(wave: np.ndarray, sample_rate: int, fmt: str, subtype: str | None = N
     return buf.getvalue()
 
 
-__all__ = ["requires_espeak", "espeak_wav_bytes", "espeak_16k", "encode", "SAMPLE_RATE"]
+def encode_container(wave: np.ndarray, fmt: str, codec: str, rate: int, layout: str = "mono") -> bytes:
+    """16-kHz float samples encoded with PyAV: ``("webm", "libopus", 48000)`` is what a browser's
+    MediaRecorder sends, ``("ipod", "aac", 44100, "stereo")`` an M4A from a phone."""
+    import av
+
+    channels = 2 if layout == "stereo" else 1
+    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(np.tile(wave[None, :].astype(np.float32), (channels, 1))),
+                                       format="fltp", layout=layout)  # fmt: skip
+    frame.rate = SAMPLE_RATE
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format=fmt) as out:
+        stream = out.add_stream(codec, rate=rate, layout=layout)
+        resampler = av.AudioResampler(format=stream.codec_context.format.name, layout=layout, rate=rate)
+        fifo = av.AudioFifo()
+        for converted in resampler.resample(frame) + resampler.resample(None):
+            fifo.write(converted)
+        size = stream.codec_context.frame_size or 1024
+        while fifo.samples:
+            for packet in stream.encode(fifo.read(min(size, fifo.samples))):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return buf.getvalue()
+
+
+__all__ = ["requires_espeak", "espeak_wav_bytes", "espeak_16k", "encode", "encode_container", "SAMPLE_RATE"]

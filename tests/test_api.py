@@ -26,6 +26,7 @@ from tests.service_fixtures import (  # noqa: F401 - fixtures
     wav_bytes,
 )
 
+from service.audio import ACCEPTED_FORMATS
 from service.checkpoint import CheckpointError, load_checkpoint
 from service.engine import InferenceEngine
 from service.main import create_app
@@ -102,6 +103,27 @@ def test_intent_equals_the_model_run_alone(client, checkpoint, speech, fmt, subt
     assert timing["total"] >= timing["inference"]
 
 
+@pytest.mark.parametrize("container, codec, rate, layout, media_type", [
+    ("webm", "libopus", 48000, "mono", "audio/webm"),  # a browser's MediaRecorder
+    ("ipod", "aac", 44100, "stereo", "audio/mp4"),  # a phone's M4A
+])
+def test_browser_and_phone_recordings_are_answered(client, checkpoint, speech, container, codec, rate, layout, media_type):
+    import torch
+
+    from service.audio import resample
+    from tests.speech import encode_container
+
+    samples, source_rate = speech[PHRASES[0]]
+    at_16k = resample(torch.from_numpy(samples), source_rate).numpy()
+    data = encode_container(at_16k, container, codec, rate, layout)
+    for response in (post_file(client, data, media_type, f"clip.{container}"),
+                     client.post("/intent", content=data, headers={"Content-Type": media_type})):  # fmt: skip
+        assert response.status_code == 200, response.text
+        expected = reference_probabilities(checkpoint, data)
+        assert response.json()["intent"] == LABELS[int(expected.argmax())]
+        assert response.json()["audio_seconds"] == pytest.approx(len(samples) / source_rate, abs=0.15)
+
+
 def checkpoint_path_size(checkpoint) -> int:
     return checkpoint.path.stat().st_size
 
@@ -171,7 +193,7 @@ def test_openapi_documents_the_contract(client):
 @pytest.mark.parametrize("data", [b"not audio at all", b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(20), b"fLaC" + bytes(100)])
 def test_400_undecodable_audio(client, data):
     body = assert_problem(post_file(client, data), 400, "undecodable-audio")
-    assert "WAV, FLAC, OGG" in body["detail"] and "BytesIO" not in body["detail"]
+    assert ACCEPTED_FORMATS in body["detail"] and "BytesIO" not in body["detail"]
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ _REQUEST_BODY = {
             "schema": {
                 "type": "object",
                 "required": [FILE_FIELD],
-                "properties": {FILE_FIELD: {"type": "string", "format": "binary", "description": "WAV, FLAC, OGG or MP3"}},
+                "properties": {FILE_FIELD: {"type": "string", "format": "binary", "description": "WAV, FLAC, OGG, MP3, WebM or MP4/M4A"}},
             }
         },
         "audio/*": {"schema": {"type": "string", "format": "binary"}},
