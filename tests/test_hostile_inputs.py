@@ -37,6 +37,7 @@ from tests.service_fixtures import (  # noqa: F401 - fixtures
     speech_wav,
 )
 from tests.speech import encode as encode_samples
+from tests.speech import encode_container
 from tests.test_api import assert_problem
 from tests.test_service_process import Server
 
@@ -149,6 +150,21 @@ class Case:
     slug: str | None = None
 
 
+def container(m: Material, fmt: str, codec: str, rate: int, layout: str = "mono") -> bytes:
+    import torch
+
+    from service.audio import resample
+
+    return encode_container(resample(torch.from_numpy(m.samples), m.rate).numpy(), fmt, codec, rate, layout)
+
+
+def webm_claiming_hours(data: bytes) -> bytes:
+    """The WebM with its Segment Info Duration (an 8-byte float, in ms) set to two hours."""
+    patched = bytearray(data)
+    struct.pack_into(">d", patched, patched.index(b"\x44\x89\x88") + 3, 2 * 3600 * 1000.0)
+    return bytes(patched)
+
+
 CORPUS = [
     # The envelope: body, multipart structure, content type, size.
     Case("empty body", lambda m: raw(b""), 422, "empty-audio"),
@@ -209,6 +225,14 @@ CORPUS = [
     Case("filename with ../", lambda m: upload(m.clip(), b"../../../../etc/passwd"), 200),
     Case("filename with NUL", lambda m: upload(m.clip(), b"clip\x00.wav"), 200),
     Case("filename in UTF-8 with a right-to-left mark", lambda m: upload(m.clip(), "\u202evaw.\U0001f3a4.wav".encode()), 200),
+    # Browser and phone containers (PyAV): valid ones answered, broken or lying ones refused.
+    Case("WebM/Opus from a browser", lambda m: upload(container(m, "webm", "libopus", 48000), b"clip.webm", b"audio/webm"), 200),
+    Case("M4A/AAC from a phone", lambda m: raw(container(m, "ipod", "aac", 44100, "stereo"), "audio/mp4"), 200),
+    Case("WebM header only", lambda m: raw(container(m, "webm", "libopus", 48000)[:40], "audio/webm"), 400, "undecodable-audio"),
+    Case("MP4 header then garbage", lambda m: raw(container(m, "mp4", "aac", 16000)[:40] + np.random.default_rng(1).bytes(5000), "audio/mp4"), 400, "undecodable-audio"),
+    Case("WebM magic then random bytes", lambda m: raw(b"\x1a\x45\xdf\xa3" + np.random.default_rng(2).bytes(5000), "audio/webm"), 400, "undecodable-audio"),
+    Case("WebM claiming two hours", lambda m: raw(webm_claiming_hours(container(m, "webm", "libopus", 48000)), "audio/webm"), 422, "audio-too-long"),
+    Case("WebM over the duration limit", lambda m: raw(encode_container(np.zeros((MAX_AUDIO_SECONDS + 2) * 16000, np.float32), "webm", "libopus", 48000), "audio/webm"), 422, "audio-too-long"),
     Case("filename of 10,000 characters", lambda m: upload(m.clip(), b"x" * 10_000), 400, "malformed-multipart"),  # a part header over python-multipart's 4 KiB
 ]
 
