@@ -31,6 +31,7 @@ from service.engine import InferenceEngine
 from service.http_protocol import guarded_h11_protocol
 from service.metrics import HttpMetricsMiddleware, ServiceMetrics
 from service.problems import install_problem_handlers, problem_response
+from service.request_log import RequestIdMiddleware, configure_logging
 from service.settings import Settings, describe_errors, describe_variables
 from service.version import package_version
 
@@ -107,6 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ShutdownCutoffMiddleware, state=app.state)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_seconds=settings.body_timeout_seconds)
     app.add_middleware(HttpMetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(RequestIdMiddleware)  # outermost: every response carries the id
     app.include_router(api_router)
     return app
 
@@ -181,11 +183,11 @@ def cli(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     try:
         settings = Settings()
     except ValidationError as e:
         parser.exit(2, f"quads-serve: invalid configuration:\n{describe_errors(e)}\n")
+    configure_logging(args.log_level, settings.log_format)
 
     app = create_app(settings)
     config = uvicorn.Config(
@@ -197,6 +199,7 @@ def cli(argv: list[str] | None = None) -> None:
         # h11 plus a deadline for request heads (uvicorn alone waits forever) and problem+json 400s.
         http=guarded_h11_protocol(settings.body_timeout_seconds),
         log_level=args.log_level,
+        log_config=None,  # configure_logging above: one handler and format for uvicorn's loggers too
         timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
     )
     server = DrainingServer(config, app, settings.drain_seconds)

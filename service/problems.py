@@ -50,6 +50,9 @@ class ProblemError(Exception):
 def problem_response(
     request: Request, status: int, slug: str, detail: str, headers: dict[str, str] | None = None, **extensions: Any
 ) -> JSONResponse:
+    request_id = request.scope.get("state", {}).get("request_id")
+    if request_id is not None:
+        extensions = {**extensions, "request_id": request_id}
     body = Problem(
         type=f"urn:quads:problem:{slug}",
         title=HTTPStatus(status).phrase,

@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     drain_seconds: float = Field(0.0, ge=0, description="After SIGTERM, keep serving this long while /readyz says 503.")
     shutdown_timeout_seconds: float = Field(20.0, gt=0, description="After the drain, how long in-flight requests may finish.")
     pad_to_30s: bool = Field(False, description="Pad every clip to 30 s as Whisper does (only to benchmark that cost).")
+    log_format: Literal["text", "json"] = Field("text", description="Log lines as text, or one JSON object per line.")
     precision: Literal["float32", "bfloat16", "auto"] = Field(
         "float32",
         description="The encoder's matrix products: float32 (exact), bfloat16 (faster on CPUs with AMX or "

@@ -155,6 +155,7 @@ def test_every_curl_line_in_the_readme_works(quickstart):
             problem = json.loads(out)
             assert {k: problem[k] for k in ("type", "title", "status", "instance")} == \
                    {k: shown[k] for k in ("type", "title", "status", "instance")}
+            assert problem.keys() == shown.keys()  # request_id included; its value is new each time
         elif "/intent" in shlex.join(command):
             assert json.loads(out).get("intent") == "activate_lights_none", f"{shlex.join(command)}: {out}"
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -45,14 +47,14 @@ def serve_command() -> list[str]:
 class Server:
     """A ``quads-serve`` child process; its log goes to a file (a full pipe would block it)."""
 
-    def __init__(self, log: Path, **env: str):
+    def __init__(self, log: Path, log_level: str = "warning", **env: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         environment = {**os.environ, "QUADS_THREADS": "1", **env}
         with open(log, "wb") as out:
             self.process = subprocess.Popen(
-                [*serve_command(), "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"],
+                [*serve_command(), "--host", "127.0.0.1", "--port", str(self.port), "--log-level", log_level],
                 env=environment, stdout=out, stderr=subprocess.STDOUT,
             )
 
@@ -259,3 +261,27 @@ def test_refuses_to_start_on_a_damaged_or_unsafe_checkpoint(tmp_path, damage):
     assert result.returncode != 0
     assert f"quads-serve: cannot start: {path}: " in result.stderr and expected in result.stderr
     assert not marker.exists()
+
+
+def test_json_logs_carry_request_ids_and_leave_probes_out(checkpoint_path, tmp_path, speech_wav):
+    log = tmp_path / "server.log"
+    server = Server(log, log_level="info", QUADS_MODEL=str(checkpoint_path), QUADS_LOG_FORMAT="json")
+    try:
+        server.wait_ready()  # polls /readyz: not an access line at info level
+        kept = httpx.post(f"{server.url}/intent", files={"file": ("a.wav", speech_wav)}, headers={"X-Request-ID": "client-42"})
+        assert kept.status_code == 200 and kept.headers["x-request-id"] == "client-42"
+        forged = httpx.post(f"{server.url}/intent", content=b"nope", headers={"Content-Type": "audio/wav",
+                                                                             "X-Request-ID": "x\" forged"})  # fmt: skip
+        made = forged.headers["x-request-id"]
+        assert re.fullmatch(r"[0-9a-f]{32}", made) and forged.json()["request_id"] == made
+        httpx.get(f"{server.url}/metrics")
+        httpx.get(f"{server.url}/healthz")
+    finally:
+        server.stop()
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]  # every line is JSON
+    access = [line for line in lines if line["logger"] == "uvicorn.access"]
+    assert any(line["request_id"] == "client-42" and "POST /intent" in line["message"] for line in access), access
+    assert any(line["request_id"] == made and " 400" in line["message"] for line in access), access
+    assert not [line for line in access if any(path in line["message"] for path in ("/healthz", "/readyz", "/metrics"))]
+    assert any(line["logger"] == "service" and line["message"].startswith("serving ") for line in lines)
+    assert all({"time", "level", "logger", "message", "request_id"} <= line.keys() for line in lines)
