@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import service.openmp_policy  # noqa: F401 - before anything imports torch
 from service.api import api_router
+from service.api.routes import docs
 from service.body import BodyLimitMiddleware
 from service.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from service.cpu import resolve_threads
@@ -97,6 +98,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Spoken-intent recognition with a compressed Whisper encoder.",
         version=package_version(),
         lifespan=lifespan,
+        docs_url=None,  # served by service.api.routes.docs from local files, not a CDN
+        redoc_url=None,  # ReDoc has no offline bundle here; /docs covers the same schema
     )
     app.state.settings = settings
     app.state.metrics = ServiceMetrics()
@@ -110,6 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(HttpMetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(RequestIdMiddleware)  # outermost: every response carries the id
     app.include_router(api_router)
+    app.mount(docs.ASSETS_PATH, docs.assets(), name="docs-assets")
     return app
 
 

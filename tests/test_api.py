@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import shutil
 import subprocess
 
@@ -478,3 +479,16 @@ def test_serve_help_lists_every_variable_and_bad_values_name_the_variable(monkey
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "QUADS_MAX_QUEUE (got 'lots'): Input should be a valid integer" in err and "max_queue" not in err
+
+
+def test_docs_work_without_internet(client):
+    page = client.get("/docs")
+    assert page.status_code == 200
+    assets = re.findall(r"""(?:src|href)=['"]([^'"]+)['"]""", page.text)
+    assert assets and not [a for a in assets if a.startswith(("http:", "https:", "//"))], assets
+    for path in ("/docs-assets/swagger-ui-bundle.js", "/docs-assets/swagger-ui.css"):
+        assert path in assets
+        asset = client.get(path)
+        assert asset.status_code == 200 and len(asset.content) > 10_000, path
+    assert "/openapi.json" in page.text and client.get("/openapi.json").status_code == 200
+    assert client.get("/redoc").status_code == 404

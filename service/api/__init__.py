@@ -2,8 +2,8 @@
 
 from fastapi import APIRouter
 
-from service.api.routes import health, intent, metrics, model
+from service.api.routes import docs, health, intent, metrics, model
 
 api_router = APIRouter()
-for _module in (intent, model, health, metrics):
+for _module in (intent, model, health, metrics, docs):
     api_router.include_router(_module.router)
