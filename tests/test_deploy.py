@@ -252,7 +252,7 @@ def test_image_compose_and_k8s_settings_all_serve_the_baked_in_model(monkeypatch
 
     image_env = {k: v for k, v in dockerfile_env(final).items() if k.startswith("QUADS_")}
     compose_env = load_yaml(COMPOSE)["services"]["service"]["environment"]
-    k8s_env = {**load_yaml(K8S / "configmap.yaml")["data"], "QUADS_THREADS": "2"}
+    k8s_env = dict(load_yaml(K8S / "configmap.yaml")["data"])
     for where, overrides in (("image", {}), ("compose", compose_env), ("k8s", k8s_env)):
         settings = settings_from_env(monkeypatch, {**image_env, **overrides})
         assert settings.model_path == baked, f"{where} settings serve {settings.model_path}, not {baked}"
@@ -615,7 +615,7 @@ def test_quads_settings_in_deploy_files_are_real_settings():
     prefix = Settings.model_config.get("env_prefix", "")
     known = {(prefix + name).upper() for name in Settings.model_fields}
     compose_env = load_yaml(COMPOSE)["services"]["service"]["environment"]
-    deployment_env = [e["name"] for e in deployment_container()["env"]]
+    deployment_env = [e["name"] for e in deployment_container().get("env", [])]
     used = {*dockerfile_env(dockerfile_stages()[-1]), *compose_env, *load_yaml(K8S / "configmap.yaml")["data"],
             *deployment_env}
     quads = {name for name in used if name.startswith("QUADS_")}
@@ -693,10 +693,13 @@ def test_deployment_probes_resources_and_threads():
 
     resources = container["resources"]
     assert resources["requests"] == resources["limits"], "requests must equal limits (Guaranteed QoS)"
-    threads = next(e for e in container["env"] if e["name"] == "QUADS_THREADS")
-    field = threads["valueFrom"]["resourceFieldRef"]
-    assert (field["resource"], field["containerName"], str(field["divisor"])) == ("limits.cpu", container["name"], "1")
+    # Threads come from the CPU limit by service/cpu.py's one rule (rounded down), not from the
+    # Downward API (which rounds up): nothing in the manifests sets them.
+    assert "QUADS_THREADS" not in {e["name"] for e in container.get("env", [])}
     assert "QUADS_THREADS" not in load_yaml(K8S / "configmap.yaml")["data"]
+    from service.settings import Settings
+
+    assert Settings.model_fields["threads"].default == 0  # 0: resolve_threads reads the cgroup limit
     assert container["envFrom"] == [{"configMapRef": {"name": k8s_docs()["configmap.yaml"]["metadata"]["name"]}}]
 
 
