@@ -195,9 +195,12 @@ def write_demo_report(out: Path, dest: Path, preset: DemoPreset, seed: int, prog
                 row["strategy"] = "distill"  # the float files of a qad run are the distillation-only model
             rows.append(row)
     dest.mkdir(parents=True, exist_ok=True)
-    short = {"random": "rand"}
-    bubble_chart([{**r, "label": f"{'shipped' if r['run'] == 'default' else r['strategy'] + '/' + short.get(r['init'][:7], 'whisper')} {r['bits']}b"}
-                  for r in rows], dest / "bubbles.png")  # fmt: skip
+    def label(r: dict) -> str:
+        if r["run"] == "default":
+            return f"shipped {r['bits']}b"
+        return f"{r['strategy']}/{'rand' if r['init'] == 'random' else 'whisper'} {r['bits']}b"
+
+    bubble_chart([{**r, "label": label(r)} for r in rows], dest / "bubbles.png")
     for name in ("default", "grid/mct-whisper"):
         if histories.get(name):
             curves_chart(histories[name], dest / f"curves-{name.replace('/', '-')}.png")
