@@ -6,7 +6,7 @@
 
 All with whisper-tiny encoder dims and a 31-intent head (Fluent Speech Commands):
 
-1. Compute: GMACs of one forward pass (``service.compute.forward_gmacs``) on clips of 1-10 s at
+1. Compute: GMACs of one forward pass (``core.compute.forward_gmacs``) on clips of 1-10 s at
    their real length, against the same clip padded to 30 s as Whisper does; the paper's figure
    for comparison; and the median forward time at 3 s vs 30 s padded.
 2. Size: the bytes of real packed checkpoints (``save_checkpoint``) at 32, 16, 8, 4 and 2 bits,
@@ -37,11 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.bench_service import N_LABELS, build_model, three_second_clip  # noqa: E402
 import bench.bench_training as training_bench  # noqa: E402
 from bench.bench_training import interleaved_medians  # noqa: E402
-from service.audio import SAMPLE_RATE, decode_audio, log_mel_spectrogram  # noqa: E402
-from service.checkpoint import atomic_write, load_checkpoint  # noqa: E402
-from service.compute import count_parameters, forward_gmacs  # noqa: E402
+from core.audio import SAMPLE_RATE, decode_audio, log_mel_spectrogram  # noqa: E402
+from core.checkpoint import load_checkpoint  # noqa: E402
+from core.tensor_files import atomic_write  # noqa: E402
+from core.compute import count_parameters, forward_gmacs  # noqa: E402
 from service.cpu import available_cpus  # noqa: E402
-from service.model import WHISPER_TINY, IntentClassifier  # noqa: E402
+from core.model import WHISPER_TINY, IntentClassifier  # noqa: E402
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 CLIP_SECONDS = (1, 2, 3, 5, 10)  # compute table

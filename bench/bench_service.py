@@ -35,11 +35,12 @@ import numpy as np
 import soundfile
 import torch
 
-from service.audio import SAMPLE_RATE, resample
-from service.checkpoint import atomic_write, load_checkpoint, save_checkpoint
-from service.compute import forward_gmacs
+from core.audio import SAMPLE_RATE, resample
+from core.checkpoint import load_checkpoint, save_checkpoint
+from core.tensor_files import atomic_write
+from core.compute import forward_gmacs
 from service.cpu import native_bfloat16, resolve_threads
-from service.model import WHISPER_TINY, IntentClassifier
+from core.model import WHISPER_TINY, IntentClassifier
 from training.quantize import quantize_model
 
 CLIP_SECONDS = 3.0

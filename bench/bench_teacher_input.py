@@ -23,9 +23,9 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service.audio import decode_audio, log_mel_spectrogram, num_frames  # noqa: E402
-from service.model import encoder_lengths  # noqa: E402
-from service.whisper import load_whisper_encoder  # noqa: E402
+from core.audio import decode_audio, log_mel_spectrogram, num_frames  # noqa: E402
+from core.model import encoder_lengths  # noqa: E402
+from training.whisper import load_whisper_encoder  # noqa: E402
 from training.datasets import label_set, load_samples  # noqa: E402
 
 

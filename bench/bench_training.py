@@ -34,12 +34,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.model import WHISPER_BASE, WHISPER_TINY, AudioEncoder, IntentClassifier  # noqa: E402
+from core.model import WHISPER_BASE, WHISPER_TINY, AudioEncoder, IntentClassifier  # noqa: E402
 from training.features import collate  # noqa: E402
 from training.losses import ChannelMaxPool, ClassificationLoss, DistillationLoss, QuantizationLoss  # noqa: E402
 from training.quantize import KMeansQuantizer  # noqa: E402
 from training.teacher import Teacher, compute_embeddings  # noqa: E402
-from training.train import TrainStep, make_optimizer, train_epoch  # noqa: E402
+from training.loop import TrainStep, make_optimizer, train_epoch  # noqa: E402
 from training.config import Config  # noqa: E402
 
 
@@ -94,21 +94,24 @@ def bench_steps(args) -> list[tuple[str, float]]:
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
 
     def sgd_step(net, opt, loss_fn):
-        _, logits = net(mels, lengths)
-        loss = loss_fn(logits, labels)
+        embedding, logits = net(mels, lengths)
+        loss = loss_fn(embedding, logits, labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
+    def cross_entropy(embedding, logits, y):
+        return F.cross_entropy(logits, y)
+
     def plain():
-        sgd_step(plain_model, plain_optimizer, F.cross_entropy)
+        sgd_step(plain_model, plain_optimizer, cross_entropy)
 
     def quantization_phase():
-        sgd_step(model, optimizer, lambda logits, y: quant_loss(logits, y).total)
+        sgd_step(model, optimizer, lambda embedding, logits, y: quant_loss(embedding, logits, y).total)
         quant_loss.snap()
 
     def authors_loop():
-        sgd_step(model, optimizer, F.cross_entropy)
+        sgd_step(model, optimizer, cross_entropy)
         loop_centroid_update(quantizer)
 
     same_batch = interleaved_medians({"plain": plain, "quant": quantization_phase, "snap": quant_loss.snap}, args.repeats)

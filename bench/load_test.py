@@ -185,7 +185,7 @@ def markdown(result: LoadResult, context: list[str], soak: bool = False) -> str:
         f"- Requests: {result.completed} of {result.requested} at concurrency {result.concurrency} in "
         f"{result.seconds:.1f} s: **{result.throughput:.1f} req/s**"
         + (" (stopped early: time limit)" if stopped_early else ""),
-        f"- Answers: " + ", ".join(f"{status}: {count}" for status, count in result.counts.items())
+        "- Answers: " + ", ".join(f"{status}: {count}" for status, count in result.counts.items())
         + f"; not 200: **{result.errors}**",
         "",
         "| answers | count | p50 ms | p95 ms | p99 ms | max ms |",
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         text += f"\n{verdict}\n"
     print(text)
     if args.out:
-        from service.checkpoint import atomic_write  # noqa: PLC0415
+        from core.tensor_files import atomic_write  # noqa: PLC0415
 
         atomic_write(args.out, lambda path: path.write_text(text))
     return 0 if passed else 1

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from service.audio import (
+from core.audio import (
     FRAMES_PER_SECOND,
     SAMPLE_RATE,
     AudioTooLongError,
@@ -31,7 +31,7 @@ from service.audio import (
     log_mel_spectrogram,
     pad_mels,
 )
-from service.checkpoint import Checkpoint
+from core.checkpoint import Checkpoint
 from service.metrics import ServiceMetrics
 
 
@@ -112,7 +112,7 @@ class InferenceEngine:
 
     def submit(self, data: bytes) -> Future:
         """Queue one clip (encoded audio bytes); the future resolves to a ``Prediction`` or raises
-        ``service.audio.AudioDecodeError``. Raises ``EngineOverloaded`` or ``EngineDraining`` at once. Thread-safe."""
+        ``core.audio.AudioDecodeError``. Raises ``EngineOverloaded`` or ``EngineDraining`` at once. Thread-safe."""
         job = _Job(data, Future())
         with self._lock:
             if self._closed:

@@ -26,7 +26,7 @@ import service.openmp_policy  # noqa: F401 - before anything imports torch
 from service.api import api_router
 from service.api.routes import docs
 from service.body import BodyLimitMiddleware
-from service.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from core.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from service.cpu import resolve_threads
 from service.engine import InferenceEngine
 from service.http_protocol import guarded_h11_protocol
@@ -34,7 +34,7 @@ from service.metrics import HttpMetricsMiddleware, ServiceMetrics
 from service.problems import install_problem_handlers, problem_response
 from service.request_log import RequestIdMiddleware, configure_logging
 from service.settings import Settings, describe_errors, describe_variables
-from service.version import package_version
+from core.version import package_version
 
 logger = logging.getLogger("service")
 

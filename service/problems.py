@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.audio import AudioDecodeError, AudioTooLongError, EmptyAudioError
+from core.audio import AudioDecodeError, AudioTooLongError, EmptyAudioError
 from service.engine import EngineDraining, EngineOverloaded
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"

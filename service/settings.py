@@ -20,7 +20,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.checkpoint import SUPPORTED_BITS
+from core.codebook import SUPPORTED_BITS
 from service.cpu import native_bfloat16
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

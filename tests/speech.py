@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from service.audio import SAMPLE_RATE, resample
+from core.audio import SAMPLE_RATE, resample
 
 requires_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 

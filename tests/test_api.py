@@ -11,38 +11,27 @@ import numpy as np
 import pytest
 import soundfile
 from fastapi.testclient import TestClient
-from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
-from tests.service_fixtures import (  # noqa: F401 - fixtures
+
+from core.audio import ACCEPTED_FORMATS
+from core.checkpoint import CheckpointError
+from service.engine import InferenceEngine
+from service.main import create_app
+from service.settings import DEFAULT_MODEL_DIR, PROJECT_ROOT, Settings
+from tests.http_checks import PROBLEM, assert_problem, metric_samples
+from tests.service_inputs import (
     ENCODINGS,
     LABELS,
     MEDIA_TYPES,
     PHRASES,
-    checkpoint_path,
     encode,
-    model_dir,
     reference_probabilities,
-    speech,
-    speech_wav,
     wav_bytes,
 )
-
-from service.audio import ACCEPTED_FORMATS
-from service.checkpoint import CheckpointError, load_checkpoint
-from service.engine import InferenceEngine
-from service.main import create_app
-from service.settings import DEFAULT_MODEL_DIR, PROJECT_ROOT, Settings
-
-PROBLEM = "application/problem+json"
 
 
 def settings_for(path, **overrides) -> Settings:
     return Settings(model=path, threads=1, **overrides)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(checkpoint_path):
-    return load_checkpoint(checkpoint_path)
 
 
 @pytest.fixture(scope="module")
@@ -58,26 +47,6 @@ def client(app):
 
 def post_file(client, data: bytes, media_type="audio/wav", name="clip.wav", **params):
     return client.post("/intent", files={"file": (name, data, media_type)}, params=params)
-
-
-def assert_problem(response, status: int, slug: str) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM)
-    body = response.json()
-    assert body["status"] == status
-    assert body["type"] == f"urn:quads:problem:{slug}"
-    assert body["title"] and len(body["detail"]) > 20  # a sentence a person can act on
-    return body
-
-
-def metric_samples(client) -> dict[tuple[str, tuple], float]:
-    """(sample name, sorted labels) -> value, from GET /metrics."""
-    text = client.get("/metrics").text
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 # --- answers -----------------------------------------------------------------------------
@@ -111,7 +80,7 @@ def test_intent_equals_the_model_run_alone(client, checkpoint, speech, fmt, subt
 def test_browser_and_phone_recordings_are_answered(client, checkpoint, speech, container, codec, rate, layout, media_type):
     import torch
 
-    from service.audio import resample
+    from core.audio import resample
     from tests.speech import encode_container
 
     samples, source_rate = speech[PHRASES[0]]

@@ -1,12 +1,13 @@
 """The front-end against openai-whisper's, and decoding of every format we accept."""
 
 import math
+
 import numpy as np
 import pytest
 import torch
 import whisper.audio as ref
 
-from service.audio import (
+from core.audio import (
     N_FRAMES,
     AudioDecodeError,
     decode_audio,
@@ -123,7 +124,7 @@ def test_non_finite_and_over_long_and_empty_audio_are_refused():
 
 @pytest.mark.parametrize("sr", [44101, 7919, 100_003])
 def test_odd_sample_rates_resample_through_a_nearby_tractable_rate(sr):
-    from service.audio import _tractable_rate
+    from core.audio import _tractable_rate
 
     rate = _tractable_rate(sr)  # an exact kernel for these rates would take minutes to build
     assert rate // math.gcd(rate, 16000) <= 1000 and abs(rate - sr) / sr < 0.001

@@ -5,7 +5,13 @@ import struct
 import numpy as np
 import pytest
 
-from service.audio import ACCEPTED_FORMATS, SAMPLE_RATE, AudioDecodeError, AudioTooLongError, decode_audio
+from core.audio import (
+    ACCEPTED_FORMATS,
+    SAMPLE_RATE,
+    AudioDecodeError,
+    AudioTooLongError,
+    decode_audio,
+)
 from tests.speech import encode_container, espeak_16k, requires_espeak
 
 RECORDINGS = {  # name -> (container, codec, rate, layout)

@@ -8,33 +8,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from service.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    pack_codes,
-    packed_size,
-    save_checkpoint,
-    unpack_codes,
-)
-from service.model import WHISPER_TINY, IntentClassifier, ModelDims
+from core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from core.model import WHISPER_TINY, IntentClassifier, ModelDims
+from tests.pickle_payload import PicklePayload
 from training.quantize import quantize_model
 
 SMALL = ModelDims(n_mels=80, n_ctx=1500, n_state=64, n_head=4, n_layer=2)
 LABELS = [f"intent_{i}" for i in range(5)]
-
-
-@pytest.mark.parametrize("bits", range(1, 9))
-@pytest.mark.parametrize("count", [1, 7, 8, 1001])
-def test_pack_unpack_round_trips_exactly(bits, count):
-    codes = torch.randint(0, 2**bits, (count,))
-    packed = pack_codes(codes, bits)
-    assert packed.dtype == torch.uint8 and packed.numel() == math.ceil(count * bits / 8) == packed_size(count, bits)
-    assert torch.equal(unpack_codes(packed, bits, count), codes)
-
-
-def test_packing_is_dense_lsb_first():
-    assert pack_codes(torch.tensor([1, 0, 1, 1]), 2).tolist() == [0b01_01_00_01]
-    assert pack_codes(torch.tensor([1, 1, 1]), 3).tolist() == [0b01_001_001, 0b0000000_0]
 
 
 def quantized(dims, bits, seed=0):
@@ -57,6 +37,22 @@ def test_loaded_model_equals_the_saved_one(tmp_path, bits):
     for name, p in ck.model.named_parameters():
         if p.dim() > 1 and bits <= 8:
             assert p.unique().numel() <= 2**bits, name
+
+
+def test_the_quantizer_s_own_codebooks_are_written_and_a_stale_one_is_refused(tmp_path):
+    torch.manual_seed(0)
+    model = IntentClassifier(SMALL, len(LABELS)).eval()
+    quantizer = quantize_model(model, 3)
+    path = save_checkpoint(tmp_path / "m.safetensors", model, LABELS, 3, codebooks=quantizer.codebooks())
+    name = "encoder.blocks.0.mlp.0.weight"
+    with safe_open(str(path), framework="pt") as f:
+        torch.testing.assert_close(f.get_tensor(f"{name}.codebook"), quantizer.centroids[name].float(), rtol=0, atol=0)
+    assert torch.equal(load_checkpoint(path).model.state_dict()[name], model.state_dict()[name])
+    with torch.no_grad():
+        quantizer.params[name].add_(0.01)  # the weights moved and the codebook did not follow
+    with pytest.raises(ValueError, match=f"{name}: the codebook does not reproduce the weight"):
+        save_checkpoint(tmp_path / "stale.safetensors", model, LABELS, 3, codebooks=quantizer.codebooks())
+    assert not (tmp_path / "stale.safetensors").exists()
 
 
 def test_unquantized_weights_are_refused_at_low_bit_widths(tmp_path):
@@ -110,7 +106,7 @@ def test_tampered_tensor_is_refused(saved):
 
 
 def test_metadata_inconsistent_with_tensors_is_refused(saved):
-    from service import checkpoint as fmt
+    from core import checkpoint as fmt
 
     def more_labels(m):  # a consistent hash but a label list that no longer fits the head
         m["labels"] = json.dumps(LABELS + ["extra"])
@@ -137,23 +133,13 @@ def test_wrong_files_are_refused_with_their_name(tmp_path):
         load_checkpoint(tmp_path / "foreign.safetensors")
 
 
-class _Payload:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        import os
-
-        return (os.system, (f"touch {self.marker}",))
-
-
 @pytest.mark.parametrize("name", ["evil.safetensors", "evil.pt", "evil.bin"])
 def test_pickle_payload_is_never_executed(tmp_path, name):
     import pickle
 
     marker = tmp_path / "pwned"
-    (tmp_path / name).write_bytes(pickle.dumps(_Payload(marker)))
-    torch.save({"x": _Payload(marker)}, tmp_path / f"zip-{name}")
+    (tmp_path / name).write_bytes(pickle.dumps(PicklePayload(marker)))
+    torch.save({"x": PicklePayload(marker)}, tmp_path / f"zip-{name}")
     for path in (tmp_path / name, tmp_path / f"zip-{name}"):
         with pytest.raises(CheckpointError, match="pickle file, not a QUADS"):
             load_checkpoint(path)

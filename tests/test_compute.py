@@ -2,8 +2,8 @@
 
 import pytest
 
-from service.compute import count_parameters, forward_gmacs
-from service.model import WHISPER_TINY, IntentClassifier, ModelDims
+from core.compute import count_parameters, forward_gmacs
+from core.model import WHISPER_TINY, IntentClassifier, ModelDims
 
 
 def hand_count_gmacs(d: ModelDims, frames: int, n_labels: int) -> float:

@@ -10,10 +10,10 @@ import sys
 import pytest
 import torch
 
-from service.checkpoint import load_checkpoint
+from core.checkpoint import load_checkpoint
 from tests.speech import requires_espeak
 from tests.training_corpus import REPO, random_teacher, tiny_corpus, tiny_student_args
-from training.train import cli
+from training.train_cli import cli
 
 pytestmark = [requires_espeak, pytest.mark.slow]
 
@@ -38,7 +38,7 @@ def test_torchrun_two_processes_match_one_process_with_the_combined_batch(tmp_pa
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "GLOO_SOCKET_IFNAME": "lo"}
     ddp = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-         f"--master_port={free_port()}", "-m", "training.train", *args(tmp / "ddp", 4)],
+         f"--master_port={free_port()}", "-m", "training.train_cli", *args(tmp / "ddp", 4)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
     assert ddp.returncode == 0, ddp.stderr[-4000:]

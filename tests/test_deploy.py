@@ -267,7 +267,7 @@ def test_docker_build_context_holds_exactly_what_the_dockerfile_copies(tmp_path)
     build = pytest.importorskip("docker.utils.build", reason="the docker Python package implements .dockerignore")
     sources = [src for stage in dockerfile_stages() for srcs, _ in dockerfile_copies(stage) for src in srcs]
     # Mirror the repository layout (the model may not be trained yet), plus paths that must stay out.
-    wanted = ["pyproject.toml", "README.md", "LICENSE", "service/main.py", "service/model.py",
+    wanted = ["pyproject.toml", "README.md", "LICENSE", "service/main.py", "core/model.py",
               "models/quads-fsc-4bit.safetensors", "models/quads-fsc-8bit.safetensors"]
     unwanted = [".git/HEAD", ".venv/bin/python", "data/fsc/a.wav", "runs/x/log.txt", "tests/test_x.py",
                 "training/train.py", "models/quads-fsc-32bit.safetensors", "service/__pycache__/model.pyc"]
@@ -287,7 +287,7 @@ def test_default_model_file_loads_as_4_bit():
     model = REPO / "models" / "quads-fsc-4bit.safetensors"
     if not model.is_file():
         pytest.skip(f"{model.relative_to(REPO)} is not built yet; `docker build` needs it")
-    from service.checkpoint import load_checkpoint
+    from core.checkpoint import load_checkpoint
 
     assert load_checkpoint(model).bits == 4
 
@@ -531,9 +531,9 @@ def exported_metrics(tmp_path_factory) -> dict[str, dict]:
     from fastapi.testclient import TestClient
     from prometheus_client.parser import text_string_to_metric_families
 
-    from service.checkpoint import save_checkpoint
+    from core.checkpoint import save_checkpoint
+    from core.model import IntentClassifier, ModelDims
     from service.main import create_app
-    from service.model import IntentClassifier, ModelDims
     from service.settings import Settings
     from training.quantize import quantize_model
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from service.audio import decode_audio, log_mel_spectrogram
-from service.checkpoint import load_checkpoint
+from core.audio import decode_audio, log_mel_spectrogram
+from core.checkpoint import load_checkpoint
 from tests.speech import requires_espeak
 from tests.training_corpus import INTENTS, run_cli, tiny_corpus
 from training.datasets import load_samples
@@ -25,13 +25,13 @@ COMMON = ["--batch-size", "4", "--threads", "1", "--no-progress", "--set", "data
 def runs(tmp_path_factory):
     corpus = tiny_corpus(tmp_path_factory)
     tmp = tmp_path_factory.mktemp("e2e")
-    teacher = run_cli("training.train", [
+    teacher = run_cli("training.train_cli", [
         "--data", str(corpus), "--out", str(tmp / "teacher"), "--name", "teacher", "--strategy", "finetune",
         "--bits", "32", "--epochs", "14", "--set", "student.n_state=128", "--set", "student.n_head=2",
         "--set", "student.n_layer=2", *COMMON,
     ])
     assert teacher.returncode == 0, teacher.stderr[-3000:]
-    mct = run_cli("training.train", [
+    mct = run_cli("training.train_cli", [
         "--data", str(corpus), "--out", str(tmp / "mct"), "--strategy", "mct", "--bits", "32,4",
         "--schedule", "DDQQDQ", "--teacher", str(tmp / "teacher" / "teacher-32bit.safetensors"),
         "--init", "teacher-layers", "--set", "student.n_state=128", "--set", "student.n_head=2",
@@ -78,7 +78,7 @@ def test_the_4_bit_file_is_about_an_eighth_of_fp32(runs):
 def test_qad_quantizes_after_distillation_without_retraining(runs):
     corpus, tmp = runs
     out = tmp / "qad"
-    qad = run_cli("training.train", [
+    qad = run_cli("training.train_cli", [
         "--data", str(corpus), "--out", str(out), "--strategy", "qad", "--bits", "32,16,2", "--schedule", "DD",
         "--teacher", str(tmp / "teacher" / "teacher-32bit.safetensors"), "--set", "student.n_state=128",
         "--set", "student.n_head=2", "--set", "student.n_layer=1", "--init", "teacher-layers",
@@ -145,7 +145,7 @@ def test_the_service_loader_classifies_real_audio(runs):
 
 
 def test_bad_samples_are_reported_with_their_path_and_skipped_or_fail_fast(tmp_path_factory, capsys):
-    from training.train import cli
+    from training.train_cli import cli
 
     corpus = tiny_corpus(tmp_path_factory)
     data = tmp_path_factory.mktemp("bad-data")

@@ -13,26 +13,22 @@ import soundfile
 import torch
 
 import service.engine as engine_module
-from service.checkpoint import load_checkpoint
+from core.audio import AudioDecodeError, AudioTooLongError, EmptyAudioError
 from service.cpu import cgroup_cpu_limit, native_bfloat16, resolve_threads
-from service.audio import AudioDecodeError, AudioTooLongError, EmptyAudioError
-from service.engine import EngineDraining, EngineOverloaded, InferenceEngine, decode_clip
+from service.engine import (
+    EngineDraining,
+    EngineOverloaded,
+    InferenceEngine,
+    decode_clip,
+)
 from service.metrics import ServiceMetrics
-from tests.service_fixtures import (  # noqa: F401 - fixtures
+from tests.service_inputs import (
     ENCODINGS,
     PHRASES,
-    checkpoint_path,
     encode,
-    model_dir,
     reference_probabilities,
-    speech,
     wav_bytes,
 )
-
-
-@pytest.fixture(scope="module")
-def checkpoint(checkpoint_path):
-    return load_checkpoint(checkpoint_path)
 
 
 @pytest.fixture(scope="module")

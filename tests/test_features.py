@@ -15,9 +15,21 @@ import torch
 from torch.utils.data import DataLoader
 
 import training.features as features
-from service.audio import N_FRAMES, SAMPLE_RATE, decode_audio, log_mel_spectrogram, resample
+from core.audio import (
+    N_FRAMES,
+    SAMPLE_RATE,
+    decode_audio,
+    log_mel_spectrogram,
+    resample,
+)
 from training.datasets import Sample
-from training.features import BadSampleError, MelDataset, collate, colored_noise, mix_at_snr
+from training.features import (
+    BadSampleError,
+    MelDataset,
+    collate,
+    colored_noise,
+    mix_at_snr,
+)
 
 LABELS = ["activate_lights_none", "deactivate_lights_none", "bring_juice_none"]
 

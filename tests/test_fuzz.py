@@ -9,8 +9,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.audio import AudioDecodeError, decode_audio, log_mel_spectrogram
-from service.model import IntentClassifier, ModelDims
+from core.audio import AudioDecodeError, decode_audio, log_mel_spectrogram
+from core.model import IntentClassifier, ModelDims
 
 MODEL = IntentClassifier(ModelDims(n_mels=80, n_ctx=1500, n_state=32, n_head=2, n_layer=1), 4).eval()
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -10,10 +10,8 @@ service still gives the answer it gave before.
 from __future__ import annotations
 
 import json
-import re
 import socket
 import struct
-import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -25,21 +23,11 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.checkpoint import load_checkpoint
-from tests.service_fixtures import (  # noqa: F401 - fixtures
-    LABELS,
-    PHRASES,
-    checkpoint_path,
-    encode,
-    model_dir,
-    reference_probabilities,
-    speech,
-    speech_wav,
-)
+from tests.http_checks import assert_problem, assert_problem_bytes
+from tests.live_server import Server, exchange, read_responses
+from tests.service_inputs import LABELS, PHRASES, encode, reference_probabilities
 from tests.speech import encode as encode_samples
 from tests.speech import encode_container
-from tests.test_api import assert_problem
-from tests.test_service_process import Server
 
 MAX_BODY_BYTES = 600_000
 MAX_AUDIO_SECONDS = 8
@@ -153,7 +141,7 @@ class Case:
 def container(m: Material, fmt: str, codec: str, rate: int, layout: str = "mono") -> bytes:
     import torch
 
-    from service.audio import resample
+    from core.audio import resample
 
     return encode_container(resample(torch.from_numpy(m.samples), m.rate).numpy(), fmt, codec, rate, layout)
 
@@ -271,11 +259,6 @@ def material(speech) -> Material:
     return Material(*speech[PHRASES[0]])
 
 
-@pytest.fixture(scope="module")
-def checkpoint(checkpoint_path):
-    return load_checkpoint(checkpoint_path)
-
-
 def post(server: Server, request: Request) -> httpx.Response:
     body: bytes | Iterable[bytes] = request.body() if callable(request.body) else request.body
     headers = {"Content-Type": request.content_type} if request.content_type is not None else {}
@@ -313,49 +296,6 @@ def test_corpus_request_gets_its_documented_answer(served, material, checkpoint,
 
 
 # --- what only a raw socket sends ----------------------------------------------------------
-
-
-def read_responses(data: bytes) -> list[tuple[int, dict[str, str], bytes]]:
-    """Split HTTP/1.1 responses (each with a Content-Length) out of a byte stream."""
-    responses = []
-    while match := re.match(rb"HTTP/1\.1 (\d{3}) [^\r]*\r\n(.*?)\r\n\r\n", data, re.S):
-        headers = dict(line.decode().lower().split(": ", 1) for line in match.group(2).split(b"\r\n"))
-        end = match.end() + int(headers["content-length"])
-        responses.append((int(match.group(1)), headers, data[match.end() : end]))
-        data = data[end:]
-    assert data == b"", f"not a response: {data[:200]!r}"
-    return responses
-
-
-def exchange(port: int, payload: bytes) -> bytes:
-    """Send ``payload`` while reading every byte the server answers, until it closes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sender = threading.Thread(target=lambda: _send_ignoring_close(sock, payload))
-        sender.start()
-        answer = b""
-        try:
-            while chunk := sock.recv(65536):
-                answer += chunk
-        except ConnectionResetError:  # the server closed with our surplus unread; what it sent first is kept
-            pass
-        sender.join()
-        return answer
-
-
-def _send_ignoring_close(sock: socket.socket, payload: bytes) -> None:
-    try:
-        sock.sendall(payload)
-    except OSError:
-        pass
-
-
-def assert_problem_bytes(response: tuple[int, dict, bytes], status: int, slug: str) -> None:
-    code, headers, body = response
-    assert code == status
-    assert headers["content-type"] == "application/problem+json"
-    problem = json.loads(body)
-    assert problem["status"] == status and problem["type"] == f"urn:quads:problem:{slug}"
-    assert len(problem["detail"]) > 20
 
 
 def test_lying_content_length_never_lets_more_than_it_declared_in(served, material, checkpoint):

@@ -20,18 +20,10 @@ import httpx
 import pytest
 
 from bench.load_test import LoadResult, run_load, soak_verdict
-from service.checkpoint import load_checkpoint
-from tests.service_fixtures import (  # noqa: F401 - fixtures
-    LABELS,
-    checkpoint_path,
-    model_dir,
-    reference_probabilities,
-    speech,
-    speech_wav,
-)
-from tests.test_api import metric_samples
-from tests.test_hostile_inputs import assert_problem_bytes, read_responses
-from tests.test_service_process import Server
+from core.checkpoint import load_checkpoint
+from tests.http_checks import assert_problem_bytes, metric_samples
+from tests.live_server import Server, read_responses
+from tests.service_inputs import LABELS, reference_probabilities
 
 MiB = 1024 * 1024
 PROJECT = Path(__file__).resolve().parent.parent

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from service.model import IntentClassifier, ModelDims
+from core.model import IntentClassifier, ModelDims
 from training.losses import (
     ChannelMaxPool,
     ClassificationLoss,
@@ -58,7 +58,7 @@ def test_distillation_loss_is_alpha_l1_plus_one_minus_alpha_ce(alpha):
     g = torch.Generator().manual_seed(0)
     student, teacher = torch.randn(4, 16, generator=g), torch.randn(4, 16, generator=g)
     logits, labels = torch.randn(4, 5, generator=g), torch.tensor([0, 4, 2, 2])
-    out = DistillationLoss(alpha)(student, logits, teacher, labels)
+    out = DistillationLoss(alpha)(student, logits, labels, teacher)
     l1 = (student - teacher).abs().mean()
     ce = -torch.log_softmax(logits, dim=1)[torch.arange(4), labels].mean()
     torch.testing.assert_close(out.total, alpha * l1 + (1 - alpha) * ce)
@@ -71,7 +71,7 @@ def test_distillation_with_a_learned_projection_trains_the_projection():
     loss = DistillationLoss(0.5, projection)
     student = torch.randn(3, 8, requires_grad=True)
     teacher = torch.randn(3, 20)
-    out = loss(student, torch.randn(3, 4), teacher, torch.tensor([0, 1, 3]))
+    out = loss(student, torch.randn(3, 4), torch.tensor([0, 1, 3]), teacher)
     out.total.backward()
     assert projection.weight.grad is not None and projection.weight.grad.abs().sum() > 0
     assert student.grad is not None
@@ -81,7 +81,9 @@ def test_distillation_with_a_learned_projection_trains_the_projection():
 
 def test_distillation_refuses_unmatched_widths_with_a_hint():
     with pytest.raises(ValueError, match="ChannelMaxPool"):
-        DistillationLoss(0.5)(torch.randn(2, 8), torch.randn(2, 3), torch.randn(2, 16), torch.tensor([0, 1]))
+        DistillationLoss(0.5)(torch.randn(2, 8), torch.randn(2, 3), torch.tensor([0, 1]), torch.randn(2, 16))
+    with pytest.raises(ValueError, match="teacher"):
+        DistillationLoss(0.5)(torch.randn(2, 8), torch.randn(2, 3), torch.tensor([0, 1]), None)
     with pytest.raises(ValueError):
         DistillationLoss(1.5)
 
@@ -93,9 +95,9 @@ def test_quantization_loss_is_centroid_loss_plus_ce():
     with torch.no_grad():  # move off the codebook, as an optimizer step does, so L_centroid > 0
         for p in quantizer.params.values():
             p.add_(torch.randn_like(p) * 0.05)
-    _, logits = model(torch.randn(2, 8, 10))
+    embedding, logits = model(torch.randn(2, 8, 10))
     labels = torch.tensor([1, 2])
-    out = QuantizationLoss(quantizer, centroid_weight=2.0)(logits, labels)
+    out = QuantizationLoss(quantizer, centroid_weight=2.0)(embedding, logits, labels)
     centroid = torch.stack([
         ((p.reshape(-1) - quantizer.centroids[n][quantizer.labels[n]]) ** 2).mean() for n, p in quantizer.params.items()
     ]).mean()
@@ -108,7 +110,7 @@ def test_quantization_loss_is_centroid_loss_plus_ce():
 
 def test_classification_loss_is_cross_entropy():
     logits, labels = torch.randn(5, 4), torch.tensor([0, 1, 2, 3, 0])
-    out = ClassificationLoss()(logits, labels)
+    out = ClassificationLoss()(torch.randn(5, 8), logits, labels)
     torch.testing.assert_close(out.total, F.cross_entropy(logits, labels))
 
 
@@ -123,13 +125,13 @@ def test_quantization_loss_skips_the_exact_zero_right_after_a_snap_and_computes_
     original = loss.quantizer.centroid_loss
     loss.quantizer.centroid_loss = lambda: calls.append(1) or original()
     assert float(original().detach()) == 0.0  # what is skipped is exactly zero
-    out = loss(model(mel)[1], labels)
+    out = loss(*model(mel), labels)
     assert out.parts["centroid"] == 0.0 and not calls
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     out.total.backward()
     optimizer.step()  # the weights leave their codebooks
     assert not loss.on_codebook()
-    out = loss(model(mel)[1], labels)
+    out = loss(*model(mel), labels)
     assert calls and out.parts["centroid"] > 0
     loss.snap()
-    assert loss.on_codebook() and loss(model(mel)[1], labels).parts["centroid"] == 0.0
+    assert loss.on_codebook() and loss(*model(mel), labels).parts["centroid"] == 0.0

@@ -3,8 +3,14 @@
 import pytest
 import torch
 
-from service.audio import pad_mels
-from service.model import IntentClassifier, ModelDims, encoder_lengths, masked_mean, sinusoids
+from core.audio import pad_mels
+from core.model import (
+    IntentClassifier,
+    ModelDims,
+    encoder_lengths,
+    masked_mean,
+    sinusoids,
+)
 
 DIMS = ModelDims(n_mels=80, n_ctx=1500, n_state=64, n_head=4, n_layer=2)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.version import package_version
+from core.version import package_version
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -26,7 +26,7 @@ def test_wheel_declares_the_mit_licence_and_ships_its_text(tmp_path):
     assert licences and "Permission is hereby granted" in zipfile.ZipFile(wheel).read(licences[0]).decode()
 
 
-@pytest.mark.parametrize("module", ["service.main", "training.train", "training.evaluate", "training.synth", "training.demo"])
+@pytest.mark.parametrize("module", ["service.main", "training.train_cli", "training.evaluate", "training.synth", "training.demo"])
 def test_every_command_answers_version(module, capsys):
     cli = __import__(module, fromlist=["cli"]).cli
     with pytest.raises(SystemExit) as exit_info:
@@ -75,7 +75,7 @@ def test_a_built_wheel_serves_the_default_model_from_any_folder(tmp_path):
     src.mkdir()
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy2(REPO / name, src / name)
-    for name in ("service", "training", "models"):
+    for name in ("core", "service", "training", "models"):
         shutil.copytree(REPO / name, src / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
     wheels = tmp_path / "wheels"
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(wheels), str(src)],

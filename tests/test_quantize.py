@@ -6,8 +6,15 @@ import time
 import pytest
 import torch
 
-from service.model import IntentClassifier, ModelDims
-from training.quantize import KMeansQuantizer, assign, kmeans_1d, linear_init, quantize_model, update_centroids
+from core.model import IntentClassifier, ModelDims
+from training.quantize import (
+    KMeansQuantizer,
+    assign,
+    kmeans_1d,
+    linear_init,
+    quantize_model,
+    update_centroids,
+)
 
 SMALL = ModelDims(n_mels=16, n_ctx=64, n_state=32, n_head=2, n_layer=1)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.test_service_process import free_port, serve_command
+from tests.live_server import free_port, serve_command
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text()
@@ -191,10 +191,11 @@ def check_training_cli(command: list[str], monkeypatch) -> None:
     from training.demo import cli as demo
     from training.evaluate import cli as evaluate
     from training.synth import cli as synth
-    from training.train import cli as train, config_from_args
+    from training.train_cli import cli as train
+    from training.train_cli import config_from_args
 
     if command[0] == "torchrun":
-        assert command[command.index("-m") + 1] == "training.train"
+        assert command[command.index("-m") + 1] == "training.train_cli"
         command = ["quads-train", *command[command.index("-m") + 2 :]]
     tool = {"quads-train": train, "quads-eval": evaluate, "quads-synth": synth, "quads-demo": demo}[command[0]]
     namespace = parse_with(tool, command[1:], monkeypatch)

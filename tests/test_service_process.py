@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
 import signal
@@ -13,73 +14,16 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.service_fixtures import (  # noqa: F401 - fixtures
-    ENCODINGS,
-    MEDIA_TYPES,
-    PHRASES,
-    checkpoint_path,
-    encode,
-    model_dir,
-    speech,
-    speech_wav,
-)
+from tests.live_server import Server, free_port, serve_command
+from tests.pickle_payload import PicklePayload
+from tests.service_inputs import ENCODINGS, MEDIA_TYPES, PHRASES, encode, write_tiny_checkpoint
 
 MAX_BODY_BYTES = 1_000_000
 BODY_TIMEOUT_SECONDS = 1.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def serve_command() -> list[str]:
-    script = Path(sys.executable).with_name("quads-serve")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "service.main"]
-
-
-class Server:
-    """A ``quads-serve`` child process; its log goes to a file (a full pipe would block it)."""
-
-    def __init__(self, log: Path, log_level: str = "warning", **env: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        environment = {**os.environ, "QUADS_THREADS": "1", **env}
-        with open(log, "wb") as out:
-            self.process = subprocess.Popen(
-                [*serve_command(), "--host", "127.0.0.1", "--port", str(self.port), "--log-level", log_level],
-                env=environment, stdout=out, stderr=subprocess.STDOUT,
-            )
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"quads-serve exited with {self.process.returncode}:\n{self.log.read_text()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        pytest.fail(f"quads-serve was not ready within {timeout} s:\n{self.log.read_text()}")
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
 
 
 @pytest.fixture(scope="module")
@@ -236,10 +180,7 @@ def test_sigterm_drains_then_finishes_in_flight_requests(checkpoint_path, speech
 
 @pytest.mark.parametrize("damage", ["tampered", "truncated", "pickle"])
 def test_refuses_to_start_on_a_damaged_or_unsafe_checkpoint(tmp_path, damage):
-    from service.checkpoint import save_checkpoint
-    from tests.test_checkpoint import LABELS, SMALL, _Payload, quantized
-
-    path = save_checkpoint(tmp_path / "m.safetensors", quantized(SMALL, 4), LABELS, 4)
+    path = write_tiny_checkpoint(tmp_path / "m.safetensors", bits=4)
     data = bytearray(path.read_bytes())
     marker = tmp_path / "pwned"
     if damage == "tampered":
@@ -249,9 +190,7 @@ def test_refuses_to_start_on_a_damaged_or_unsafe_checkpoint(tmp_path, damage):
         data = data[: len(data) // 2]
         expected = "not a readable .safetensors file"
     else:
-        import pickle
-
-        data = pickle.dumps(_Payload(marker))
+        data = pickle.dumps(PicklePayload(marker))
         expected = "pickle file, not a QUADS"
     path.write_bytes(bytes(data))
     result = subprocess.run(

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from service.audio import log_mel_spectrogram
-from service.checkpoint import load_checkpoint
+from core.audio import log_mel_spectrogram
+from core.checkpoint import load_checkpoint
 from tests.speech import espeak_16k, requires_espeak
 from training.synth import PHRASINGS, phrasings_of
 

@@ -13,6 +13,7 @@ import pytest
 import soundfile
 
 from training.datasets import FSC_INTENTS, label_set, load_fsc, load_samples
+from training.espeak_voices import is_generated, variant_file
 from training.synth import (
     ACCENTS,
     PHRASINGS,
@@ -24,7 +25,6 @@ from training.synth import (
     phrasings_of,
     synthesize_corpus,
 )
-from training.espeak_voices import is_generated, variant_file
 
 INTENTS = ["activate_lights_kitchen", "change language_Chinese_none", "bring_juice_none"]
 VOICES = {

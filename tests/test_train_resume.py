@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from service.checkpoint import load_checkpoint
+from core.checkpoint import load_checkpoint
 from tests.speech import requires_espeak
 from tests.training_corpus import REPO, random_teacher, tiny_corpus, tiny_student_args
 from training.config import load_config
-from training.run_state import RunStateError, WRITE_DELAY_ENV, load_state
-from training.train import cli
+from training.run_state import RunStateError, load_state
+from training.train_cli import cli
 
 pytestmark = [requires_espeak, pytest.mark.slow]
 
@@ -37,9 +37,9 @@ def setup(tmp_path_factory):
     return tmp, args
 
 
-def start(args: list[str], extra_env: dict | None = None) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **(extra_env or {})}
-    return subprocess.Popen([sys.executable, "-m", "training.train", *args], cwd=REPO, env=env,
+def start(args: list[str], module: str = "training.train_cli") -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -117,7 +117,7 @@ def test_sigkill_at_any_phase_then_resume_equals_an_uninterrupted_run(setup):
 
     # 3. While the resume state is being written: the temp file exists, the rename has not happened.
     done_before = load_state(out / "resume" / "state.safetensors").done
-    proc = start(args(out) + ["--resume"], {WRITE_DELAY_ENV: "1"})
+    proc = start(args(out) + ["--resume"], module="tests.slow_state_writes")
     wait_for(lambda: any((out / "resume").glob(".state.safetensors.*.tmp")), proc)
     kill(proc)
     assert any((out / "resume").glob(".*.tmp"))
@@ -125,7 +125,7 @@ def test_sigkill_at_any_phase_then_resume_equals_an_uninterrupted_run(setup):
     assert_nothing_corrupt(out)
 
     # 4. Finish.
-    final = subprocess.run([sys.executable, "-m", "training.train", *args(out), "--resume"], cwd=REPO,
+    final = subprocess.run([sys.executable, "-m", "training.train_cli", *args(out), "--resume"], cwd=REPO,
                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
                            capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, final.stderr[-3000:]

@@ -3,11 +3,17 @@
 import pytest
 import torch
 
-from service.audio import pad_mels
-from service.model import IntentClassifier, ModelDims
+from core.audio import pad_mels
+from core.model import IntentClassifier, ModelDims
 from training.config import Config
+from training.loop import (
+    PhaseSchedule,
+    TrainStep,
+    cosine_lr,
+    make_optimizer,
+    train_epoch,
+)
 from training.losses import ClassificationLoss
-from training.train import PhaseSchedule, cosine_lr, TrainStep, make_optimizer, train_epoch
 
 
 def batches(n, seed=0):

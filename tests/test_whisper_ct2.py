@@ -13,9 +13,13 @@ import pytest
 import torch
 
 ctranslate2 = pytest.importorskip("ctranslate2")
-from transformers import WhisperConfig, WhisperForConditionalGeneration, WhisperTokenizer  # noqa: E402
+from transformers import (  # noqa: E402
+    WhisperConfig,
+    WhisperForConditionalGeneration,
+    WhisperTokenizer,
+)
 
-from service.whisper import WhisperImportError, load_whisper_encoder  # noqa: E402
+from training.whisper import WhisperImportError, load_whisper_encoder  # noqa: E402
 
 QUANTIZATIONS = [None, "float16", "bfloat16", "int8", "int16"]
 # Our float32 encoder against the HF source model: the error the storage format itself adds

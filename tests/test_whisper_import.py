@@ -1,7 +1,6 @@
 """Importing real Whisper checkpoints, checked against the reference implementations themselves."""
 
 import json
-import os
 import pickle
 from dataclasses import asdict
 
@@ -10,7 +9,8 @@ import torch
 import whisper.model as ow
 from transformers import WhisperConfig, WhisperModel
 
-from service.whisper import WhisperImportError, load_whisper_encoder
+from tests.pickle_payload import PicklePayload
+from training.whisper import WhisperImportError, load_whisper_encoder
 
 torch.manual_seed(0)
 
@@ -101,18 +101,10 @@ def test_truncated_pt_is_refused_with_the_file_name(tmp_path):
         load_whisper_encoder(tmp_path / "cut.pt")
 
 
-class _Payload:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_pickle_payload_disguised_as_pt_never_runs(tmp_path):
     marker = tmp_path / "pwned"
-    torch.save({"dims": {}, "model_state_dict": _Payload(marker)}, tmp_path / "evil.pt")
-    (tmp_path / "evil2.pt").write_bytes(pickle.dumps(_Payload(marker)))
+    torch.save({"dims": {}, "model_state_dict": PicklePayload(marker)}, tmp_path / "evil.pt")
+    (tmp_path / "evil2.pt").write_bytes(pickle.dumps(PicklePayload(marker)))
     for name in ("evil.pt", "evil2.pt"):
         with pytest.raises(WhisperImportError, match="refused|not a readable"):
             load_whisper_encoder(tmp_path / name)
@@ -127,7 +119,7 @@ def test_wrong_format_and_broken_hf_directory(tmp_path):
     hf_checkpoint(tmp_path / "hf")
     weights = tmp_path / "hf" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
-    with pytest.raises(WhisperImportError, match=r"model\.safetensors: not a readable safetensors"):
+    with pytest.raises(WhisperImportError, match=r"model\.safetensors: not a readable \.safetensors file"):
         load_whisper_encoder(tmp_path / "hf")
     (tmp_path / "hf" / "config.json").write_text(json.dumps({"d_model": 64}))
     with pytest.raises(WhisperImportError, match=r"config\.json: not a readable Hugging Face Whisper config"):

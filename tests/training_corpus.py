@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from service.checkpoint import save_checkpoint
-from service.model import IntentClassifier, ModelDims
+from core.checkpoint import save_checkpoint
+from core.model import IntentClassifier, ModelDims
 from training.synth import default_voices, synthesize_corpus
 
 INTENTS = ["change language_none_none", "activate_music_none", "increase_volume_none", "bring_newspaper_none"]

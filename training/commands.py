@@ -27,7 +27,7 @@ def _run(command: str, module: str) -> int | None:
 
 
 def train() -> int | None:
-    return _run("quads-train", "training.train")
+    return _run("quads-train", "training.train_cli")
 
 
 def evaluate() -> int | None:

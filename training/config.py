@@ -18,7 +18,8 @@ from pathlib import Path
 
 import yaml
 
-from service.checkpoint import SUPPORTED_BITS, atomic_write
+from core.codebook import SUPPORTED_BITS
+from core.tensor_files import atomic_write
 
 # The paper's 20 epochs (reference notes, section 1): distillation in epochs 1-3 and 7-12,
 # quantization in 4-6 and 13-20.

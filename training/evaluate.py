@@ -22,10 +22,11 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from service.audio import N_FRAMES
-from service.checkpoint import CheckpointError, atomic_write, load_checkpoint
-from service.compute import count_parameters, forward_gmacs
-from service.version import package_version
+from core.audio import N_FRAMES
+from core.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from core.tensor_files import atomic_write
+from core.compute import count_parameters, forward_gmacs
+from core.version import package_version
 from training.datasets import DatasetError, load_samples
 from training.features import BadSampleError, MelDataset, collate
 
@@ -122,39 +123,26 @@ def frame_counts(dataset: MelDataset) -> list[int]:
     return [int(dataset[i][0].shape[-1]) for i in range(len(dataset))]
 
 
-def evaluate_model(
-    model: nn.Module, dataset: MelDataset, *, batch_size: int = 32, device: str | torch.device = "cpu",
-    progress: bool = False, compute: bool = True,
-) -> dict:
-    """Metrics of ``model`` on ``dataset``; with ``compute``, also ``gmacs_per_clip`` and ``gmacs_30s``."""
+def evaluate_model(model: nn.Module, dataset: MelDataset, *, batch_size: int = 32, device: str | torch.device = "cpu",
+                   progress: bool = False) -> dict:
+    """Accuracy, macro F1, confusion matrix and per-class scores of ``model`` on ``dataset``."""
     preds, targets = predict(model, dataset, batch_size=batch_size, device=device, progress=progress)
-    result = classification_metrics(preds, targets, dataset.labels)
-    if compute:
-        cpu_model = model if next(model.parameters()).device.type == "cpu" else None
-        if cpu_model is not None:
-            result["gmacs_per_clip"] = mean_gmacs(cpu_model, frame_counts(dataset))
-            result["gmacs_30s"] = gmacs_at(cpu_model, N_FRAMES)
-    return result
+    return classification_metrics(preds, targets, dataset.labels)
 
 
-def evaluate_checkpoint(
-    path: str | Path, data: str | Path, split: str = "test", *, batch_size: int = 32, device: str = "cpu",
-    pad_to_30s: bool | None = None, on_error: str = "skip", progress: bool = True, slurp_headset: bool = True,
-) -> dict:
-    """Load a checkpoint with the service's loader and evaluate it on ``split`` of ``data``."""
-    checkpoint = load_checkpoint(path)
-    if pad_to_30s is None:
-        pad_to_30s = bool(checkpoint.provenance.get("pad_to_30s", False))
-    samples = load_samples(data, split, headset=slurp_headset)
-    dataset = MelDataset(samples, checkpoint.labels, n_mels=checkpoint.dims.n_mels, pad_to_30s=pad_to_30s,
-                         on_error=on_error, progress=progress)
+def evaluate_checkpoint(checkpoint: Checkpoint, dataset: MelDataset, split: str, *, batch_size: int = 32,
+                        device: str | torch.device = "cpu", progress: bool = False) -> dict:
+    """A loaded checkpoint on ``dataset`` (its ``split``): the scores, and the file's size and compute.
+
+    The one evaluation of a written model: ``quads-eval``, the end of ``quads-train`` and the demo
+    all use it, so that every report reads the file as the service loads it.
+    """
     model = checkpoint.model.to(device)
-    metrics = evaluate_model(model, dataset, batch_size=batch_size, device=device, progress=progress, compute=False)
+    metrics = evaluate_model(model, dataset, batch_size=batch_size, device=device, progress=progress)
     model.cpu()
     lengths = frame_counts(dataset)
     return {
-        "model": str(path),
-        "data": str(data),
+        "checkpoint": str(checkpoint.path),
         "split": split,
         "accuracy": metrics["accuracy"],
         "macro_f1": metrics["macro_f1"],
@@ -168,13 +156,29 @@ def evaluate_checkpoint(
         "gmacs_per_clip": mean_gmacs(checkpoint.model, lengths),
         "gmacs_30s": gmacs_at(checkpoint.model, N_FRAMES),
         "mean_seconds": sum(lengths) / len(lengths) / 100 if lengths else 0.0,
-        "pad_to_30s": pad_to_30s,
+        "pad_to_30s": dataset.pad_to_30s,
         "sha256": checkpoint.sha256,
         "labels": len(checkpoint.labels),
         "confusion": metrics["confusion"],
         "per_class": metrics["per_class"],
         "label_names": checkpoint.labels,
     }
+
+
+def summary(result: dict) -> dict:
+    """``evaluate_checkpoint``'s result without the per-class detail (for one-line reports)."""
+    return {k: v for k, v in result.items() if k not in ("confusion", "per_class", "label_names")}
+
+
+def checkpoint_split(checkpoint: Checkpoint, data: str | Path, split: str = "test", *, pad_to_30s: bool | None = None,
+                     on_error: str = "skip", slurp_headset: bool = True, progress: bool = True) -> MelDataset:
+    """``split`` of ``data`` as ``checkpoint`` takes it: its labels and mel bins, and (unless
+    ``pad_to_30s`` says otherwise) the padding it was trained with."""
+    if pad_to_30s is None:
+        pad_to_30s = bool(checkpoint.provenance.get("pad_to_30s", False))
+    samples = load_samples(data, split, headset=slurp_headset)
+    return MelDataset(samples, checkpoint.labels, n_mels=checkpoint.dims.n_mels, pad_to_30s=pad_to_30s,
+                      on_error=on_error, progress=progress)
 
 
 def write_confusion(path: str | Path, result: dict) -> Path:
@@ -185,7 +189,7 @@ def write_confusion(path: str | Path, result: dict) -> Path:
         text = json.dumps({"labels": labels, "confusion": result["confusion"], "per_class": result["per_class"],
                            "accuracy": result["accuracy"], "macro_f1": result["macro_f1"]}, indent=1)
     else:
-        lines = [f"# Per-class report: {result['model']} on {result['split']}", "",
+        lines = [f"# Per-class report: {result['checkpoint']} on {result['split']}", "",
                  f"accuracy {result['accuracy']:.4f}, macro F1 {result['macro_f1']:.4f}, n {result['n']}", "",
                  "| label | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
         lines += [f"| {c['label']} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |"
@@ -218,18 +222,18 @@ def cli(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        result = evaluate_checkpoint(
-            args.model, args.data, args.split, batch_size=args.batch_size, device=args.device,
-            pad_to_30s=args.pad_to_30s, on_error=args.on_error, progress=not args.no_progress,
-            slurp_headset=not args.no_slurp_headset,
-        )
+        checkpoint = load_checkpoint(args.model)
+        dataset = checkpoint_split(checkpoint, args.data, args.split, pad_to_30s=args.pad_to_30s,
+                                   on_error=args.on_error, slurp_headset=not args.no_slurp_headset,
+                                   progress=not args.no_progress)
+        result = evaluate_checkpoint(checkpoint, dataset, args.split, batch_size=args.batch_size, device=args.device,
+                                     progress=not args.no_progress)
     except (CheckpointError, DatasetError, BadSampleError) as e:
         print(f"quads-eval: error: {e}", file=sys.stderr)
         return 2
     if args.confusion:
         write_confusion(args.confusion, result)
-    summary = {k: v for k, v in result.items() if k not in ("confusion", "per_class", "label_names")}
-    print(json.dumps(summary, indent=1))
+    print(json.dumps({"data": str(args.data), **summary(result)}, indent=1))
     return 0
 
 

@@ -22,13 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchaudio.functional as AF
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 from tqdm import tqdm
 
-from service.audio import SAMPLE_RATE, AudioDecodeError, decode_audio, log_mel_spectrogram, pad_mels
-from service.checkpoint import atomic_write
+from core.audio import SAMPLE_RATE, AudioDecodeError, decode_audio, log_mel_spectrogram, pad_mels
+from core.tensor_files import read_tensors, write_tensors
 from training.datasets import Sample
 
 log = logging.getLogger(__name__)
@@ -209,11 +207,9 @@ def _read_cache(path: Path, n: int) -> tuple[list[Tensor | None], list[tuple[int
     if not path.is_file():
         return None
     try:
-        with safe_open(path, framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {name: f.get_tensor(name) for name in f.keys()}
+        tensors, metadata = read_tensors(path)
         failures = [(int(j), str(reason)) for j, reason in json.loads(metadata["failures"])]
-    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError) as e:  # TensorFileError is a ValueError
         log.warning("ignoring the unreadable feature cache %s (%s)", path, e)
         return None
     failed = {j for j, _ in failures}
@@ -226,7 +222,7 @@ def _read_cache(path: Path, n: int) -> tuple[list[Tensor | None], list[tuple[int
 def _write_cache(path: Path, features: list[Tensor | None], failures: list[tuple[int, str]]) -> None:
     tensors = {str(j): f for j, f in enumerate(features) if f is not None}
     metadata = {"failures": json.dumps(failures), "version": str(CACHE_VERSION)}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    write_tensors(path, tensors, metadata)
     log.info("feature cache written to %s", path)
 
 

@@ -78,7 +78,12 @@ class StudentProjection(nn.Linear):
 
 @dataclass
 class LossParts:
-    """The total loss (to backpropagate) and its parts (detached floats, for logs)."""
+    """The total loss (to backpropagate) and its parts (detached floats, for logs).
+
+    Every training loss is called the same way, ``loss(embedding, logits, labels, teacher)``, with
+    the student's pooled embedding (B, C), its logits (B, n_labels), the labels (B,) and the
+    teacher's targets (B, C_t) or None; each uses what it needs.
+    """
 
     total: Tensor
     parts: dict[str, float]
@@ -99,9 +104,11 @@ class DistillationLoss(nn.Module):
         self.alpha = alpha
         self.projection = projection
 
-    def forward(self, student: Tensor, logits: Tensor, teacher: Tensor, labels: Tensor) -> LossParts:
-        """student: (B, c_s) pooled student embedding; logits: (B, n_labels); teacher: (B, c); labels: (B,)."""
-        matched = self.projection(student) if self.projection is not None else student
+    def forward(self, embedding: Tensor, logits: Tensor, labels: Tensor, teacher: Tensor | None) -> LossParts:
+        """embedding: (B, c_s) pooled student embedding; logits: (B, n_labels); labels: (B,); teacher: (B, c)."""
+        if teacher is None:
+            raise ValueError("distillation needs the teacher's embeddings of the batch")
+        matched = self.projection(embedding) if self.projection is not None else embedding
         if matched.shape != teacher.shape:
             raise ValueError(
                 f"student embedding {tuple(matched.shape)} and teacher target {tuple(teacher.shape)} differ; "
@@ -148,7 +155,7 @@ class QuantizationLoss(nn.Module):
         """Whether the weights are unchanged since the last fit/snap (so L_centroid is exactly 0)."""
         return self._snapped_versions is not None and self._snapped_versions == self._versions()
 
-    def forward(self, logits: Tensor, labels: Tensor) -> LossParts:
+    def forward(self, embedding: Tensor, logits: Tensor, labels: Tensor, teacher: Tensor | None = None) -> LossParts:
         ce = F.cross_entropy(logits, labels)
         if self.on_codebook():
             centroid = ce.new_zeros(())
@@ -161,6 +168,6 @@ class QuantizationLoss(nn.Module):
 class ClassificationLoss(nn.Module):
     """Plain cross-entropy, for fine-tuning a classifier (e.g. a teacher) without a teacher."""
 
-    def forward(self, logits: Tensor, labels: Tensor) -> LossParts:
+    def forward(self, embedding: Tensor, logits: Tensor, labels: Tensor, teacher: Tensor | None = None) -> LossParts:
         ce = F.cross_entropy(logits, labels)
         return LossParts(ce, {"loss": ce.item(), "ce": ce.item()})

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from service.checkpoint import is_quantizable
+from core.codebook import Codebook, check_bits, is_quantizable, storage
 
 
 def linear_init(w: Tensor, k: int) -> Tensor:
@@ -74,18 +74,23 @@ class KMeansQuantizer:
     """
 
     def __init__(self, model: nn.Module, bits: int, iters: int = 50):
-        if not (1 <= bits <= 16 or bits == 32):
-            raise ValueError(f"bits must be 1..16 or 32, got {bits}")
+        check_bits(bits)
         self.bits, self.iters = bits, iters
-        self.params = {n: p for n, p in model.named_parameters() if is_quantizable(n, p)}
+        self.params = {n: p for n, p in model.named_parameters() if is_quantizable(p)}
         self.centroids: dict[str, Tensor] = {}
         self.labels: dict[str, Tensor] = {}
         self._counts: dict[str, Tensor] = {}  # cluster sizes: fixed while the labels are
 
     @property
     def clusters(self) -> bool:
-        """Whether this width uses codebooks (1..8 bits, as stored; 9..15 kept for experiments)."""
-        return self.bits < 16
+        """Whether this width uses codebooks (1..8 bits)."""
+        return storage(self.bits) == "codebook"
+
+    def codebooks(self) -> dict[str, Codebook]:
+        """Each weight matrix's codebook, as ``core.checkpoint.save_checkpoint`` stores it."""
+        if not self.clusters:
+            return {}
+        return {n: Codebook(self.centroids[n].detach().float().cpu(), self.labels[n].cpu(), self.bits) for n in self.params}
 
     @torch.no_grad()
     def fit(self) -> "KMeansQuantizer":
@@ -98,7 +103,7 @@ class KMeansQuantizer:
     @torch.no_grad()
     def snap(self, update: bool = True) -> "KMeansQuantizer":
         for name, p in self.params.items():
-            if self.bits == 16:
+            if storage(self.bits) == "float16":
                 p.copy_(p.half().float())
             elif self.clusters:
                 labels = self.labels[name]

@@ -19,7 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after selecting the backend)
 
-from service.checkpoint import atomic_write  # noqa: E402
+from core.tensor_files import atomic_write  # noqa: E402
 
 MB = 2**20
 COLORS = {"finetune": "tab:gray", "distill": "tab:blue", "qad": "tab:orange", "mct": "tab:green"}

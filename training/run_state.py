@@ -14,22 +14,16 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
-from service.checkpoint import atomic_write
+from core.tensor_files import read_tensors, write_tensors
 
 FORMAT = "quads-train-state"
 FORMAT_VERSION = 1
-# Test-only fault injection: seconds to wait after the temp file is written and before it is
-# renamed, so that a test can SIGKILL the process in the middle of writing a state file.
-WRITE_DELAY_ENV = "QUADS_TEST_WRITE_DELAY_S"
 
 
 class RunStateError(ValueError):
@@ -71,7 +65,7 @@ def _flatten(state: RunState) -> tuple[dict[str, Tensor], dict]:
     if state.quantizer is not None:
         q = state.quantizer
         meta["quantizer"] = {"bits": q["bits"], "names": sorted(q["labels"])}
-        label_dtype = torch.uint8 if q["bits"] <= 8 else torch.int32  # labels < 2**bits: keep the file small
+        label_dtype = torch.uint8  # codes < 2**bits <= 256: keep the file small
         for name in q["labels"]:
             tensors[f"quantizer/centroids/{name}"] = _cpu(q["centroids"][name])
             tensors[f"quantizer/labels/{name}"] = _cpu(q["labels"][name]).to(label_dtype)
@@ -82,15 +76,8 @@ def save_state(path: str | os.PathLike, state: RunState) -> Path:
     """Write ``state`` to ``path`` atomically."""
     tensors, meta = _flatten(state)
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "state": json.dumps(meta)}
-    delay = float(os.environ.get(WRITE_DELAY_ENV, "0") or 0)
-
-    def write(tmp: Path) -> None:
-        save_file(tensors, str(tmp), metadata=metadata)
-        if delay:
-            time.sleep(delay)
-
     path = Path(path)
-    atomic_write(path, write)
+    write_tensors(path, tensors, metadata)
     return path
 
 
@@ -100,13 +87,11 @@ def load_state(path: str | os.PathLike) -> RunState:
     if not path.is_file():
         raise RunStateError(f"{path}: no resume state here")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors, metadata = read_tensors(path)
         if metadata.get("format") != FORMAT or metadata.get("format_version") != str(FORMAT_VERSION):
             raise ValueError(f"format {metadata.get('format')!r} version {metadata.get('format_version')!r}")
         meta = json.loads(metadata["state"])
-    except (SafetensorError, OSError, ValueError, KeyError, RuntimeError) as e:
+    except (ValueError, KeyError) as e:  # TensorFileError is a ValueError
         raise RunStateError(f"{path}: not a readable QUADS training state ({e})") from None
 
     def section(prefix: str) -> dict[str, Tensor]:

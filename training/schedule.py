@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core.codebook import storage
+
 PHASE_NAMES = {"D": "distillation", "Q": "quantization", "F": "fine-tuning"}
 
 
@@ -103,10 +105,6 @@ class Epoch:
     def epoch_in_phase(self) -> int:
         return self.index - self.phase_start
 
-    @property
-    def last_in_phase(self) -> bool:
-        return self.epoch_in_phase == self.phase_epochs - 1
-
 
 @dataclass(frozen=True)
 class Plan:
@@ -124,6 +122,16 @@ class Plan:
                 out.extend(Epoch(b, i + k, letter, i, n) for k in range(n))
                 i += n
         return out
+
+    def starts_branch(self, i: int) -> bool:
+        """Whether epoch ``i`` of ``epochs`` is the first of its branch."""
+        epochs = self.epochs
+        return i == 0 or epochs[i - 1].branch != epochs[i].branch
+
+    def ends_branch(self, i: int) -> bool:
+        """Whether epoch ``i`` of ``epochs`` is the last of its branch (then its checkpoints are written)."""
+        epochs = self.epochs
+        return i + 1 == len(epochs) or epochs[i + 1].branch != epochs[i].branch
 
     def describe(self) -> str:
         parts = []
@@ -154,6 +162,6 @@ def make_plan(strategy: str, pattern: str, bits: list[int]) -> Plan:
     if floats:
         branches.append(Branch("float", rest.replace("Q", "F"), n_shared, max(floats), floats))
     for b in exports:
-        if b <= 8:
+        if storage(b) == "codebook":
             branches.append(Branch(f"{b}bit", rest, n_shared, b, (b,)))
     return Plan(strategy, pattern, tuple(branches))

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from service.model import WHISPER_BASE, WHISPER_TINY, AudioEncoder, IntentClassifier, ModelDims
-from service.whisper import load_whisper_encoder
+from core.model import WHISPER_BASE, WHISPER_TINY, AudioEncoder, IntentClassifier, ModelDims
+from training.whisper import load_whisper_encoder
 from training.config import StudentConfig
 
 log = logging.getLogger(__name__)

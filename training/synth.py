@@ -40,9 +40,9 @@ import soundfile
 import torch
 from tqdm import tqdm
 
-from service.audio import SAMPLE_RATE, resample
-from service.checkpoint import atomic_write
-from service.version import package_version
+from core.audio import SAMPLE_RATE, resample
+from core.tensor_files import atomic_write
+from core.version import package_version
 from training.datasets import FSC_COLUMNS, FSC_INTENTS, FSC_SPLITS
 from training.espeak_voices import HELD_OUT_FAMILY, build_variant_data_dir, generated_variant_names, is_generated
 from training.features import NOISE_COLORS, colored_noise, mix_at_snr

@@ -1,8 +1,8 @@
 """The frozen teacher encoder and the on-disk cache of its embeddings.
 
 A teacher is read from an OpenAI Whisper ``.pt`` file or a Hugging Face Whisper folder
-(``service.whisper.load_whisper_encoder``), or from a QUADS ``.safetensors`` checkpoint trained
-here (``service.checkpoint.load_checkpoint``; e.g. a classifier fine-tuned with
+(``training.whisper.load_whisper_encoder``), or from a QUADS ``.safetensors`` checkpoint trained
+here (``core.checkpoint.load_checkpoint``; e.g. a classifier fine-tuned with
 ``quads-train --strategy finetune``). Either way only its encoder is used, frozen.
 
 The teacher is by far the largest network in a run (Whisper large: 32 layers of width 1280), and
@@ -20,14 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from service.checkpoint import FORMAT, atomic_write, load_checkpoint
-from service.model import AudioEncoder, ModelDims, masked_mean
-from service.whisper import load_whisper_encoder
+from core.checkpoint import FORMAT, load_checkpoint
+from core.tensor_files import TensorFileError, read_metadata, read_tensors, write_tensors
+from core.model import AudioEncoder, ModelDims, masked_mean
+from training.whisper import load_whisper_encoder
 from training.features import MelDataset, collate
 
 log = logging.getLogger(__name__)
@@ -73,9 +72,8 @@ def _is_quads_checkpoint(path: Path) -> bool:
     if not path.is_file():
         return False
     try:
-        with safe_open(str(path), framework="pt") as f:
-            return (f.metadata() or {}).get("format") == FORMAT
-    except (SafetensorError, OSError, ValueError):
+        return read_metadata(path).get("format") == FORMAT
+    except TensorFileError:
         return False
 
 
@@ -140,13 +138,14 @@ class TeacherCache:
         if not path.is_file():
             return None
         try:
-            with safe_open(str(path), framework="pt") as f:
-                if (f.metadata() or {}).get("key") != key:
-                    raise ValueError("key mismatch")
-                embeddings = f.get_tensor("embeddings")
-        except (SafetensorError, OSError, ValueError) as e:
-            log.warning("ignoring the unreadable teacher cache %s (%s)", path, e)
+            tensors, metadata = read_tensors(path, ["embeddings"])
+        except TensorFileError as e:
+            log.warning("ignoring the unreadable teacher cache (%s)", e)
             return None
+        if metadata.get("key") != key:
+            log.warning("ignoring the teacher cache %s: it was written for another teacher or data", path)
+            return None
+        embeddings = tensors["embeddings"]
         if embeddings.dim() != 2 or embeddings.shape[0] != n:
             log.warning("ignoring the teacher cache %s: %s rows for %d samples", path, tuple(embeddings.shape), n)
             return None
@@ -177,7 +176,7 @@ class TeacherCache:
         embeddings = compute_embeddings(teacher, dataset, frame_pool, batch_size=batch_size, device=device, progress=progress)
         if write:
             metadata = {"key": key, "teacher": str(teacher.source), "n": str(len(dataset))}
-            atomic_write(self.path(key), lambda tmp: save_file({"embeddings": embeddings}, str(tmp), metadata=metadata))
+            write_tensors(self.path(key), {"embeddings": embeddings}, metadata)
             log.info("teacher embeddings of %d clips written to %s", len(dataset), self.path(key))
         return embeddings
 

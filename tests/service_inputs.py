@@ -1,7 +1,5 @@
-"""Fixtures for the service tests: a tiny 4-bit checkpoint and real speech from espeak-ng.
-
-Import the fixtures you use into the test module (``from tests.service_fixtures import ...``).
-"""
+"""What the service tests feed the service: tiny quantized checkpoints, and real speech from espeak-ng
+in every encoding the service reads. The fixtures built from them are in ``tests/conftest.py``."""
 
 from __future__ import annotations
 
@@ -15,9 +13,9 @@ import soundfile
 import torch
 import torchaudio.functional as AF
 
-from service.audio import decode_audio, log_mel_spectrogram
-from service.checkpoint import Checkpoint, save_checkpoint
-from service.model import IntentClassifier, ModelDims
+from core.audio import decode_audio, log_mel_spectrogram
+from core.checkpoint import Checkpoint, save_checkpoint
+from core.model import IntentClassifier, ModelDims
 from tests.speech import encode as encode_samples
 from tests.speech import espeak_wav_bytes
 from training.quantize import quantize_model
@@ -43,8 +41,8 @@ def write_tiny_checkpoint(path: Path, bits: int = 4, seed: int = 0) -> Path:
     """A random IntentClassifier with TINY_DIMS, k-means quantized to ``bits`` and saved at ``path``."""
     torch.manual_seed(seed)
     model = IntentClassifier(TINY_DIMS, len(LABELS))
-    quantize_model(model, bits)
-    return save_checkpoint(path, model.eval(), LABELS, bits, provenance={"purpose": "tests"})
+    codebooks = quantize_model(model, bits).codebooks()
+    return save_checkpoint(path, model.eval(), LABELS, bits, provenance={"purpose": "tests"}, codebooks=codebooks)
 
 
 def espeak(text: str) -> tuple[np.ndarray, int]:
@@ -75,29 +73,3 @@ def reference_probabilities(checkpoint: Checkpoint, data: bytes) -> torch.Tensor
     with torch.inference_mode():
         _, logits = checkpoint.model(mel[None])
     return logits[0].softmax(-1)
-
-
-@pytest.fixture(scope="session")
-def model_dir(tmp_path_factory) -> Path:
-    """A directory holding ``quads-fsc-4bit.safetensors`` and ``quads-fsc-8bit.safetensors``."""
-    directory = tmp_path_factory.mktemp("models")
-    write_tiny_checkpoint(directory / "quads-fsc-4bit.safetensors", bits=4)
-    write_tiny_checkpoint(directory / "quads-fsc-8bit.safetensors", bits=8)
-    return directory
-
-
-@pytest.fixture(scope="session")
-def checkpoint_path(model_dir) -> Path:
-    return model_dir / "quads-fsc-4bit.safetensors"
-
-
-@pytest.fixture(scope="session")
-def speech() -> dict[str, tuple[np.ndarray, int]]:
-    """espeak-ng recordings of PHRASES: phrase -> (mono float32 samples, sample rate)."""
-    return {phrase: espeak(phrase) for phrase in PHRASES}
-
-
-@pytest.fixture(scope="session")
-def speech_wav(speech) -> bytes:
-    """"turn on the lights" as espeak-ng wrote it (16-bit WAV)."""
-    return wav_bytes(*speech[PHRASES[0]])

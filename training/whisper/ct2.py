@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from service.model import ModelDims
+from core.model import ModelDims
 
 MAX_BINARY_VERSION = 6
 WHISPER_SPEC = "WhisperSpec"

@@ -19,66 +19,23 @@ import hashlib
 import json
 import math
 import os
-import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
-from service.model import IntentClassifier, ModelDims
+from core.codebook import Codebook, check_bits, is_quantizable, pack_codes, storage, unpack_codes
+from core.model import IntentClassifier, ModelDims
+from core.tensor_files import TensorFileError, read_tensors, write_tensors
 
 FORMAT = "quads-intent"
 FORMAT_VERSION = 1
-SUPPORTED_BITS = (1, 2, 3, 4, 5, 6, 7, 8, 16, 32)
 
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, truncated, tampered, inconsistent or not in the expected format."""
-
-
-def pack_codes(codes: Tensor, bits: int) -> Tensor:
-    """Densely pack integer codes in [0, 2**bits) into a 1-D uint8 tensor of ceil(n * bits / 8) bytes."""
-    if not 1 <= bits <= 8:
-        raise ValueError(f"bits must be in 1..8, got {bits}")
-    codes = codes.reshape(-1).to(torch.uint8)
-    bitplanes = (codes[:, None] >> torch.arange(bits, dtype=torch.uint8)) & 1  # (n, bits), LSB first
-    flat = torch.nn.functional.pad(bitplanes.reshape(-1), (0, (-codes.numel() * bits) % 8))
-    byte_weights = (1 << torch.arange(8, dtype=torch.int32)).to(torch.uint8)
-    return (flat.view(-1, 8) * byte_weights).sum(dim=1, dtype=torch.int32).to(torch.uint8)
-
-
-def unpack_codes(packed: Tensor, bits: int, count: int) -> Tensor:
-    """Inverse of ``pack_codes``: the first ``count`` codes as a 1-D int64 tensor."""
-    if packed.numel() != packed_size(count, bits):
-        raise ValueError(f"{packed.numel()} packed bytes cannot hold {count} codes of {bits} bits")
-    flat = ((packed[:, None] >> torch.arange(8, dtype=torch.uint8)) & 1).reshape(-1)[: count * bits]
-    return (flat.view(count, bits).long() << torch.arange(bits)).sum(dim=1)
-
-
-def packed_size(count: int, bits: int) -> int:
-    return math.ceil(count * bits / 8)
-
-
-def is_quantizable(name: str, tensor: Tensor) -> bool:
-    """Weight matrices and conv kernels are quantized; biases and LayerNorms stay float32."""
-    return tensor.dim() > 1
-
-
-def to_codebook(weight: Tensor, bits: int) -> tuple[Tensor, Tensor]:
-    """Split a weight already snapped to at most 2**bits values into (codebook (2**bits,), codes)."""
-    values = torch.unique(weight.detach().float())
-    k = 2**bits
-    if values.numel() > k:
-        raise ValueError(
-            f"tensor has {values.numel()} distinct values, more than 2**{bits}={k}; "
-            "quantize it first (training.quantize.quantize_model)"
-        )
-    codes = torch.searchsorted(values, weight.detach().float().reshape(-1))
-    codebook = torch.cat([values, values[-1:].expand(k - values.numel())])  # unused slots repeat the last centroid
-    return codebook, codes
 
 
 @dataclass
@@ -116,48 +73,36 @@ def _content_hash(tensors: dict[str, Tensor], metadata: dict[str, str]) -> str:
     return h.hexdigest()
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o644 & ~umask)  # mkstemp creates 0600: readable by others, as a plain open() would be
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(
-    path: str | os.PathLike, model: IntentClassifier, labels: list[str], bits: int, provenance: dict | None = None
+    path: str | os.PathLike,
+    model: IntentClassifier,
+    labels: list[str],
+    bits: int,
+    provenance: dict | None = None,
+    codebooks: Mapping[str, Codebook] | None = None,
 ) -> Path:
-    """Write ``model`` at ``bits`` bits. For bits <= 8 its weight matrices must already be snapped
-    to at most 2**bits values each (see ``training.quantize``). Returns the path written."""
-    if bits not in SUPPORTED_BITS:
-        raise ValueError(f"bits must be one of {SUPPORTED_BITS}, got {bits}")
+    """Write ``model`` at ``bits`` bits and return the path written.
+
+    At <= 8 bits each weight matrix is stored as its codebook: ``codebooks[name]`` (a
+    ``KMeansQuantizer``'s own), or, when not given, read off a weight already snapped to at most
+    2**bits values. The codebook must reproduce the weight exactly, so a stale one is refused.
+    """
+    check_bits(bits)
     if len(labels) != model.head.out_features:
         raise ValueError(f"{len(labels)} labels for a head of {model.head.out_features} outputs")
+    kind = storage(bits)
     tensors: dict[str, Tensor] = {}
     qmap: dict[str, dict] = {}
     for name, t in model.state_dict().items():
         t = t.detach().float().cpu()
-        if not is_quantizable(name, t) or bits == 32:
+        if not is_quantizable(t) or kind == "float32":
             tensors[name] = t.contiguous()
-        elif bits == 16:
+        elif kind == "float16":
             tensors[name] = t.half().contiguous()
         else:
-            try:
-                codebook, codes = to_codebook(t, bits)
-            except ValueError as e:
-                raise ValueError(f"{name}: {e}") from None
-            tensors[f"{name}.codebook"] = codebook
-            tensors[f"{name}.codes"] = pack_codes(codes, bits)
+            codebook = _codebook_of(name, t, bits, codebooks)
+            tensors[f"{name}.codebook"] = codebook.centroids.float().cpu().contiguous()
+            tensors[f"{name}.codes"] = pack_codes(codebook.codes.cpu(), bits)
             qmap[name] = {"shape": list(t.shape), "bits": bits}
     metadata = {
         "format": FORMAT,
@@ -170,8 +115,22 @@ def save_checkpoint(
     }
     metadata["content_sha256"] = _content_hash(tensors, metadata)
     path = Path(path)
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    write_tensors(path, tensors, metadata)
     return path
+
+
+def _codebook_of(name: str, weight: Tensor, bits: int, codebooks: Mapping[str, Codebook] | None) -> Codebook:
+    try:
+        codebook = codebooks[name] if codebooks is not None else Codebook.of_snapped(weight, bits)
+    except KeyError:
+        raise ValueError(f"{name}: no codebook given for this weight matrix") from None
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}") from None
+    if codebook.bits != bits:
+        raise ValueError(f"{name}: a {codebook.bits}-bit codebook for a {bits}-bit checkpoint")
+    if not torch.equal(codebook.weight(weight.shape).cpu(), weight):
+        raise ValueError(f"{name}: the codebook does not reproduce the weight (snap the model to it first)")
+    return codebook
 
 
 def _sniff(path: Path) -> None:
@@ -185,7 +144,7 @@ def _sniff(path: Path) -> None:
     if head[:2] == b"PK" or head[:1] == b"\x80":
         raise CheckpointError(
             f"{path}: this is a PyTorch/pickle file, not a QUADS .safetensors checkpoint; "
-            "pickles are never loaded (import Whisper weights with service.whisper.load_whisper_encoder)"
+            "pickles are never loaded (import Whisper weights with training.whisper.load_whisper_encoder)"
         )
     raise CheckpointError(f"{path}: not a .safetensors file (no safetensors header), or truncated")
 
@@ -197,11 +156,9 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(f"{path}: no such checkpoint file (expected a QUADS .safetensors file)")
     _sniff(path)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path}: not a readable .safetensors file, truncated or corrupt ({e})") from None
+        tensors, metadata = read_tensors(path)
+    except TensorFileError as e:
+        raise CheckpointError(str(e)) from None
 
     if metadata.get("format") != FORMAT:
         raise CheckpointError(f"{path}: metadata format is {metadata.get('format')!r}, expected {FORMAT!r}")
@@ -257,7 +214,6 @@ def _dequantize(path: Path, name: str, tensors: dict[str, Tensor], entry: dict, 
             f"does not fit shape {list(shape)} at {bits} bits"
         )
     try:
-        indices = unpack_codes(codes, bits, math.prod(shape))
+        return Codebook(codebook.float(), unpack_codes(codes, bits, math.prod(shape)), bits).weight(shape)
     except ValueError as e:
         raise CheckpointError(f"{path}: {name!r}: {e}") from None
-    return codebook.float()[indices].reshape(shape)

@@ -1,4 +1,4 @@
-"""Import the audio encoder of a real Whisper checkpoint into ``service.model.AudioEncoder``.
+"""Import the audio encoder of a real Whisper checkpoint into ``core.model.AudioEncoder``.
 
 Three layouts are read:
 
@@ -17,12 +17,11 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import Tensor
 
-from service.model import AudioEncoder, ModelDims
-from service.whisper_ct2 import CT2FormatError, read_ct2_encoder
+from core.model import AudioEncoder, ModelDims
+from core.tensor_files import TensorFileError, read_tensors
+from training.whisper.ct2 import CT2FormatError, read_ct2_encoder
 
 
 class WhisperImportError(ValueError):
@@ -108,11 +107,9 @@ def _read_hf(path: Path) -> tuple[ModelDims, dict[str, Tensor]]:
     raw: dict[str, Tensor] = {}
     for name in files:
         try:
-            raw.update(load_file(str(path / name)))
-        except (SafetensorError, OSError, FileNotFoundError) as e:
-            raise WhisperImportError(
-                f"{path / name}: not a readable safetensors weight file, missing, truncated or corrupt ({e})"
-            ) from None
+            raw.update(read_tensors(path / name)[0])
+        except TensorFileError as e:
+            raise WhisperImportError(str(e)) from None
     state = {}
     for key, value in raw.items():
         for prefix in ("model.encoder.", "encoder."):

@@ -18,7 +18,7 @@ import torch
 import torchaudio
 import torchaudio.functional as AF
 
-from service.audio_containers import ContainerAudioError, container_kind, decode_container
+from core.audio_containers import ContainerAudioError, container_kind, decode_container
 
 SAMPLE_RATE = 16000
 N_FFT = 400  # 25 ms window
@@ -51,7 +51,7 @@ ACCEPTED_FORMATS = "WAV, FLAC, OGG (Vorbis, Opus), MP3, WebM (Opus, Vorbis) or M
 def decode_audio(data: bytes, max_seconds: float | None = CHUNK_LENGTH) -> torch.Tensor:
     """Decode audio bytes (``ACCEPTED_FORMATS``, any rate, any channel count) to mono float32 at 16 kHz.
 
-    WebM and MP4 go through PyAV (``service.audio_containers``), the rest through libsndfile.
+    WebM and MP4 go through PyAV (``core.audio_containers``), the rest through libsndfile.
     Returns a 1-D tensor of samples. Raises ``AudioDecodeError`` for undecodable, empty,
     non-finite, absurdly loud (``> MAX_SAMPLE_MAGNITUDE``) or over-long (``> max_seconds``;
     ``None`` disables the check) input.

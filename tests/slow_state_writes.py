@@ -1,0 +1,22 @@
+"""``python -m tests.slow_state_writes ARGS``: ``quads-train ARGS``, except that each resume state
+file stays a temp file for a second after it is written, before its rename, so that a test can
+SIGKILL training in the middle of writing one (tests/test_train_resume.py)."""
+
+import sys
+import time
+
+import core.tensor_files
+from training.train_cli import cli
+
+_save_file = core.tensor_files.save_file
+
+
+def _slow_save_file(tensors, filename, metadata=None):
+    _save_file(tensors, filename, metadata=metadata)
+    if "/.state.safetensors." in str(filename):
+        time.sleep(1.0)
+
+
+if __name__ == "__main__":
+    core.tensor_files.save_file = _slow_save_file
+    sys.exit(cli())

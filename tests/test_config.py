@@ -1,0 +1,67 @@
+"""Training configuration: precedence of YAML, flags and --set; validation; resume; the CLI's errors."""
+
+import pytest
+import yaml
+
+from training.config import ConfigError, load_config, parse_override, save_config
+from training.train_cli import build_parser, cli, config_from_args
+
+
+def test_config_precedence_yaml_then_flags_then_set(tmp_path):
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump({"train": {"seed": 5, "bits": [32, 8]}, "distill": {"alpha": 0.1}}))
+    args = build_parser().parse_args([
+        "--config", str(tmp_path / "run.yaml"), "--data", "/d", "--bits", "32,4", "--set", "distill.alpha=0.7",
+        "--set", "quant.lr=1e-3", "--epochs", "4",
+    ])
+    cfg = config_from_args(args)
+    assert cfg.train.seed == 5  # from the file
+    assert cfg.train.bits == [32, 4]  # the flag beats the file
+    assert cfg.distill.alpha == 0.7 and cfg.quant.lr == 0.001  # --set beats both; "1e-3" is a number
+    assert cfg.train.schedule == "DQDQ"  # the paper's pattern scaled to 4 epochs
+    assert cfg.data.root == "/d"
+
+
+def test_config_refuses_unknown_keys_and_wrong_types():
+    with pytest.raises(ConfigError, match="unknown config key 'distill.alhpa'.*alpha"):
+        load_config(None, [parse_override("distill.alhpa=0.5")])
+    with pytest.raises(ConfigError, match="data.batch_size: expected an integer"):
+        load_config(None, [parse_override("data.batch_size=big")])
+    with pytest.raises(ConfigError, match="section.key"):
+        parse_override("alpha=0.5")
+
+
+def test_config_round_trips_through_yaml(tmp_path):
+    cfg = load_config(None, [parse_override("train.bits=[16, 2]"), parse_override("data.root=/x")])
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == cfg
+
+
+@pytest.mark.parametrize(
+    "updates,message",
+    [
+        ({"train": {"strategy": "distill", "bits": [32, 4]}}, "use --strategy qad"),
+        ({"train": {"strategy": "mct", "bits": [4]}, "teacher": {"path": ""}}, "give --teacher"),
+        ({"train": {"bits": [12]}}, "not supported"),
+        ({"train": {"schedule": "DDQD"}}, "last letter must be Q"),
+        ({"student": {"init": "imagenet"}}, "student.init must be"),
+    ],
+)
+def test_config_validation_explains_the_problem(updates, message):
+    base = {"data": {"root": "/d"}, "teacher": {"path": "/t.pt"}}
+    cfg = load_config(None, [base, updates])
+    with pytest.raises(ConfigError, match=message):
+        cfg.validate()
+
+
+def test_resume_uses_the_saved_config_and_refuses_changes(tmp_path):
+    saved = load_config(None, [{"data": {"root": "/d"}, "train": {"out": str(tmp_path), "seed": 3, "bits": [32, 4]}}])
+    save_config(saved, tmp_path / "config.yaml")
+    resumed = config_from_args(build_parser().parse_args(["--out", str(tmp_path), "--resume", "--threads", "1"]))
+    assert resumed.train.seed == 3 and resumed.train.bits == [32, 4] and resumed.train.threads == 1
+    with pytest.raises(ConfigError, match="train.seed"):
+        config_from_args(build_parser().parse_args(["--out", str(tmp_path), "--resume", "--seed", "4"]))
+
+
+def test_cli_reports_a_bad_configuration_as_an_error(capsys):
+    assert cli(["--data", "/d", "--teacher", "t.pt", "--strategy", "distill", "--bits", "32,4"]) == 2
+    assert "use --strategy qad" in capsys.readouterr().err

@@ -1,0 +1,122 @@
+"""One training epoch and what drives it: the step module, the optimizers and the learning-rate schedule.
+
+``train_epoch`` is the inner loop of ``training.train``: forward, backward, optimizer step, and in
+a quantization phase the snap of the weights onto their codebooks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from core.model import IntentClassifier
+from training.config import Config
+from training.teacher import Teacher
+
+
+class TrainStep(nn.Module):
+    """The student and its phase's loss as one module, so that DDP sees every trained parameter
+    (a learned width projection lives in the distillation loss). Returns (loss, parts for logs)."""
+
+    def __init__(self, model: IntentClassifier, loss: nn.Module):
+        super().__init__()
+        self.model, self.loss = model, loss
+
+    def forward(self, mels: Tensor, lengths: Tensor, labels: Tensor, teacher: Tensor | None = None):
+        embedding, logits = self.model(mels, lengths)
+        out = self.loss(embedding, logits, labels, teacher)
+        return out.total, out.parts
+
+
+def cosine_lr(base: float, step: int, total: int) -> float:
+    """Cosine decay from ``base`` to 0 over ``total`` steps."""
+    return base * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
+
+
+@dataclass(frozen=True)
+class PhaseSchedule:
+    """The learning rate through one phase: a linear warm-up over ``warmup`` steps, then constant
+    or (``decay``) a cosine decay to 0 at the phase's last step. Scales each group's ``base_lr``."""
+
+    first: int  # the phase step of this epoch's first batch
+    total: int  # steps in the whole phase
+    warmup: int = 0
+    decay: bool = False
+
+    def scale(self, step: int) -> float:
+        """The factor at phase step ``step`` (0-based)."""
+        factor = min(1.0, (step + 1) / self.warmup) if self.warmup else 1.0
+        if self.decay:
+            factor *= cosine_lr(1.0, step - self.warmup, self.total - self.warmup) if step >= self.warmup else 1.0
+        return factor
+
+
+def train_epoch(
+    step_module: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    *,
+    device: torch.device,
+    snap: Callable[[], object] | None = None,
+    targets: Tensor | None = None,
+    online_teacher: tuple[Teacher, nn.Module | None] | None = None,
+    schedule: PhaseSchedule | None = None,
+    grad_clip: float = 0.0,
+    desc: str = "",
+    progress: bool = True,
+) -> dict[str, float]:
+    """One pass over ``loader``: forward, backward, step and (in Q) snap. Returns the mean loss parts.
+
+    targets: (N, C) cached teacher embeddings indexed by dataset item; or ``online_teacher`` =
+    (teacher, frame_pool) runs it on each batch. schedule: sets each group's lr from its
+    ``base_lr`` before every step (None: the lr is left as it is). grad_clip: clip the gradient norm to this (0: off). snap: called after every
+    optimizer step (Q: ``QuantizationLoss.snap``).
+    """
+    step_module.train()
+    sums: dict[str, float] = {}
+    n_batches = 0
+    bar = tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress, dynamic_ncols=True)
+    for i, (mels, lengths, labels, indices) in enumerate(bar):
+        if schedule is not None:
+            factor = schedule.scale(schedule.first + i)
+            for group in optimizer.param_groups:
+                group["lr"] = group["base_lr"] * factor
+        mels, lengths, labels = mels.to(device), lengths.to(device), labels.to(device)
+        teacher = None
+        if targets is not None:
+            teacher = targets[indices].to(device)
+        elif online_teacher is not None:
+            teacher = online_teacher[0].embed(mels, lengths, online_teacher[1])
+
+        loss, parts = step_module(mels, lengths, labels, teacher)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(step_module.parameters(), grad_clip)
+        optimizer.step()
+        if snap is not None:
+            snap()
+
+        n_batches += 1
+        for key, value in parts.items():
+            sums[key] = sums.get(key, 0.0) + value
+        bar.set_postfix(loss=f"{parts['loss']:.4f}")
+    return {key: value / max(n_batches, 1) for key, value in sums.items()}
+
+
+def make_optimizer(kind: str, model: IntentClassifier, loss: nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    """Adam with separate encoder/head learning rates for D and F; SGD with momentum for Q."""
+    if kind == "Q":
+        return torch.optim.SGD([{"params": list(model.parameters()), "lr": cfg.quant.lr, "base_lr": cfg.quant.lr}],
+                               momentum=cfg.quant.momentum)
+    head = [*model.head.parameters(), *loss.parameters()]  # the head, and a learned projection if any
+    return torch.optim.Adam([
+        {"params": list(model.encoder.parameters()), "lr": cfg.distill.lr_encoder, "base_lr": cfg.distill.lr_encoder},
+        {"params": head, "lr": cfg.distill.lr_head, "base_lr": cfg.distill.lr_head},
+    ])
