@@ -83,7 +83,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         environment = {**os.environ, "QUADS_MODEL": str(model), "QUADS_THREADS": str(threads), **env}
         script = Path(sys.executable).with_name("quads-serve")
-        command = [str(script)] if script.exists() else [sys.executable, "-m", "service.main"]
+        command = [str(script)] if script.exists() else [sys.executable, "-m", "service.cli"]
         self.process = subprocess.Popen(
             [*command, "--port", str(self.port), "--log-level", "warning"],
             env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

@@ -6,16 +6,20 @@
 
 Widths 9..15 would need codes wider than a byte for no gain over float16, so nothing accepts them.
 Biases, LayerNorms and other 1-D tensors are never quantized (``is_quantizable``).
+
+torch is imported inside the functions that compute, so that the service's settings can check a
+width without loading torch (a second of start-up for ``quads-serve --help``).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
 
 CODEBOOK_BITS = (1, 2, 3, 4, 5, 6, 7, 8)
 SUPPORTED_BITS = (*CODEBOOK_BITS, 16, 32)
@@ -68,6 +72,7 @@ class Codebook:
         For a model quantized elsewhere; a ``KMeansQuantizer`` hands over its own codebooks.
         Unused slots repeat the largest value.
         """
+        import torch
         values = torch.unique(weight.detach().float())
         k = 2**bits
         if values.numel() > k:
@@ -85,6 +90,8 @@ def packed_size(count: int, bits: int) -> int:
 
 def pack_codes(codes: Tensor, bits: int) -> Tensor:
     """Densely pack integer codes in [0, 2**bits) into a 1-D uint8 tensor of ceil(n * bits / 8) bytes."""
+    import torch
+
     if bits not in CODEBOOK_BITS:
         raise ValueError(f"bits must be in 1..8, got {bits}")
     codes = codes.reshape(-1).to(torch.uint8)
@@ -96,6 +103,8 @@ def pack_codes(codes: Tensor, bits: int) -> Tensor:
 
 def unpack_codes(packed: Tensor, bits: int, count: int) -> Tensor:
     """Inverse of ``pack_codes``: the first ``count`` codes as a 1-D int64 tensor."""
+    import torch
+
     if packed.numel() != packed_size(count, bits):
         raise ValueError(f"{packed.numel()} packed bytes cannot hold {count} codes of {bits} bits")
     flat = ((packed[:, None] >> torch.arange(8, dtype=torch.uint8)) & 1).reshape(-1)[: count * bits]

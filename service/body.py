@@ -15,6 +15,7 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.asgi import HttpMiddleware
 from service.problems import ProblemError, problem_response
 
 
@@ -36,18 +37,15 @@ class BodyTimeout(ProblemError):
         )
 
 
-class BodyLimitMiddleware:
-    """Pure ASGI middleware: answers 413/408 problem+json when a body breaks the limits."""
+class BodyLimitMiddleware(HttpMiddleware):
+    """Answers 413/408 problem+json when a body breaks the limits."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, timeout_seconds: float):
-        self.app = app
+        super().__init__(app)
         self.max_bytes = max_bytes
         self.timeout_seconds = timeout_seconds
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = _content_length(scope)
         received = 0
         deadline: float | None = None

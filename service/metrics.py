@@ -14,6 +14,8 @@ series for a timestamp nobody graphs.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -26,7 +28,12 @@ from prometheus_client import (
     generate_latest,
 )
 from starlette.routing import Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service.asgi import HttpMiddleware, WatchedSend
+
+if TYPE_CHECKING:
+    from service.api.schemas import ModelInfo
 
 # Seconds; dense over the 1-500 ms a request takes, with a tail for 30-s clips on a busy host.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
@@ -70,12 +77,12 @@ class ServiceMetrics:
         for reason in REJECT_REASONS:
             self.rejected.labels(reason)
 
-    def set_model(self, name: str, bits: int, sha256: str, file_bytes: int, memory_bytes: int, parameters: int) -> None:
-        self.model_file_bytes.set(file_bytes)
-        self.model_memory_bytes.set(memory_bytes)
-        self.model_parameters.set(parameters)
-        self.model_bit_width.set(bits)
-        self.model_info.info({"name": name, "bits": str(bits), "sha256": sha256})
+    def set_model(self, info: ModelInfo) -> None:
+        self.model_file_bytes.set(info.file_bytes)
+        self.model_memory_bytes.set(info.memory_bytes)
+        self.model_parameters.set(info.params)
+        self.model_bit_width.set(info.bits)
+        self.model_info.info({"name": info.name, "bits": str(info.bits), "sha256": info.sha256})
 
     def observe_stages(self, seconds: dict[str, float]) -> None:
         for stage, value in seconds.items():
@@ -86,29 +93,19 @@ class ServiceMetrics:
         return generate_latest(self.registry)
 
 
-class HttpMetricsMiddleware:
-    """Counts every HTTP response by route template and status (pure ASGI, so streaming is untouched)."""
+class HttpMetricsMiddleware(HttpMiddleware):
+    """Counts every HTTP response by route template and status."""
 
     def __init__(self, app: ASGIApp, metrics: ServiceMetrics):
-        self.app = app
+        super().__init__(app)
         self.metrics = metrics
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = "500"  # what the client gets if the app raises before responding
-
-        async def send_and_record_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = str(message["status"])
-            await send(message)
-
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        watched = WatchedSend(send)
         try:
-            await self.app(scope, receive, send_and_record_status)
-        finally:
-            self.metrics.http_requests.labels(route_template(scope), status).inc()
+            await self.app(scope, receive, watched)
+        finally:  # 500: what the client gets if the app raises before responding
+            self.metrics.http_requests.labels(route_template(scope), str(watched.status or 500)).inc()
 
 
 def route_template(scope: Scope) -> str:

@@ -9,6 +9,7 @@ for validation failures). ``type`` is a URN naming the problem (``urn:quads:prob
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from http import HTTPStatus
 from typing import Any
 
@@ -18,9 +19,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
-
-from core.audio import AudioDecodeError, AudioTooLongError, EmptyAudioError
-from service.engine import EngineDraining, EngineOverloaded
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 RETRY_AFTER_SECONDS = 1
@@ -73,18 +71,13 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
-# (exception type, status, slug): engine errors a client caused or can retry.
-_ENGINE_ERRORS = (
-    (AudioDecodeError, 400, "undecodable-audio"),  # handlers match the most specific class first
-    (EmptyAudioError, 422, "empty-audio"),
-    (AudioTooLongError, 422, "audio-too-long"),
-    (EngineOverloaded, 503, "overloaded"),
-    (EngineDraining, 503, "draining"),
-)
+def install_problem_handlers(app: FastAPI, raised: Iterable[tuple[type[Exception], int, str]] = ()) -> None:
+    """Register the handlers that turn every error into problem+json.
 
-
-def install_problem_handlers(app: FastAPI) -> None:
-    """Register the handlers that turn every error into problem+json."""
+    ``raised``: (exception type, status, slug) for the errors that the app's own code raises with a
+    message for the client (``service.main.ERROR_PROBLEMS``); ``str(exc)`` becomes the detail,
+    and a 503 carries ``Retry-After``. Handlers match the most specific class first.
+    """
 
     async def on_problem(request: Request, exc: ProblemError) -> JSONResponse:
         return problem_response(request, exc.status, exc.slug, exc.detail, exc.headers, **exc.extensions)
@@ -107,17 +100,17 @@ def install_problem_handlers(app: FastAPI) -> None:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
         return problem_response(request, 500, "internal-error", "the server failed on this request; it has been logged")
 
-    def engine_handler(status: int, slug: str):
+    def raised_handler(status: int, slug: str):
         headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
 
-        async def on_engine_error(request: Request, exc: Exception) -> JSONResponse:
+        async def on_raised(request: Request, exc: Exception) -> JSONResponse:
             return problem_response(request, status, slug, str(exc), headers)
 
-        return on_engine_error
+        return on_raised
 
     app.add_exception_handler(ProblemError, on_problem)
     app.add_exception_handler(StarletteHTTPException, on_http_exception)
     app.add_exception_handler(RequestValidationError, on_validation_error)
-    for exc_type, status, slug in _ENGINE_ERRORS:
-        app.add_exception_handler(exc_type, engine_handler(status, slug))
+    for exc_type, status, slug in raised:
+        app.add_exception_handler(exc_type, raised_handler(status, slug))
     app.add_exception_handler(Exception, on_unexpected)

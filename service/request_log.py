@@ -17,7 +17,9 @@ import uuid
 from contextvars import ContextVar
 from datetime import datetime, timezone
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
+
+from service.asgi import HttpMiddleware
 
 REQUEST_ID_HEADER = "X-Request-ID"
 QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -30,16 +32,10 @@ def current_request_id() -> str | None:
     return _request_id.get()
 
 
-class RequestIdMiddleware:
-    """Assigns the request id (pure ASGI, so bodies stream untouched); add it outermost."""
+class RequestIdMiddleware(HttpMiddleware):
+    """Assigns the request id; add it outermost."""
 
-    def __init__(self, app: ASGIApp):
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         incoming = dict(scope.get("headers", [])).get(REQUEST_ID_HEADER.lower().encode(), b"").decode("latin-1")
         request_id = incoming if _SANE_ID.fullmatch(incoming) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id

@@ -1,6 +1,6 @@
 """A real ``quads-serve`` process on 127.0.0.1 for the tests, and raw HTTP/1.1 over a socket.
 
-``Server`` starts the service as users do (the console script, else ``python -m service.main``),
+``Server`` starts the service as users do (the console script, else ``python -m service.cli``),
 logs to a file, waits for ``/readyz`` and stops it with SIGTERM.
 """
 
@@ -28,7 +28,7 @@ def free_port() -> int:
 
 def serve_command() -> list[str]:
     script = Path(sys.executable).with_name("quads-serve")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "service.main"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "service.cli"]
 
 
 class Server:

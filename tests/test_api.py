@@ -435,7 +435,7 @@ def test_lower_audio_limit_from_settings(checkpoint_path):
 
 
 def test_serve_help_lists_every_variable_and_bad_values_name_the_variable(monkeypatch, capsys):
-    from service.main import cli
+    from service.cli import cli
 
     with pytest.raises(SystemExit):
         cli(["--help"])

@@ -1,7 +1,6 @@
 """The packed checkpoint format: exact round-trips, real size savings, and refusal of bad files."""
 
 import json
-import math
 
 import pytest
 import torch

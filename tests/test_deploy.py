@@ -227,7 +227,7 @@ def test_dockerfile_runs_as_non_root_with_healthcheck_and_quads_serve():
     assert f"127.0.0.1:{SERVICE_PORT}/healthz" in probe
     cmd = [json.loads(a) for k, a in final if k == "CMD"]
     assert cmd == [["quads-serve", "--host", "0.0.0.0", "--port", str(SERVICE_PORT)]]
-    assert pyproject()["project"]["scripts"]["quads-serve"] == "service.main:cli"
+    assert pyproject()["project"]["scripts"]["quads-serve"] == "service.cli:cli"
     assert (f"{SERVICE_PORT}",) == tuple(a for k, a in final if k == "EXPOSE")
 
 

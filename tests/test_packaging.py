@@ -26,7 +26,7 @@ def test_wheel_declares_the_mit_licence_and_ships_its_text(tmp_path):
     assert licences and "Permission is hereby granted" in zipfile.ZipFile(wheel).read(licences[0]).decode()
 
 
-@pytest.mark.parametrize("module", ["service.main", "training.train_cli", "training.evaluate", "training.synth", "training.demo"])
+@pytest.mark.parametrize("module", ["service.cli", "training.train_cli", "training.evaluate", "training.synth", "training.demo"])
 def test_every_command_answers_version(module, capsys):
     cli = __import__(module, fromlist=["cli"]).cli
     with pytest.raises(SystemExit) as exit_info:
@@ -94,7 +94,7 @@ def test_a_built_wheel_serves_the_default_model_from_any_folder(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    code = "import sys; from service.main import cli; sys.exit(cli())"
+    code = "import sys; from service.cli import cli; sys.exit(cli())"
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("QUADS_")}
     env["PYTHONPATH"] = str(target)  # the wheel's service package, not this checkout's
     server = subprocess.Popen([sys.executable, "-c", code, "--port", str(port)], cwd=elsewhere, env=env,

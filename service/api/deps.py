@@ -13,6 +13,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
+from service.api.schemas import ModelInfo
 from service.engine import InferenceEngine
 from service.metrics import ServiceMetrics
 from service.problems import ProblemError
@@ -40,9 +41,15 @@ def get_engine(request: Request) -> InferenceEngine:
     return engine
 
 
+def get_model_info(request: Request, engine: Annotated[InferenceEngine, Depends(get_engine)]) -> ModelInfo:
+    """The loaded model's identity (``ModelInfo.of``, built once in the lifespan); 503 like ``get_engine``."""
+    return request.app.state.model_info
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
 EngineDep = Annotated[InferenceEngine, Depends(get_engine)]
+ModelInfoDep = Annotated[ModelInfo, Depends(get_model_info)]
 
 
 async def read_audio(request: Request, settings: SettingsDep) -> bytes:

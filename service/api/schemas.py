@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from functools import cached_property
+from typing import TYPE_CHECKING
+
 from pydantic import BaseModel, Field
+
+if TYPE_CHECKING:
+    from service.engine import InferenceEngine
 
 
 class IntentScore(BaseModel):
@@ -45,6 +51,21 @@ class ModelInfo(BaseModel):
     sha256: str = Field(description="Content hash stored in the checkpoint.")
     max_audio_seconds: float = Field(description="Longest clip accepted.")
     precision: str = Field(description="The matrix products' precision: float32 or bfloat16 (QUADS_PRECISION).")
+
+    @classmethod
+    def of(cls, engine: InferenceEngine) -> ModelInfo:
+        """The identity of the engine's model: built once when it is loaded, then served as is."""
+        checkpoint = engine.checkpoint
+        return cls(
+            name=engine.model_name, labels=checkpoint.labels, bits=checkpoint.bits, params=checkpoint.n_params,
+            file_bytes=checkpoint.file_bytes, memory_bytes=checkpoint.memory_bytes, dims=checkpoint.dims.to_dict(),
+            sha256=checkpoint.sha256, max_audio_seconds=engine.max_audio_seconds, precision=engine.compute_dtype,
+        )
+
+    @cached_property
+    def summary(self) -> ModelSummary:
+        """What every /intent answer says about the model."""
+        return ModelSummary(name=self.name, bits=self.bits, file_bytes=self.file_bytes)
 
 
 class Status(BaseModel):

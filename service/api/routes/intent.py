@@ -7,8 +7,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from service.api.deps import FILE_FIELD, AudioBytesDep, EngineDep, MetricsDep
-from service.api.schemas import IntentResponse, IntentScore, ModelSummary, StageTimings
+from service.api.deps import FILE_FIELD, AudioBytesDep, EngineDep, MetricsDep, ModelInfoDep
+from service.api.schemas import IntentResponse, IntentScore, StageTimings
 from service.problems import problem_responses
 
 router = APIRouter(tags=["intent"])
@@ -37,6 +37,7 @@ _REQUEST_BODY = {
 )
 async def classify_intent(
     engine: EngineDep,
+    model: ModelInfoDep,
     metrics: MetricsDep,
     audio: AudioBytesDep,
     top_k: Annotated[int, Query(ge=1, le=1000, description="How many intents to list (at most the label count).")] = 3,
@@ -57,7 +58,7 @@ async def classify_intent(
     )
     metrics.audio_duration.observe(prediction.audio_seconds)
 
-    labels = engine.checkpoint.labels
+    labels = model.labels
     confidences, indices = prediction.probabilities.topk(min(top_k, len(labels)))
     scores = [IntentScore(intent=labels[i], confidence=float(c)) for c, i in zip(confidences.tolist(), indices.tolist())]
     return IntentResponse(
@@ -65,7 +66,7 @@ async def classify_intent(
         confidence=scores[0].confidence,
         top_k=scores,
         audio_seconds=prediction.audio_seconds,
-        model=ModelSummary(name=engine.model_name, bits=engine.checkpoint.bits, file_bytes=engine.checkpoint.file_bytes),
+        model=model.summary,
         timing_ms=StageTimings(
             decode=prediction.decode_seconds * 1000,
             features=prediction.features_seconds * 1000,
