@@ -57,7 +57,7 @@ log = logging.getLogger("quads.train")
 
 def train(cfg: Config, *, resume: bool = False) -> dict:
     """Run the whole plan of ``cfg`` (see the module docstring). Returns the report (rank 0) or {}."""
-    cfg.validate()
+    cfg.check()
     procs = setup_processes(cfg.train.device)
     run = open_run(cfg, procs, resume)
     train_ds, valid_ds = load_data(cfg, run.progress)
@@ -378,7 +378,7 @@ def final_report(cfg: Config, plan: Plan, labels: list[str], train_ds: MelDatase
             "n_train": len(train_ds), "n_valid": len(valid_ds) if valid_ds is not None else 0,
             "n_labels": len(labels), "skipped_train": [f"{p}: {r}" for p, r in train_ds.skipped],
         },
-        "config": cfg.to_dict(),
+        "config": cfg.model_dump(),
         "results": rows,
         "history": history,
     }

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 from core.checkpoint import CheckpointError
@@ -70,7 +69,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
     def resolve(base: str | Path | None) -> Config:
         cfg = load_config(base, updates)
         if args.epochs is not None:
-            cfg = replace(cfg, train=replace(cfg.train, schedule=scale_pattern(cfg.train.schedule, args.epochs)))
+            train = cfg.train.model_copy(update={"schedule": scale_pattern(cfg.train.schedule, args.epochs)})
+            cfg = cfg.model_copy(update={"train": train})
         return cfg
 
     cfg = resolve(args.config)

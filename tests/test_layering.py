@@ -1,0 +1,39 @@
+"""The package layers: ``core`` stands alone, ``service`` never reaches into ``training``.
+
+Read from the source (every import statement, at any depth), so an import inside a function
+counts too.
+"""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def imported_packages(package: str) -> dict[str, set[str]]:
+    """file -> the top-level packages it imports."""
+    found = {}
+    for path in sorted((REPO / package).rglob("*.py")):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+        found[str(path.relative_to(REPO))] = names
+    return found
+
+
+@pytest.mark.parametrize("package, forbidden", [("core", {"service", "training", "bench"}),
+                                                ("service", {"training", "bench"})])
+def test_a_layer_never_imports_the_ones_above_it(package, forbidden):
+    files = imported_packages(package)
+    assert len(files) >= 8
+    offenders = {path: sorted(names & forbidden) for path, names in files.items() if names & forbidden}
+    assert not offenders, f"{package}/ imports {offenders}"
+
+
+def test_the_service_uses_the_shared_core():
+    assert any("core" in names for names in imported_packages("service").values())
