@@ -73,11 +73,7 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
     plan = make_plan(cfg.train.strategy, cfg.train.schedule, cfg.train.bits)
     log.info("plan: %s", plan.describe())
     history, first = restore(run, plan, model, match.projection)
-    provenance = {
-        "strategy": cfg.train.strategy, "init": cfg.student.init, "teacher": cfg.teacher.path or None,
-        "schedule": plan.pattern, "seed": cfg.train.seed, "data": cfg.data.root, "n_train": len(train_ds),
-        "pad_to_30s": cfg.data.pad_to_30s, "alpha": cfg.distill.alpha, "width_match": cfg.distill.width_match,
-    }
+    provenance = provenance_of(cfg, plan, len(train_ds))
     sampler = DistributedSampler(train_ds, num_replicas=procs.world, rank=procs.rank, shuffle=True, seed=cfg.train.seed)
     loader = DataLoader(train_ds, batch_size=cfg.data.batch_size, sampler=sampler, collate_fn=collate,
                         num_workers=cfg.data.num_workers)
@@ -101,16 +97,7 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
             record = run_epoch(cfg, plan, epoch, phase, model, loader, match, valid_ds, run)
             history.append(record)
 
-            if procs.main:  # outputs first, then the state that says they are done
-                if plan.ends_branch(i) and not plan.branches[epoch.branch].shared:
-                    export_branch(cfg, model, labels, plan.branches[epoch.branch], phase.quantizer, provenance)
-                save_state(run.state_path, RunState(
-                    i + 1, model.state_dict(), phase.optimizer.state_dict(),
-                    phase.quantizer.state_dict() if phase.quantizer is not None else None,
-                    match.projection.state_dict() if match.projection is not None else None,
-                    history, {"plan": plan_info(plan)},
-                ))
-            procs.barrier()
+            end_epoch(cfg, run, plan, i, model, labels, phase, match, history, provenance)
             epoch_bar.update(1)
     epoch_bar.close()
 
@@ -167,6 +154,15 @@ def open_run(cfg: Config, procs: Processes, resume: bool) -> Run:
     log.info("run %s: strategy %s, bits %s, %d process(es) on %s", out, cfg.train.strategy, cfg.train.bits,
              procs.world, procs.device)
     return run
+
+
+def provenance_of(cfg: Config, plan: Plan, n_train: int) -> dict:
+    """What every checkpoint of the run records about how it was made."""
+    return {
+        "strategy": cfg.train.strategy, "init": cfg.student.init, "teacher": cfg.teacher.path or None,
+        "schedule": plan.pattern, "seed": cfg.train.seed, "data": cfg.data.root, "n_train": n_train,
+        "pad_to_30s": cfg.data.pad_to_30s, "alpha": cfg.distill.alpha, "width_match": cfg.distill.width_match,
+    }
 
 
 def plan_info(plan: Plan) -> dict:
@@ -350,6 +346,23 @@ def run_epoch(cfg: Config, plan: Plan, epoch: Epoch, phase: Phase, model: Intent
              f" | valid accuracy {100 * record['valid_accuracy']:.2f}% F1 {100 * record['valid_f1']:.2f}%"
              if "valid_accuracy" in record else "", record["seconds"])
     return record
+
+
+def end_epoch(cfg: Config, run: Run, plan: Plan, i: int, model: IntentClassifier, labels: list[str], phase: Phase,
+              match: WidthMatch, history: list[dict], provenance: dict) -> None:
+    """Rank 0 writes the branch's checkpoints if it ends here, then the resume state that says this
+    epoch is done: a kill between the two repeats the epoch and rewrites the same files."""
+    if run.procs.main:
+        branch = plan.branches[plan.epochs[i].branch]
+        if plan.ends_branch(i) and not branch.shared:
+            export_branch(cfg, model, labels, branch, phase.quantizer, provenance)
+        save_state(run.state_path, RunState(
+            i + 1, model.state_dict(), phase.optimizer.state_dict(),
+            phase.quantizer.state_dict() if phase.quantizer is not None else None,
+            match.projection.state_dict() if match.projection is not None else None,
+            history, {"plan": plan_info(plan)},
+        ))
+    run.procs.barrier()
 
 
 # ---------------------------------------------------------------------------------- report
