@@ -5,7 +5,15 @@ import math
 import pytest
 import torch
 
-from core.codebook import SUPPORTED_BITS, Codebook, check_bits, pack_codes, packed_size, storage, unpack_codes
+from core.codebook import (
+    SUPPORTED_BITS,
+    Codebook,
+    check_bits,
+    pack_codes,
+    packed_size,
+    storage,
+    unpack_codes,
+)
 from core.model import IntentClassifier, ModelDims
 from training.config import ConfigError, load_config
 from training.quantize import KMeansQuantizer

@@ -125,7 +125,7 @@ def run_here(command: list[str], quickstart: dict) -> str:
 
 def test_quickstart_classifies_an_unseen_voice_and_the_readme_shows_the_real_answer(quickstart):
     from training.demo import PRESETS
-    from training.synth import default_voices
+    from training.espeak_voices import default_voices
 
     say, send = quickstart["rest"]
     assert say[0] == "espeak-ng" and not any(a.startswith("-v") for a in say), "espeak-ng's default voice"

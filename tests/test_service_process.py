@@ -20,7 +20,13 @@ import pytest
 
 from tests.live_server import Server, free_port, serve_command
 from tests.pickle_payload import PicklePayload
-from tests.service_inputs import ENCODINGS, MEDIA_TYPES, PHRASES, encode, write_tiny_checkpoint
+from tests.service_inputs import (
+    ENCODINGS,
+    MEDIA_TYPES,
+    PHRASES,
+    encode,
+    write_tiny_checkpoint,
+)
 
 MAX_BODY_BYTES = 1_000_000
 BODY_TIMEOUT_SECONDS = 1.0

@@ -12,7 +12,7 @@ import torch
 from core.audio import log_mel_spectrogram
 from core.checkpoint import load_checkpoint
 from tests.speech import espeak_16k, requires_espeak
-from training.synth import PHRASINGS, phrasings_of
+from training.phrasings import PHRASINGS, phrasings_of
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT = REPO / "models" / "quads-fsc-4bit.safetensors"

@@ -13,18 +13,16 @@ import pytest
 import soundfile
 
 from training.datasets import FSC_INTENTS, label_set, load_fsc, load_samples
-from training.espeak_voices import is_generated, variant_file
-from training.synth import (
+from training.espeak_voices import (
     ACCENTS,
-    PHRASINGS,
     TRAINABLE_VARIANTS,
-    SynthError,
-    cli,
     default_voices,
     family_voices,
-    phrasings_of,
-    synthesize_corpus,
+    is_generated,
+    variant_file,
 )
+from training.phrasings import PHRASINGS, phrasings_of
+from training.synth import SynthError, cli, synthesize_corpus
 
 INTENTS = ["activate_lights_kitchen", "change language_Chinese_none", "bring_juice_none"]
 VOICES = {

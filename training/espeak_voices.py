@@ -17,9 +17,12 @@ from __future__ import annotations
 import hashlib
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from training.datasets import FSC_SPLITS
 
 GENERATED_PREFIX = "qv"
 HELD_OUT_FAMILY = "klatt"  # variants named klatt, klatt2..klatt6
@@ -98,3 +101,103 @@ def build_variant_data_dir(root: Path, variants: list[str], seed: int) -> Path:
     for name in variants:
         (data / "voices" / "!v" / name).write_text(variant_file(name, seed))
     return root
+
+
+# -------------------------------------------------------------------- voices of a corpus
+# espeak-ng English accents (`espeak-ng --voices=en`; "en" is an alias of en-gb) and voice
+# variants (`espeak-ng --voices=variant`, file names; "fast" is a test variant and "Mr serious"
+# has a space). A voice spec is "<accent>+<variant>".
+
+ACCENTS = ("en-gb", "en-us", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-rp", "en-gb-x-gbcwmd", "en-029", "en-us-nyc")
+VARIANTS = (
+    "Alex", "Alicia", "Andrea", "Andy", "Annie", "AnxiousAndy", "Demonic", "Denis", "Diogo", "Gene",
+    "Gene2", "Henrique", "Hugo", "Jacky", "Lee", "Marco", "Mario", "Michael", "Mike", "Nguyen",
+    "RicishayMax", "RicishayMax2", "RicishayMax3", "Storm", "Tweaky", "UniRobot", "adam", "anika",
+    "anikaRobot", "announcer", "antonio", "aunty", "belinda", "benjamin", "boris", "caleb", "croak",
+    "david", "ed", "edward", "edward2", "f1", "f2", "f3", "f4", "f5", "grandma", "grandpa", "gustave",
+    "iven", "iven2", "iven3", "iven4", "john", "kaukovalta", "klatt", "klatt2", "klatt3", "klatt4",
+    "klatt5", "klatt6", "linda", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "marcelo", "max",
+    "michel", "miguel", "norbert", "pablo", "paul", "pedro", "quincy", "rob", "robert", "robosoft",
+    "robosoft2", "robosoft3", "robosoft4", "robosoft5", "robosoft6", "robosoft7", "robosoft8",
+    "sandro", "shelby", "steph", "steph2", "steph3", "travis", "victor", "whisper", "whisperf", "zac",
+)  # fmt: skip
+
+# Variants that training draws from: the stock ones but the held-out Klatt family, plus as many
+# generated ones (``training.espeak_voices``) as there are voices.
+TRAINABLE_VARIANTS = tuple(v for v in VARIANTS if not v.startswith(HELD_OUT_FAMILY))
+FAMILY_VARIANTS = tuple(v for v in VARIANTS if v.startswith(HELD_OUT_FAMILY))
+
+
+@dataclass(frozen=True)
+class Voice:
+    """One synthetic speaker: an espeak-ng voice spec and its base prosody."""
+
+    spec: str  # espeak-ng -v, e.g. "en-gb-scotland+klatt2"; also the corpus speakerId
+    rate: int  # words per minute (-s)
+    pitch: int  # 0-99 (-p)
+    amplitude: int  # 0-200 (-a)
+    word_gap: int  # extra pause between words, in 10 ms (-g)
+
+    @classmethod
+    def from_spec(cls, spec: str, seed: int) -> Voice:
+        """The voice's base prosody, drawn from (seed, spec): the same spec sounds the same in any split."""
+        rng = np.random.default_rng([seed, stable_int(spec)])
+        return cls(
+            spec=spec,
+            rate=int(rng.integers(125, 191)),
+            pitch=int(rng.integers(15, 86)),
+            amplitude=int(rng.integers(60, 161)),
+            word_gap=int(rng.choice([0, 0, 1, 1, 2, 3])),
+        )
+
+
+def default_voices(counts: dict[str, int], seed: int = 0, generated: bool = True) -> dict[str, list[str]]:
+    """``counts[split]`` voice specs per split, with disjoint variants (hence voices) across splits.
+
+    The variants are the stock ones outside the held-out Klatt family and, with ``generated``,
+    as many random ones (``qv0000``...) as there are voices. They are shuffled by ``seed`` and
+    dealt to the splits in proportion to their counts (one variant per voice while there are
+    enough); each split's voices cycle through the accents.
+    """
+    unknown = set(counts) - set(FSC_SPLITS)
+    if unknown or any(k < 1 for k in counts.values()):
+        raise ValueError(f"voice counts need splits among {FSC_SPLITS} and at least 1 voice each, got {counts}")
+    rng = np.random.default_rng([seed, stable_int("voices")])
+    pool = list(TRAINABLE_VARIANTS) + (generated_variant_names(sum(counts.values())) if generated else [])
+    variants = [pool[j] for j in rng.permutation(len(pool))]
+    total = sum(counts.values())
+    if total <= len(variants):
+        n_variants = dict(counts)
+    else:
+        n_variants = {split: max(1, len(variants) * k // total) for split, k in counts.items()}
+        while sum(n_variants.values()) > len(variants):  # the max(1, ...) of tiny splits overdrew
+            n_variants[max(n_variants, key=n_variants.get)] -= 1
+    voices, start = {}, 0
+    for split, k in counts.items():
+        nv = n_variants[split]
+        if k > nv * len(ACCENTS):
+            raise ValueError(
+                f"{k} {split} voices asked for, but disjoint splits allow at most {nv * len(ACCENTS)} "
+                f"({len(pool)} variants x {len(ACCENTS)} accents shared among {total} voices)"
+            )
+        split_variants, start = variants[start : start + nv], start + nv
+        accents = [ACCENTS[j] for j in rng.permutation(len(ACCENTS))]
+        # Voice i: variant i mod nv with a distinct accent per round, so no spec repeats.
+        voices[split] = [
+            f"{accents[(i // nv + i % nv) % len(accents)]}+{split_variants[i % nv]}" for i in range(k)
+        ]
+    return voices
+
+
+def family_voices(count: int, seed: int = 0) -> list[str]:
+    """``count`` voices of the held-out Klatt family (never in ``default_voices``): an unseen-engine proxy."""
+    specs = [f"{accent}+{variant}" for variant in FAMILY_VARIANTS for accent in ACCENTS]
+    if not 1 <= count <= len(specs):
+        raise ValueError(f"the {HELD_OUT_FAMILY} family has {len(specs)} voices, {count} asked for")
+    rng = np.random.default_rng([seed, stable_int("family")])
+    return [specs[j] for j in rng.permutation(len(specs))[:count]]
+
+
+def stable_int(text: str) -> int:
+    """A seed from ``text`` that is the same in every process (``hash()`` is salted per process)."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")

@@ -24,8 +24,8 @@ from tqdm import tqdm
 
 from core.audio import N_FRAMES
 from core.checkpoint import Checkpoint, CheckpointError, load_checkpoint
-from core.tensor_files import atomic_write
 from core.compute import count_parameters, forward_gmacs
+from core.tensor_files import atomic_write
 from core.version import package_version
 from training.datasets import DatasetError, load_samples
 from training.features import BadSampleError, MelDataset, collate

@@ -25,7 +25,13 @@ import torchaudio.functional as AF
 from torch import Tensor
 from tqdm import tqdm
 
-from core.audio import SAMPLE_RATE, AudioDecodeError, decode_audio, log_mel_spectrogram, pad_mels
+from core.audio import (
+    SAMPLE_RATE,
+    AudioDecodeError,
+    decode_audio,
+    log_mel_spectrogram,
+    pad_mels,
+)
 from core.tensor_files import read_tensors, write_tensors
 from training.datasets import Sample
 

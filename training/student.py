@@ -19,9 +19,15 @@ from pathlib import Path
 
 import torch
 
-from core.model import WHISPER_BASE, WHISPER_TINY, AudioEncoder, IntentClassifier, ModelDims
-from training.whisper import load_whisper_encoder
+from core.model import (
+    WHISPER_BASE,
+    WHISPER_TINY,
+    AudioEncoder,
+    IntentClassifier,
+    ModelDims,
+)
 from training.config import StudentConfig
+from training.whisper import load_whisper_encoder
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import io
 import json
 import os
@@ -44,231 +43,17 @@ from core.audio import SAMPLE_RATE, resample
 from core.tensor_files import atomic_write
 from core.version import package_version
 from training.datasets import FSC_COLUMNS, FSC_INTENTS, FSC_SPLITS
-from training.espeak_voices import HELD_OUT_FAMILY, build_variant_data_dir, generated_variant_names, is_generated
+from training.espeak_voices import (
+    HELD_OUT_FAMILY,
+    Voice,
+    build_variant_data_dir,
+    default_voices,
+    family_voices,
+    is_generated,
+    stable_int,
+)
 from training.features import NOISE_COLORS, colored_noise, mix_at_snr
-
-# ------------------------------------------------------------------------------ phrasings
-# How people say each intent. "{location}" rows expand to kitchen/bedroom/washroom and
-# "{language}" rows to the four FSC languages, giving one entry per FSC intent.
-
-LOCATIONS = ("kitchen", "bedroom", "washroom")
-LANGUAGES = ("Chinese", "Korean", "English", "German")
-
-PHRASING_TABLE: dict[str, tuple[str, ...]] = {
-    "change language_none_none": (
-        "change language",
-        "change the language",
-        "switch the language",
-        "I want to change the language",
-        "set a different language",
-        "can you change the language please",
-        "language settings",
-    ),
-    "activate_music_none": (
-        "play music",
-        "play some music",
-        "put on some music",
-        "start the music",
-        "turn on the music",
-        "music on please",
-        "I want to hear some music",
-    ),
-    "activate_lights_none": (
-        "turn on the lights",
-        "switch on the lights",
-        "lights on",
-        "turn the lights on",
-        "switch the lights on please",
-        "I need some light in here",
-    ),
-    "deactivate_lights_none": (
-        "turn off the lights",
-        "switch off the lights",
-        "lights off",
-        "turn the lights off",
-        "switch the lights off please",
-        "kill the lights",
-    ),
-    "increase_volume_none": (
-        "turn up the volume",
-        "increase the volume",
-        "volume up",
-        "make it louder",
-        "louder please",
-        "I can't hear that, turn it up",
-    ),
-    "decrease_volume_none": (
-        "turn down the volume",
-        "decrease the volume",
-        "volume down",
-        "make it quieter",
-        "quieter please",
-        "that's too loud, turn it down",
-    ),
-    "increase_heat_none": (
-        "turn up the heat",
-        "increase the heating",
-        "make it warmer",
-        "turn the heating up",
-        "raise the temperature",
-        "it's too cold in here",
-    ),
-    "decrease_heat_none": (
-        "turn down the heat",
-        "decrease the heating",
-        "make it cooler",
-        "turn the heating down",
-        "lower the temperature",
-        "it's too hot in here",
-    ),
-    "deactivate_music_none": (
-        "stop the music",
-        "turn off the music",
-        "pause the music",
-        "music off",
-        "stop playing music please",
-        "switch the music off",
-    ),
-    "activate_lamp_none": (
-        "turn on the lamp",
-        "switch on the lamp",
-        "lamp on",
-        "turn the lamp on",
-        "switch the lamp on please",
-        "put the lamp on",
-    ),
-    "deactivate_lamp_none": (
-        "turn off the lamp",
-        "switch off the lamp",
-        "lamp off",
-        "turn the lamp off",
-        "switch the lamp off please",
-        "put the lamp out",
-    ),
-    "activate_lights_{location}": (
-        "turn on the lights in the {location}",
-        "{location} lights on",
-        "switch on the {location} lights",
-        "lights on in the {location} please",
-        "turn the {location} lights on",
-        "switch on the light in the {location}",
-    ),
-    "deactivate_lights_{location}": (
-        "turn off the lights in the {location}",
-        "{location} lights off",
-        "switch off the {location} lights",
-        "lights off in the {location} please",
-        "turn the {location} lights off",
-        "switch off the light in the {location}",
-    ),
-    "increase_heat_{location}": (
-        "turn up the heat in the {location}",
-        "increase the temperature in the {location}",
-        "make the {location} warmer",
-        "turn the {location} heating up",
-        "heat up the {location}",
-        "it's too cold in the {location}",
-    ),
-    "decrease_heat_{location}": (
-        "turn down the heat in the {location}",
-        "decrease the temperature in the {location}",
-        "make the {location} cooler",
-        "turn the {location} heating down",
-        "cool down the {location}",
-        "it's too hot in the {location}",
-    ),
-    "bring_newspaper_none": (
-        "bring me the newspaper",
-        "get me the newspaper",
-        "fetch the newspaper",
-        "I need the newspaper",
-        "can you bring me the paper please",
-        "newspaper please",
-    ),
-    "bring_juice_none": (
-        "bring me some juice",
-        "get me some juice",
-        "fetch me a juice",
-        "I want some juice",
-        "can I have a glass of juice",
-        "juice please",
-    ),
-    "bring_socks_none": (
-        "bring me my socks",
-        "get my socks",
-        "fetch my socks",
-        "I need my socks",
-        "can you bring me some socks",
-        "socks please",
-    ),
-    "bring_shoes_none": (
-        "bring me my shoes",
-        "get my shoes",
-        "fetch my shoes",
-        "I need my shoes",
-        "can you bring me my shoes please",
-        "shoes please",
-    ),
-    "change language_{language}_none": (
-        "switch to {language}",
-        "change the language to {language}",
-        "set the language to {language}",
-        "I want to use {language}",
-        "speak {language} please",
-        "language {language}",
-    ),
-}
-
-
-def _expand_phrasings(table: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
-    expanded = {}
-    for key, phrases in table.items():
-        if "{location}" in key:
-            fills = [{"location": v} for v in LOCATIONS]
-        elif "{language}" in key:
-            fills = [{"language": v} for v in LANGUAGES]
-        else:
-            fills = [{}]
-        for fill in fills:
-            expanded[key.format(**fill)] = tuple(p.format(**fill) for p in phrases)
-    return expanded
-
-
-PHRASINGS: dict[str, tuple[str, ...]] = _expand_phrasings(PHRASING_TABLE)
-# The last phrasing of every intent is never spoken in train or valid: a corpus written with
-# ``phrasing_set="held-out"`` measures paraphrases the model never heard.
-PHRASING_SETS = ("seen", "held-out")
-
-
-def phrasings_of(intent: str, phrasing_set: str = "seen") -> tuple[str, ...]:
-    """The phrasings of ``intent`` that training may use ("seen"), or the one reserved for testing."""
-    if phrasing_set not in PHRASING_SETS:
-        raise ValueError(f"phrasing_set must be one of {PHRASING_SETS}, got {phrasing_set!r}")
-    return PHRASINGS[intent][:-1] if phrasing_set == "seen" else PHRASINGS[intent][-1:]
-
-# -------------------------------------------------------------------------------- voices
-# espeak-ng English accents (`espeak-ng --voices=en`; "en" is an alias of en-gb) and voice
-# variants (`espeak-ng --voices=variant`, file names; "fast" is a test variant and "Mr serious"
-# has a space). A voice spec is "<accent>+<variant>".
-
-ACCENTS = ("en-gb", "en-us", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-rp", "en-gb-x-gbcwmd", "en-029", "en-us-nyc")
-VARIANTS = (
-    "Alex", "Alicia", "Andrea", "Andy", "Annie", "AnxiousAndy", "Demonic", "Denis", "Diogo", "Gene",
-    "Gene2", "Henrique", "Hugo", "Jacky", "Lee", "Marco", "Mario", "Michael", "Mike", "Nguyen",
-    "RicishayMax", "RicishayMax2", "RicishayMax3", "Storm", "Tweaky", "UniRobot", "adam", "anika",
-    "anikaRobot", "announcer", "antonio", "aunty", "belinda", "benjamin", "boris", "caleb", "croak",
-    "david", "ed", "edward", "edward2", "f1", "f2", "f3", "f4", "f5", "grandma", "grandpa", "gustave",
-    "iven", "iven2", "iven3", "iven4", "john", "kaukovalta", "klatt", "klatt2", "klatt3", "klatt4",
-    "klatt5", "klatt6", "linda", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "marcelo", "max",
-    "michel", "miguel", "norbert", "pablo", "paul", "pedro", "quincy", "rob", "robert", "robosoft",
-    "robosoft2", "robosoft3", "robosoft4", "robosoft5", "robosoft6", "robosoft7", "robosoft8",
-    "sandro", "shelby", "steph", "steph2", "steph3", "travis", "victor", "whisper", "whisperf", "zac",
-)  # fmt: skip
-
-# Variants that training draws from: the stock ones but the held-out Klatt family, plus as many
-# generated ones (``training.espeak_voices``) as there are voices.
-TRAINABLE_VARIANTS = tuple(v for v in VARIANTS if not v.startswith(HELD_OUT_FAMILY))
-FAMILY_VARIANTS = tuple(v for v in VARIANTS if v.startswith(HELD_OUT_FAMILY))
+from training.phrasings import PHRASING_SETS, PHRASINGS, phrasings_of
 
 # 31 intents x (60 + 15 + 15) voices = 2790 clips, every voice a different variant.
 DEFAULT_VOICES_PER_SPLIT = {"train": 60, "valid": 15, "test": 15}
@@ -277,76 +62,6 @@ DEFAULT_UTTERANCES_PER_VOICE = 1
 
 class SynthError(RuntimeError):
     """espeak-ng is missing or failed, or the output folder cannot be used."""
-
-
-@dataclass(frozen=True)
-class Voice:
-    """One synthetic speaker: an espeak-ng voice spec and its base prosody."""
-
-    spec: str  # espeak-ng -v, e.g. "en-gb-scotland+klatt2"; also the corpus speakerId
-    rate: int  # words per minute (-s)
-    pitch: int  # 0-99 (-p)
-    amplitude: int  # 0-200 (-a)
-    word_gap: int  # extra pause between words, in 10 ms (-g)
-
-    @classmethod
-    def from_spec(cls, spec: str, seed: int) -> Voice:
-        """The voice's base prosody, drawn from (seed, spec): the same spec sounds the same in any split."""
-        rng = np.random.default_rng([seed, _stable_int(spec)])
-        return cls(
-            spec=spec,
-            rate=int(rng.integers(125, 191)),
-            pitch=int(rng.integers(15, 86)),
-            amplitude=int(rng.integers(60, 161)),
-            word_gap=int(rng.choice([0, 0, 1, 1, 2, 3])),
-        )
-
-
-def default_voices(counts: dict[str, int], seed: int = 0, generated: bool = True) -> dict[str, list[str]]:
-    """``counts[split]`` voice specs per split, with disjoint variants (hence voices) across splits.
-
-    The variants are the stock ones outside the held-out Klatt family and, with ``generated``,
-    as many random ones (``qv0000``...) as there are voices. They are shuffled by ``seed`` and
-    dealt to the splits in proportion to their counts (one variant per voice while there are
-    enough); each split's voices cycle through the accents.
-    """
-    unknown = set(counts) - set(FSC_SPLITS)
-    if unknown or any(k < 1 for k in counts.values()):
-        raise ValueError(f"voice counts need splits among {FSC_SPLITS} and at least 1 voice each, got {counts}")
-    rng = np.random.default_rng([seed, _stable_int("voices")])
-    pool = list(TRAINABLE_VARIANTS) + (generated_variant_names(sum(counts.values())) if generated else [])
-    variants = [pool[j] for j in rng.permutation(len(pool))]
-    total = sum(counts.values())
-    if total <= len(variants):
-        n_variants = dict(counts)
-    else:
-        n_variants = {split: max(1, len(variants) * k // total) for split, k in counts.items()}
-        while sum(n_variants.values()) > len(variants):  # the max(1, ...) of tiny splits overdrew
-            n_variants[max(n_variants, key=n_variants.get)] -= 1
-    voices, start = {}, 0
-    for split, k in counts.items():
-        nv = n_variants[split]
-        if k > nv * len(ACCENTS):
-            raise ValueError(
-                f"{k} {split} voices asked for, but disjoint splits allow at most {nv * len(ACCENTS)} "
-                f"({len(pool)} variants x {len(ACCENTS)} accents shared among {total} voices)"
-            )
-        split_variants, start = variants[start : start + nv], start + nv
-        accents = [ACCENTS[j] for j in rng.permutation(len(ACCENTS))]
-        # Voice i: variant i mod nv with a distinct accent per round, so no spec repeats.
-        voices[split] = [
-            f"{accents[(i // nv + i % nv) % len(accents)]}+{split_variants[i % nv]}" for i in range(k)
-        ]
-    return voices
-
-
-def family_voices(count: int, seed: int = 0) -> list[str]:
-    """``count`` voices of the held-out Klatt family (never in ``default_voices``): an unseen-engine proxy."""
-    specs = [f"{accent}+{variant}" for variant in FAMILY_VARIANTS for accent in ACCENTS]
-    if not 1 <= count <= len(specs):
-        raise ValueError(f"the {HELD_OUT_FAMILY} family has {len(specs)} voices, {count} asked for")
-    rng = np.random.default_rng([seed, _stable_int("family")])
-    return [specs[j] for j in rng.permutation(len(specs))[:count]]
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -389,7 +104,7 @@ def espeak_command(voice: Voice, text: str, out_wav: Path, rng: np.random.Genera
 def render(utt: Utterance, seed: int, noise: bool, tmp_dir: Path, data_path: Path | None = None) -> np.ndarray:
     """The utterance as a float32 16 kHz waveform: espeak-ng speech, silence, reverb, noise, gain."""
     rng = np.random.default_rng(
-        [seed, FSC_SPLITS.index(utt.split), _stable_int(utt.voice.spec), _stable_int(utt.intent), utt.repetition]
+        [seed, FSC_SPLITS.index(utt.split), stable_int(utt.voice.spec), stable_int(utt.intent), utt.repetition]
     )
     text = utt.text + str(rng.choice(["", ".", "!", "?"], p=[0.4, 0.35, 0.1, 0.15]))  # sets the intonation
     with tempfile.NamedTemporaryFile(suffix=".wav", dir=tmp_dir) as tmp:
@@ -470,15 +185,7 @@ def synthesize_corpus(
     _prepare_root(root)
 
     voice_objects = {split: [Voice.from_spec(spec, seed) for spec in specs] for split, specs in voices.items()}
-    utterances = []
-    for split, split_voices in voice_objects.items():
-        for v, voice in enumerate(split_voices):
-            for intent in intents:
-                choices = phrasings_of(intent, phrasing_set)[:phrasings]
-                for r in range(utterances_per_voice):
-                    text = choices[(v * utterances_per_voice + r) % len(choices)]
-                    utterances.append(Utterance(split, voice, intent, r, text))
-
+    utterances = plan_utterances(voice_objects, intents, utterances_per_voice, phrasings, phrasing_set)
     metadata = {
         "generator": "quads-synth",
         "seed": seed,
@@ -497,6 +204,31 @@ def synthesize_corpus(
 
     for voice in {v.spec for vs in voice_objects.values() for v in vs}:
         (root / "wavs" / "speakers" / voice).mkdir(parents=True, exist_ok=True)
+    render_all(root, utterances, seed, noise, workers, progress)
+    for split in voice_objects:  # the index files last: a corpus with CSVs is complete
+        rows = [u for u in utterances if u.split == split]
+        _write_text(root / "data" / f"{split}_data.csv", _fsc_csv(rows))
+    return root
+
+
+def plan_utterances(voices: dict[str, list[Voice]], intents: list[str], utterances_per_voice: int,
+                    phrasings: int | None, phrasing_set: str) -> list[Utterance]:
+    """Every clip of the corpus: each voice says each intent ``utterances_per_voice`` times,
+    cycling through the intent's first ``phrasings`` phrasings (voice by voice, so that the
+    phrasings spread evenly over the voices)."""
+    utterances = []
+    for split, split_voices in voices.items():
+        for v, voice in enumerate(split_voices):
+            for intent in intents:
+                choices = phrasings_of(intent, phrasing_set)[:phrasings]
+                for r in range(utterances_per_voice):
+                    text = choices[(v * utterances_per_voice + r) % len(choices)]
+                    utterances.append(Utterance(split, voice, intent, r, text))
+    return utterances
+
+
+def render_all(root: Path, utterances: list[Utterance], seed: int, noise: bool, workers: int, progress: bool) -> None:
+    """Render and write every clip, ``workers`` espeak-ng processes at a time."""
     # Parallelism comes from the worker threads; torch's own threads would only contend with
     # them (a 2-s resample takes ~1 ms on one thread, ~50 ms with two busy cores oversubscribed)
     # and a fixed thread count keeps the float results identical from run to run.
@@ -504,7 +236,7 @@ def synthesize_corpus(
     torch.set_num_threads(1)
     try:
         with tempfile.TemporaryDirectory(prefix="quads-synth-") as tmp, ThreadPoolExecutor(workers) as pool:
-            generated = sorted({v.spec.partition("+")[2] for vs in voice_objects.values() for v in vs} - {""})
+            generated = sorted({u.voice.spec.partition("+")[2] for u in utterances} - {""})
             generated = [v for v in generated if is_generated(v)]
             data_path = build_variant_data_dir(Path(tmp), generated, seed) if generated else None
 
@@ -516,11 +248,6 @@ def synthesize_corpus(
                 pass
     finally:
         torch.set_num_threads(torch_threads)
-
-    for split in voice_objects:  # the index files last: a corpus with CSVs is complete
-        rows = [u for u in utterances if u.split == split]
-        _write_text(root / "data" / f"{split}_data.csv", _fsc_csv(rows))
-    return root
 
 
 def _check_arguments(intents, voices, utterances_per_voice, phrasings, workers) -> None:
@@ -585,11 +312,6 @@ def _readme(metadata: dict) -> str:
 
 def _write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-def _stable_int(text: str) -> int:
-    """A 64-bit integer from ``text`` that is the same in every process (unlike ``hash``)."""
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
 
 
 # ----------------------------------------------------------------------------------- CLI

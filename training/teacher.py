@@ -24,10 +24,15 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from core.checkpoint import FORMAT, load_checkpoint
-from core.tensor_files import TensorFileError, read_metadata, read_tensors, write_tensors
 from core.model import AudioEncoder, ModelDims, masked_mean
-from training.whisper import load_whisper_encoder
+from core.tensor_files import (
+    TensorFileError,
+    read_metadata,
+    read_tensors,
+    write_tensors,
+)
 from training.features import MelDataset, collate
+from training.whisper import load_whisper_encoder
 
 log = logging.getLogger(__name__)
 

@@ -44,7 +44,13 @@ from training.evaluate import evaluate_checkpoint, evaluate_model, summary
 from training.export import checkpoint_path, export_branch
 from training.features import BadSampleError, MelDataset, collate
 from training.loop import PhaseSchedule, TrainStep, make_optimizer, train_epoch
-from training.losses import ChannelMaxPool, ClassificationLoss, DistillationLoss, QuantizationLoss, StudentProjection
+from training.losses import (
+    ChannelMaxPool,
+    ClassificationLoss,
+    DistillationLoss,
+    QuantizationLoss,
+    StudentProjection,
+)
 from training.quantize import KMeansQuantizer
 from training.run_logging import close_logging, setup_logging
 from training.run_state import RunState, RunStateError, load_state, save_state
@@ -395,7 +401,9 @@ def final_report(cfg: Config, plan: Plan, labels: list[str], train_ds: MelDatase
         "results": rows,
         "history": history,
     }
-    from training.report import write_report  # matplotlib is slow to import; only the end of a run needs it
+    from training.report import (
+        write_report,  # matplotlib is slow to import; only the end of a run needs it
+    )
 
     paths = write_report(Path(cfg.train.out).expanduser(), report)
     log.info("reports: %s", ", ".join(str(p) for p in paths.values()))

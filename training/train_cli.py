@@ -13,7 +13,13 @@ from pathlib import Path
 
 from core.checkpoint import CheckpointError
 from core.version import package_version
-from training.config import Config, ConfigError, differences, load_config, parse_override
+from training.config import (
+    Config,
+    ConfigError,
+    differences,
+    load_config,
+    parse_override,
+)
 from training.datasets import DatasetError
 from training.features import BadSampleError
 from training.run_state import RunStateError
