@@ -36,6 +36,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.codebook import storage
 from core.version import package_version
 from training.config import load_config
 from training.espeak_voices import default_voices, family_voices
@@ -196,7 +197,7 @@ def write_demo_report(out: Path, dest: Path, preset: DemoPreset, seed: int, prog
         histories[name] = report.get("history", [])
         for row in report["results"]:
             row = dict(row, run=name)
-            if row["strategy"] == "qad" and row["bits"] >= 16:
+            if row["strategy"] == "qad" and storage(row["bits"]) != "codebook":
                 row["strategy"] = "distill"  # the float files of a qad run are the distillation-only model
             rows.append(row)
     dest.mkdir(parents=True, exist_ok=True)

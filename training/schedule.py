@@ -146,7 +146,7 @@ def make_plan(strategy: str, pattern: str, bits: list[int]) -> Plan:
     """The branches and epochs of a run. ``bits`` are the widths to emit."""
     pattern = parse_pattern(pattern, strategy)
     exports = tuple(sorted(set(bits), reverse=True))
-    floats = tuple(b for b in exports if b >= 16)
+    floats = tuple(b for b in exports if storage(b) != "codebook")
     if strategy in ("finetune", "distill", "qad"):
         if strategy != "qad" and len(floats) != len(exports):
             raise ValueError(f"--strategy {strategy} emits 16/32-bit checkpoints only, not {exports}")
