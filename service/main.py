@@ -16,7 +16,7 @@ from core.audio import AudioDecodeError, AudioTooLongError, EmptyAudioError
 from core.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from core.version import package_version
 from service.api import api_router
-from service.api.routes import docs
+from service.api.routes import docs, try_page
 from service.api.schemas import ModelInfo
 from service.body import BodyLimitMiddleware
 from service.cpu import resolve_threads
@@ -109,4 +109,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestIdMiddleware)  # outermost: every response carries the id
     app.include_router(api_router)
     app.mount(docs.ASSETS_PATH, docs.assets(), name="docs-assets")
+    app.mount(try_page.ASSETS_PATH, try_page.assets(), name="try-assets")
     return app

@@ -461,3 +461,13 @@ def test_docs_work_without_internet(client):
         assert asset.status_code == 200 and len(asset.content) > 10_000, path
     assert "/openapi.json" in page.text and client.get("/openapi.json").status_code == 200
     assert client.get("/redoc").status_code == 404
+
+
+def test_the_try_it_page_and_its_assets_need_nothing_from_elsewhere(client):
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "http://" not in page.text and "https://" not in page.text  # no CDN: it works offline
+    for asset in ("try/try.js", "try/try.css"):
+        response = client.get(f"/{asset}")
+        assert response.status_code == 200 and "https://" not in response.text
+    assert 'fetch("intent?top_k=3"' in client.get("/try/try.js").text  # the real endpoint, relative to the page

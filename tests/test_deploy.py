@@ -214,7 +214,24 @@ def test_dockerfile_installs_cpu_torch_pinned_like_pyproject():
     for pin in pins.values():
         assert pin in torch_install.split(), f"{pin} from pyproject.toml is not what the Dockerfile installs"
     # The package install must come after torch, or pip would pull the CUDA wheel from PyPI.
-    assert installs.index(torch_install) < next(i for i, a in enumerate(installs) if a.endswith("install ."))
+    assert installs.index(torch_install) < next(i for i, a in enumerate(installs) if a.split()[-1] == ".")
+
+
+def test_the_image_installs_the_package_under_constraints_that_pin_every_dependency():
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    install = next(a for k, a in dockerfile_stages()[0] if k == "RUN" and a.split()[-1] == ".")
+    assert "-c docker/constraints.txt" in install
+    lines = [line.strip() for line in (REPO / "docker" / "constraints.txt").read_text().splitlines()]
+    pins = [Requirement(line) for line in lines if line and not line.startswith("#")]
+    versions = {canonicalize_name(r.name): next(iter(r.specifier)).version for r in pins}
+    assert len(versions) == len(pins) and all(str(r.specifier).startswith("==") for r in pins)
+    for dependency in map(Requirement, pyproject()["project"]["dependencies"]):
+        name = canonicalize_name(dependency.name)
+        assert name in versions, f"docker/constraints.txt does not pin {name}"
+        assert dependency.specifier.contains(versions[name]), f"{name}=={versions[name]} is outside {dependency}"
+    assert not [n for n in versions if n.startswith(("nvidia-", "cuda-", "triton"))]  # CPU image: no CUDA wheels
 
 
 def test_dockerfile_runs_as_non_root_with_healthcheck_and_quads_serve():
@@ -267,7 +284,7 @@ def test_docker_build_context_holds_exactly_what_the_dockerfile_copies(tmp_path)
     build = pytest.importorskip("docker.utils.build", reason="the docker Python package implements .dockerignore")
     sources = [src for stage in dockerfile_stages() for srcs, _ in dockerfile_copies(stage) for src in srcs]
     # Mirror the repository layout (the model may not be trained yet), plus paths that must stay out.
-    wanted = ["pyproject.toml", "README.md", "LICENSE", "service/main.py", "core/model.py",
+    wanted = ["pyproject.toml", "README.md", "LICENSE", "docker/constraints.txt", "service/main.py", "core/model.py",
               "models/quads-fsc-4bit.safetensors", "models/quads-fsc-8bit.safetensors"]
     unwanted = [".git/HEAD", ".venv/bin/python", "data/fsc/a.wav", "runs/x/log.txt", "tests/test_x.py",
                 "training/train.py", "models/quads-fsc-32bit.safetensors", "service/__pycache__/model.pyc"]

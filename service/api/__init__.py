@@ -2,8 +2,8 @@
 
 from fastapi import APIRouter
 
-from service.api.routes import docs, health, intent, metrics, model
+from service.api.routes import docs, health, intent, metrics, model, try_page
 
 api_router = APIRouter()
-for _module in (intent, model, health, metrics, docs):
+for _module in (intent, model, health, metrics, docs, try_page):
     api_router.include_router(_module.router)
