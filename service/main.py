@@ -22,7 +22,7 @@ from service.body import BodyLimitMiddleware
 from service.cpu import resolve_threads
 from service.engine import EngineDraining, EngineOverloaded, InferenceEngine
 from service.metrics import HttpMetricsMiddleware, ServiceMetrics
-from service.problems import install_problem_handlers
+from service.problems import document_problems, install_problem_handlers
 from service.request_log import RequestIdMiddleware
 from service.settings import Settings
 from service.shutdown import ShutdownCutoffMiddleware
@@ -94,7 +94,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,  # served by service.api.routes.docs from local files, not a CDN
         redoc_url=None,  # ReDoc has no offline bundle here; /docs covers the same schema
+        generate_unique_id_function=lambda route: route.name,  # operationId: the route function's name
     )
+    document_problems(app)
     app.state.settings = settings
     app.state.metrics = ServiceMetrics()
     app.state.engine = None

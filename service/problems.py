@@ -31,10 +31,11 @@ class Problem(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     type: str = Field(description="URN identifying the kind of problem.", examples=["urn:quads:problem:undecodable-audio"])
-    title: str = Field(description="Short summary of the kind of problem.")
-    status: int = Field(description="The HTTP status code.")
+    title: str = Field(description="Short summary of the kind of problem.", examples=["Bad Request"])
+    status: int = Field(description="The HTTP status code.", examples=[400])
     detail: str = Field(description="What went wrong with this request and what to do about it.")
-    instance: str | None = Field(None, description="The request path.")
+    instance: str | None = Field(None, description="The request path.", examples=["/intent"])
+    request_id: str | None = Field(None, description="The request's X-Request-ID, as in the logs.")
 
 
 class ProblemError(Exception):
@@ -62,13 +63,30 @@ def problem_response(
     return JSONResponse(jsonable_encoder(body), status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
 
 
+PROBLEM_SCHEMA_REF = "#/components/schemas/Problem"
+
+
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses=`` entries documenting problem+json answers for ``statuses``."""
-    schema = Problem.model_json_schema()
+    """OpenAPI ``responses=`` entries for problem+json answers: each refers to the one ``Problem``
+    schema that ``document_problems`` adds to the components."""
     return {
-        status: {"description": HTTPStatus(status).phrase, "content": {PROBLEM_MEDIA_TYPE: {"schema": schema}}}
+        status: {"description": HTTPStatus(status).phrase, "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": PROBLEM_SCHEMA_REF}}}}
         for status in statuses
     }
+
+
+def document_problems(app: FastAPI) -> None:
+    """Add the ``Problem`` schema to the app's OpenAPI components (routes refer to it, never copy it)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = Problem.model_json_schema()
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 def install_problem_handlers(app: FastAPI, raised: Iterable[tuple[type[Exception], int, str]] = ()) -> None:

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from core.audio import ACCEPTED_FORMATS
 from core.checkpoint import CheckpointError
 from service.engine import InferenceEngine
+from service.api.schemas import IntentResponse
 from service.main import create_app
 from service.settings import DEFAULT_MODEL_DIR, PROJECT_ROOT, Settings
 from tests.http_checks import PROBLEM, assert_problem, metric_samples
@@ -155,6 +156,21 @@ def test_openapi_documents_the_contract(client):
     fields = schema["components"]["schemas"]["IntentResponse"]["properties"]
     assert {"intent", "confidence", "top_k", "audio_seconds", "model", "timing_ms"} <= set(fields)
     assert {"/healthz", "/readyz", "/v1/model", "/metrics"} <= set(schema["paths"])
+
+
+def test_openapi_shares_one_problem_schema_names_operations_and_gives_examples(client):
+    schema = client.get("/openapi.json").json()
+    problem = schema["components"]["schemas"]["Problem"]
+    assert {"type", "title", "status", "detail"} <= set(problem["required"]) and "request_id" in problem["properties"]
+    errors = [answer for path in schema["paths"].values() for operation in path.values()
+              for status, answer in operation["responses"].items() if status[0] in "45"]  # fmt: skip
+    assert len(errors) >= 8
+    assert all(a["content"] == {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}} for a in errors)
+    operation_ids = [op["operationId"] for path in schema["paths"].values() for op in path.values()]
+    assert len(operation_ids) == len(set(operation_ids))
+    assert schema["paths"]["/intent"]["post"]["operationId"] == "classify_intent"
+    (example,) = schema["components"]["schemas"]["IntentResponse"]["examples"]
+    assert IntentResponse.model_validate(example).intent == "activate_lights_none"
 
 
 # --- errors: one test per status ---------------------------------------------------------

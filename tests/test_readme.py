@@ -270,3 +270,10 @@ def test_the_readme_documents_more_than_ci_and_the_quickstart():
 def test_every_other_readme_command_is_checked(command, monkeypatch):
     assert command[0] in CHECKS, f"README command {shlex.join(command)!r} is run by no test: add it to {__name__}"
     CHECKS[command[0]](command, monkeypatch)
+
+
+def test_the_api_schema_s_example_is_the_readme_s_answer():
+    from service.api.schemas import IntentResponse
+
+    (example,) = IntentResponse.model_json_schema()["examples"]
+    assert example == json.loads(marked("quickstart-answer").strip())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
     from service.engine import InferenceEngine
@@ -32,6 +32,17 @@ class StageTimings(BaseModel):
 
 
 class IntentResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "intent": "activate_lights_none",
+        "confidence": 0.949,
+        "top_k": [{"intent": "activate_lights_none", "confidence": 0.949},
+                  {"intent": "activate_lights_bedroom", "confidence": 0.033},
+                  {"intent": "deactivate_lights_none", "confidence": 0.006}],
+        "audio_seconds": 1.196,
+        "model": {"name": "quads-fsc-4bit", "bits": 4, "file_bytes": 3906564},
+        "timing_ms": {"decode": 1.3, "features": 0.9, "inference": 10.3, "total": 12.9},
+    }]})  # the README's quickstart answer
+
     intent: str = Field(description="The most probable intent.", examples=["activate_lights"])
     confidence: float = Field(ge=0, le=1, description="Its softmax probability.")
     top_k: list[IntentScore] = Field(description="The top_k most probable intents, most probable first.")
