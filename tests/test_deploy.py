@@ -37,7 +37,7 @@ ALERTS = DOCKER / "prometheus" / "alerts.yml"
 GRAFANA = DOCKER / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "quads.json"
 K8S = REPO / "k8s"
-K8S_MANIFESTS = ["configmap.yaml", "deployment.yaml", "service.yaml", "hpa.yaml", "pdb.yaml"]
+K8S_MANIFESTS = ["deployment.yaml", "service.yaml", "hpa.yaml", "pdb.yaml"]
 KUBERNETES_VALIDATE = Path(sys.executable).with_name("kubernetes-validate")
 
 DASHBOARD_UID = "quads-service"
@@ -269,7 +269,7 @@ def test_image_compose_and_k8s_settings_all_serve_the_baked_in_model(monkeypatch
 
     image_env = {k: v for k, v in dockerfile_env(final).items() if k.startswith("QUADS_")}
     compose_env = load_yaml(COMPOSE)["services"]["service"]["environment"]
-    k8s_env = dict(load_yaml(K8S / "configmap.yaml")["data"])
+    k8s_env = k8s_settings()
     for where, overrides in (("image", {}), ("compose", compose_env), ("k8s", k8s_env)):
         settings = settings_from_env(monkeypatch, {**image_env, **overrides})
         assert settings.model_path == baked, f"{where} settings serve {settings.model_path}, not {baked}"
@@ -633,7 +633,7 @@ def test_quads_settings_in_deploy_files_are_real_settings():
     known = {(prefix + name).upper() for name in Settings.model_fields}
     compose_env = load_yaml(COMPOSE)["services"]["service"]["environment"]
     deployment_env = [e["name"] for e in deployment_container().get("env", [])]
-    used = {*dockerfile_env(dockerfile_stages()[-1]), *compose_env, *load_yaml(K8S / "configmap.yaml")["data"],
+    used = {*dockerfile_env(dockerfile_stages()[-1]), *compose_env, *k8s_settings(),
             *deployment_env}
     quads = {name for name in used if name.startswith("QUADS_")}
     assert quads, "no QUADS_ settings found"
@@ -641,6 +641,19 @@ def test_quads_settings_in_deploy_files_are_real_settings():
 
 
 # --- Kubernetes --------------------------------------------------------------------------------
+
+
+def k8s_settings() -> dict[str, str]:
+    """The KEY=VALUE lines of k8s/quads.env, as kustomize's configMapGenerator reads them."""
+    lines = [line.strip() for line in (K8S / "quads.env").read_text().splitlines()]
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+def test_the_settings_env_file_is_plain_key_value_lines():
+    settings = k8s_settings()
+    assert settings["QUADS_BITS"] == "4" and len(settings) >= 5
+    assert all(re.fullmatch(r"QUADS_[A-Z_]+", k) for k in settings)
+    assert not [v for v in settings.values() if v[:1] in "\"'" or v != v.strip()]  # kustomize keeps quotes and spaces
 
 
 def k8s_docs() -> dict[str, dict]:
@@ -679,22 +692,28 @@ def test_strict_validation_rejects_an_unknown_field(tmp_path):
     assert proc.returncode != 0 and "livenesProbe" in proc.stdout + proc.stderr
 
 
-def test_kustomization_lists_every_manifest_and_renders(tmp_path):
+def test_kustomization_lists_every_manifest_generates_the_settings_and_renders(tmp_path):
     kustomization = load_yaml(K8S / "kustomization.yaml")
     assert kustomization["kind"] == "Kustomization"
     on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
     assert sorted(kustomization["resources"]) == sorted(on_disk) == sorted(K8S_MANIFESTS)
+    (generator,) = kustomization["configMapGenerator"]
+    assert generator["envs"] == ["quads.env"] and "behavior" not in generator  # hashed name: edits roll the pods
     (image,) = kustomization["images"]
     assert image["name"] == deployment_container()["image"].split(":")[0]
     assert image["newTag"] == pyproject()["project"]["version"]
 
     kubectl = require_tool("kubectl")
-    rendered = run_tool(kubectl, "kustomize", str(K8S)).stdout
-    kinds = sorted(doc["kind"] for doc in yaml.safe_load_all(rendered))
-    assert kinds == sorted(d["kind"] for d in k8s_docs().values())
-    (tmp_path / "rendered.yaml").write_text(rendered)
+    rendered = list(yaml.safe_load_all(run_tool(kubectl, "kustomize", str(K8S)).stdout))
+    assert sorted(doc["kind"] for doc in rendered) == sorted([*(d["kind"] for d in k8s_docs().values()), "ConfigMap"])
+    (config_map,) = [doc for doc in rendered if doc["kind"] == "ConfigMap"]
+    assert config_map["data"] == k8s_settings() and config_map["metadata"]["name"].startswith("quads-config-")
+    (deployment,) = [doc for doc in rendered if doc["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["envFrom"] == [{"configMapRef": {"name": config_map["metadata"]["name"]}}]
+    (tmp_path / "rendered.yaml").write_text(yaml.safe_dump_all(rendered))
     proc = kubernetes_validate(tmp_path / "rendered.yaml", version="1.37.0")
-    assert proc.returncode == 0 and proc.stdout.count(" passed ") == len(K8S_MANIFESTS), proc.stdout + proc.stderr
+    assert proc.returncode == 0 and proc.stdout.count(" passed ") == len(rendered), proc.stdout + proc.stderr
 
 
 def test_deployment_probes_resources_and_threads():
@@ -713,11 +732,12 @@ def test_deployment_probes_resources_and_threads():
     # Threads come from the CPU limit by service/cpu.py's one rule (rounded down), not from the
     # Downward API (which rounds up): nothing in the manifests sets them.
     assert "QUADS_THREADS" not in {e["name"] for e in container.get("env", [])}
-    assert "QUADS_THREADS" not in load_yaml(K8S / "configmap.yaml")["data"]
+    assert "QUADS_THREADS" not in k8s_settings()
     from service.settings import Settings
 
     assert Settings.model_fields["threads"].default == 0  # 0: resolve_threads reads the cgroup limit
-    assert container["envFrom"] == [{"configMapRef": {"name": k8s_docs()["configmap.yaml"]["metadata"]["name"]}}]
+    (generator,) = load_yaml(K8S / "kustomization.yaml")["configMapGenerator"]
+    assert container["envFrom"] == [{"configMapRef": {"name": generator["name"]}}]
 
 
 def test_deployment_uses_the_restricted_security_context():
