@@ -413,7 +413,8 @@ def test_promtool_accepts_prometheus_config_and_alert_rules():
 def test_promtool_parses_every_dashboard_query(tmp_path):
     promtool = require_tool("promtool")
     # Grafana substitutes $__rate_interval before querying; any duration stands in for it here.
-    exprs = [e.replace("$__rate_interval", "1m") for e in dashboard_exprs(json.loads(DASHBOARD.read_text()))]
+    exprs = [e.replace("$__rate_interval", "1m").replace("$instance", ".*")
+             for e in dashboard_exprs(json.loads(DASHBOARD.read_text()))]
     rules = {"groups": [{"name": "dashboard", "rules": [
         {"record": f"dashboard:query_{i}", "expr": e} for i, e in enumerate(exprs)]}]}
     (tmp_path / "dashboard_rules.yml").write_text(yaml.safe_dump(rules))
@@ -498,11 +499,14 @@ def provisioned_datasource() -> dict:
     return datasource
 
 
-def test_dashboard_has_fixed_uid_and_uses_only_the_provisioned_datasource():
+def test_dashboard_has_fixed_uid_and_a_datasource_variable_defaulting_to_the_provisioned_one():
     dashboard = json.loads(DASHBOARD.read_text())
     assert dashboard["uid"] == DASHBOARD_UID
     datasource = provisioned_datasource()
     assert datasource["type"] == "prometheus" and datasource["uid"]
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    assert variables["datasource"]["current"]["value"] == datasource["uid"]  # works as provisioned, and elsewhere
 
     referenced = []
 
@@ -516,11 +520,22 @@ def test_dashboard_has_fixed_uid_and_uses_only_the_provisioned_datasource():
             for value in node:
                 walk(value)
 
-    walk(dashboard["panels"])
+    walk([dashboard["panels"], variables["instance"]])
     assert referenced, "no panel names a datasource"
-    assert all(ref == {"type": "prometheus", "uid": datasource["uid"]} for ref in referenced), referenced
+    assert all(ref == {"type": "prometheus", "uid": "${datasource}"} for ref in referenced), referenced
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
+
+
+def test_every_dashboard_query_follows_the_replica_picker():
+    dashboard = json.loads(DASHBOARD.read_text())
+    instance = {v["name"]: v for v in dashboard["templating"]["list"]}["instance"]
+    assert instance["query"]["query"] == "label_values(quads_model_info, instance)"
+    assert instance["multi"] and instance["includeAll"] and instance["allValue"] == ".*"
+    for expr in dashboard_exprs(dashboard):
+        names = promql_metric_names(expr)
+        selectors = [m.group(1) or "" for n in names for m in re.finditer(rf"\b{n}(\{{[^}}]*\}})?", expr)]
+        assert names and all('instance=~"$instance"' in s for s in selectors), expr
 
 
 def test_dashboard_shows_what_the_issue_asks_for():
@@ -528,10 +543,11 @@ def test_dashboard_shows_what_the_issue_asks_for():
     names = {histogram_base(n)[0] for e in exprs for n in promql_metric_names(e)}
     assert {"quads_stage_duration_seconds", "quads_http_requests_total", "quads_requests_in_flight",
             "quads_model_file_bytes", "quads_model_memory_bytes", "quads_model_bit_width",
-            "quads_queue_depth", "quads_batch_size", "quads_rejected_total"} <= names
+            "quads_queue_depth", "quads_batch_size", "quads_rejected_total", "process_resident_memory_bytes",
+            "process_cpu_seconds_total", "process_open_fds", "python_gc_collections_total"} <= names
     compact = [e.replace(" ", "") for e in exprs]
     for q in ("0.5", "0.95", "0.99"):
-        latency = f"histogram_quantile({q},sumby(le,stage)(rate(quads_stage_duration_seconds_bucket["
+        latency = f'histogram_quantile({q},sumby(le,stage)(rate(quads_stage_duration_seconds_bucket{{instance=~"$instance"}}['
         assert any(e.startswith(latency) for e in compact), f"no per-stage latency panel for quantile {q}"
     assert any('status=~"5.."' in e and "/" in e for e in exprs), "no 5xx error-rate panel"
     assert any('status=~"4.."' in e and "/" in e for e in exprs), "no 4xx error-rate panel"
