@@ -2,7 +2,8 @@
 
 Every file the project writes (checkpoints, caches, training state, reports, figures) goes
 through ``atomic_write``: a temporary file in the same folder, fsynced, then renamed, so a
-reader or a crash never sees half a file.
+reader or a crash never sees half a file. torch is imported only to write or read tensors, so
+that the commands' ``--help`` and config checks stay fast.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
-from torch import Tensor
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 class TensorFileError(ValueError):
@@ -42,6 +45,8 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
 
 def write_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
     """Write ``tensors`` and string ``metadata`` as one safetensors file, atomically."""
+    from safetensors.torch import save_file  # torch loads here: writing text files needs none of it
+
     atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 

@@ -5,10 +5,11 @@ SIGKILL training in the middle of writing one (tests/test_train_resume.py)."""
 import sys
 import time
 
-import core.tensor_files
+import safetensors.torch
+
 from training.train_cli import cli
 
-_save_file = core.tensor_files.save_file
+_save_file = safetensors.torch.save_file
 
 
 def _slow_save_file(tensors, filename, metadata=None):
@@ -18,5 +19,5 @@ def _slow_save_file(tensors, filename, metadata=None):
 
 
 if __name__ == "__main__":
-    core.tensor_files.save_file = _slow_save_file
+    safetensors.torch.save_file = _slow_save_file  # core.tensor_files.write_tensors imports it at each call
     sys.exit(cli())

@@ -108,7 +108,7 @@ def test_reports_and_charts_are_written(runs):
 def test_quads_eval_prints_metrics_and_writes_a_confusion_report(runs):
     corpus, tmp = runs
     ckpt = tmp / "mct" / "quads-fsc-4bit.safetensors"
-    out = run_cli("training.evaluate", ["--model", str(ckpt), "--data", str(corpus), "--split", "test",
+    out = run_cli("training.eval_cli", ["--model", str(ckpt), "--data", str(corpus), "--split", "test",
                                         "--confusion", str(tmp / "confusion.json"), "--no-progress"])
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout)

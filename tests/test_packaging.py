@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -26,7 +27,7 @@ def test_wheel_declares_the_mit_licence_and_ships_its_text(tmp_path):
     assert licences and "Permission is hereby granted" in zipfile.ZipFile(wheel).read(licences[0]).decode()
 
 
-@pytest.mark.parametrize("module", ["service.cli", "training.train_cli", "training.evaluate", "training.synth", "training.demo"])
+@pytest.mark.parametrize("module", ["service.cli", "training.train_cli", "training.eval_cli", "training.synth_cli", "training.demo"])
 def test_every_command_answers_version(module, capsys):
     cli = __import__(module, fromlist=["cli"]).cli
     with pytest.raises(SystemExit) as exit_info:
@@ -118,3 +119,27 @@ def test_a_built_wheel_serves_the_default_model_from_any_folder(tmp_path):
         server.terminate()
         log = server.communicate(timeout=30)[0]
     assert f"serving {target / 'service' / 'models' / 'quads-fsc-4bit.safetensors'}" in log, log[-3000:]
+
+
+# Runs a console script's function with the given arguments and prints whether torch was imported.
+_ENTRY_POINT_WATCH = """
+import sys
+module, function = sys.argv.pop(1).split(":")
+entry = getattr(__import__(module, fromlist=[function]), function)
+try:
+    entry()
+except SystemExit:
+    pass
+print("torch loaded" if "torch" in sys.modules else "no torch")
+"""
+
+
+@pytest.mark.parametrize("command", ["quads-serve", "quads-train", "quads-eval", "quads-synth", "quads-demo"])
+@pytest.mark.parametrize("flag", ["--help", "--version"])
+def test_help_and_version_answer_without_loading_torch(command, flag):
+    """torch takes over a second to import; --help and --version never wait for it."""
+    entry = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"][command]
+    result = subprocess.run([sys.executable, "-c", _ENTRY_POINT_WATCH, entry, flag], capture_output=True, text=True,
+                            timeout=60, cwd=REPO)  # fmt: skip
+    assert result.stdout.strip().endswith("no torch"), result.stdout[-500:] + result.stderr[-2000:]
+    assert command in result.stdout

@@ -189,8 +189,8 @@ def parse_with(main, argv: list[str], monkeypatch) -> argparse.Namespace:
 
 def check_training_cli(command: list[str], monkeypatch) -> None:
     from training.demo import cli as demo
-    from training.evaluate import cli as evaluate
-    from training.synth import cli as synth
+    from training.eval_cli import cli as evaluate
+    from training.synth_cli import cli as synth
     from training.train_cli import cli as train
     from training.train_cli import config_from_args
 

@@ -22,7 +22,8 @@ from training.espeak_voices import (
     variant_file,
 )
 from training.phrasings import PHRASINGS, phrasings_of
-from training.synth import SynthError, cli, synthesize_corpus
+from training.synth import SynthError, synthesize_corpus
+from training.synth_cli import cli
 
 INTENTS = ["activate_lights_kitchen", "change language_Chinese_none", "bring_juice_none"]
 VOICES = {

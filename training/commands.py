@@ -31,11 +31,11 @@ def train() -> int | None:
 
 
 def evaluate() -> int | None:
-    return _run("quads-eval", "training.evaluate")
+    return _run("quads-eval", "training.eval_cli")
 
 
 def synth() -> int | None:
-    return _run("quads-synth", "training.synth")
+    return _run("quads-synth", "training.synth_cli")
 
 
 def demo() -> int | None:

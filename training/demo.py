@@ -40,8 +40,6 @@ from core.codebook import storage
 from core.version import package_version
 from training.config import load_config
 from training.espeak_voices import default_voices, family_voices
-from training.synth import synthesize_corpus
-from training.train import train
 from training.whisper.wheels import WhisperFetchError, fetch_whisper
 
 MB = 2**20
@@ -106,10 +104,14 @@ def run_training(out: Path, corpus: Path, seed: int, progress: bool, **sections:
         {"train": {"out": str(out), "seed": seed, "progress": progress}},
         *({k: v} for k, v in sections.items()),
     ]
+    from training.train import train  # torch loads with the first step that trains
+
     return train(load_config(None, updates), resume=True)
 
 
 def make_corpora(out: Path, preset: DemoPreset, seed: int, progress: bool) -> None:
+    from training.synth import synthesize_corpus
+
     voices = default_voices(preset.voices, seed)
     grid_voices = {**voices, "train": voices["train"][: preset.grid_train_voices]}
     jobs = {

@@ -128,6 +128,10 @@ TRAINABLE_VARIANTS = tuple(v for v in VARIANTS if not v.startswith(HELD_OUT_FAMI
 FAMILY_VARIANTS = tuple(v for v in VARIANTS if v.startswith(HELD_OUT_FAMILY))
 
 
+# 31 intents x (60 + 15 + 15) voices = 2790 clips, every voice a different variant.
+DEFAULT_VOICES_PER_SPLIT = {"train": 60, "valid": 15, "test": 15}
+
+
 @dataclass(frozen=True)
 class Voice:
     """One synthetic speaker: an espeak-ng voice spec and its base prosody."""

@@ -1,20 +1,13 @@
-"""Evaluate a checkpoint on a dataset split: accuracy, macro F1, size and compute.
+"""Evaluate a checkpoint on a dataset split: accuracy, macro F1, polarity errors, size and compute.
 
-    quads-eval --model models/quads-fsc-4bit.safetensors --data /data/fsc --split test \
-        [--confusion confusion.json]
-
-prints one JSON object (``accuracy``, ``macro_f1``, ``n``, ``params``, ``file_bytes``, ``bits``,
-``gmacs_per_clip``: the mean over the split at each clip's real length, ``gmacs_30s``, ...).
-``--confusion FILE`` also writes the confusion matrix and a per-class report (``.json``, or
-Markdown for any other suffix).
+``evaluate_checkpoint`` is the one evaluation of a written model, used by ``quads-eval``
+(``training.eval_cli``), the end of ``quads-train`` and the demo.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -23,12 +16,11 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from core.audio import N_FRAMES
-from core.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from core.checkpoint import Checkpoint
 from core.compute import count_parameters, forward_gmacs
 from core.tensor_files import atomic_write
-from core.version import package_version
-from training.datasets import DatasetError, load_samples
-from training.features import BadSampleError, MelDataset, collate
+from training.datasets import load_samples
+from training.features import MelDataset, collate
 
 log = logging.getLogger(__name__)
 
@@ -200,42 +192,3 @@ def write_confusion(path: str | Path, result: dict) -> Path:
         text = "\n".join(lines)
     atomic_write(path, lambda tmp: tmp.write_text(text))
     return path
-
-
-def cli(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="quads-eval", description="Evaluate a QUADS checkpoint on a dataset split.")
-    parser.add_argument("--model", required=True, help="a QUADS .safetensors checkpoint")
-    parser.add_argument("--data", required=True, help="FSC root, SLURP root, or a manifest (.csv/.jsonl)")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--pad-to-30s", action=argparse.BooleanOptionalAction, default=None,
-                        help="pad clips to 30 s as the paper does (default: as the checkpoint was trained)")
-    parser.add_argument("--on-error", choices=("skip", "raise"), default="skip", help="a bad sample: skip it or stop")
-    parser.add_argument("--no-slurp-headset", action="store_true", help="SLURP: leave out *-headset.flac recordings")
-    parser.add_argument("--confusion", help="write the confusion matrix and per-class report here (.json or .md)")
-    parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        checkpoint = load_checkpoint(args.model)
-        dataset = checkpoint_split(checkpoint, args.data, args.split, pad_to_30s=args.pad_to_30s,
-                                   on_error=args.on_error, slurp_headset=not args.no_slurp_headset,
-                                   progress=not args.no_progress)
-        result = evaluate_checkpoint(checkpoint, dataset, args.split, batch_size=args.batch_size, device=args.device,
-                                     progress=not args.no_progress)
-    except (CheckpointError, DatasetError, BadSampleError) as e:
-        print(f"quads-eval: error: {e}", file=sys.stderr)
-        return 2
-    if args.confusion:
-        write_confusion(args.confusion, result)
-    print(json.dumps({"data": str(args.data), **summary(result)}, indent=1))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(cli())

@@ -20,16 +20,13 @@ Layout written (readable by ``training.datasets.load_fsc``)::
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,23 +38,18 @@ from tqdm import tqdm
 
 from core.audio import SAMPLE_RATE, resample
 from core.tensor_files import atomic_write
-from core.version import package_version
 from training.datasets import FSC_COLUMNS, FSC_INTENTS, FSC_SPLITS
 from training.espeak_voices import (
-    HELD_OUT_FAMILY,
+    DEFAULT_VOICES_PER_SPLIT,
     Voice,
     build_variant_data_dir,
     default_voices,
-    family_voices,
     is_generated,
     stable_int,
 )
 from training.features import NOISE_COLORS, colored_noise, mix_at_snr
-from training.phrasings import PHRASING_SETS, PHRASINGS, phrasings_of
+from training.phrasings import PHRASINGS, phrasings_of
 
-# 31 intents x (60 + 15 + 15) voices = 2790 clips, every voice a different variant.
-DEFAULT_VOICES_PER_SPLIT = {"train": 60, "valid": 15, "test": 15}
-DEFAULT_UTTERANCES_PER_VOICE = 1
 
 
 class SynthError(RuntimeError):
@@ -312,76 +304,3 @@ def _readme(metadata: dict) -> str:
 
 def _write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-# ----------------------------------------------------------------------------------- CLI
-
-
-def _parse_voice_counts(text: str) -> dict[str, int]:
-    counts = {}
-    for part in text.split(","):
-        split, _, k = part.partition("=")
-        if split.strip() not in FSC_SPLITS or not k.strip().isdigit():
-            raise argparse.ArgumentTypeError(f"expected e.g. train=48,valid=12,test=12, got {text!r}")
-        counts[split.strip()] = int(k)
-    return counts
-
-
-def cli(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="quads-synth", description="Write a synthetic spoken-command corpus (espeak-ng) in the FSC layout."
-    )
-    parser.add_argument("out_dir", type=Path, help="corpus folder (created; an earlier corpus there is replaced)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--intents", nargs="+", metavar="INTENT", help="FSC intents (default: all 31); quote 'change language_...'"
-    )
-    parser.add_argument(
-        "--voices-per-split",
-        type=_parse_voice_counts,
-        default=DEFAULT_VOICES_PER_SPLIT,
-        metavar="train=K,valid=K,test=K",
-        help="number of voices per split (default: %(default)s)",
-    )
-    parser.add_argument("--utterances-per-voice", type=int, default=DEFAULT_UTTERANCES_PER_VOICE,
-                        help="utterances of each intent per voice (default: %(default)s)")  # fmt: skip
-    parser.add_argument("--phrasings", type=int, help="use only the first N phrasings of each intent")
-    parser.add_argument("--phrasing-set", choices=PHRASING_SETS, default="seen",
-                        help="seen: the phrasings training may use; held-out: the one per intent reserved for testing")
-    parser.add_argument("--held-out-family", type=int, metavar="K",
-                        help=f"instead of --voices-per-split: a test split of K voices of the held-out "
-                             f"{HELD_OUT_FAMILY} family (an unseen-engine proxy)")  # fmt: skip
-    parser.add_argument("--no-noise", action="store_true", help="clean speech: no background noise or reverberation")
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
-    args = parser.parse_args(argv)
-
-    start = time.monotonic()
-    try:
-        if args.held_out_family:
-            voices = {"test": family_voices(args.held_out_family, args.seed)}
-        else:
-            voices = default_voices(args.voices_per_split, args.seed)
-        root = synthesize_corpus(
-            args.out_dir,
-            intents=args.intents,
-            voices=voices,
-            utterances_per_voice=args.utterances_per_voice,
-            phrasings=args.phrasings,
-            phrasing_set=args.phrasing_set,
-            seed=args.seed,
-            noise=not args.no_noise,
-            workers=args.workers,
-            progress=not args.quiet,
-        )
-    except (ValueError, SynthError) as e:
-        parser.exit(2, f"quads-synth: error: {e}\n")
-    clips = json.loads((root / "synth.json").read_text())["clips"]
-    counts = ", ".join(f"{split} {n}" for split, n in clips.items())
-    elapsed = time.monotonic() - start
-    print(f"wrote {sum(clips.values())} clips ({counts}) to {root} in {elapsed:.1f} s", file=sys.stderr)
-
-
-if __name__ == "__main__":
-    cli()

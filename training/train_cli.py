@@ -11,22 +11,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from core.checkpoint import CheckpointError
 from core.version import package_version
-from training.config import (
-    Config,
-    ConfigError,
-    differences,
-    load_config,
-    parse_override,
-)
-from training.datasets import DatasetError
-from training.features import BadSampleError
-from training.run_state import RunStateError
+from training.config import Config, ConfigError, differences, load_config, parse_override
 from training.schedule import scale_pattern
-from training.student import StudentInitError
-from training.train import train
-from training.whisper import WhisperImportError
 
 # Settings that may differ when resuming: they change how, not what, is computed.
 RESUMABLE_CHANGES = {"train.progress", "train.device", "train.threads", "data.num_workers", "teacher.batch_size"}
@@ -94,6 +81,15 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 def cli(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # torch loads with these, after --help and --version have answered.
+    from core.checkpoint import CheckpointError
+    from training.datasets import DatasetError
+    from training.features import BadSampleError
+    from training.run_state import RunStateError
+    from training.student import StudentInitError
+    from training.train import train
+    from training.whisper import WhisperImportError
+
     try:
         cfg = config_from_args(args)
         train(cfg, resume=args.resume)

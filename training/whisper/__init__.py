@@ -4,6 +4,13 @@
 Only training and the benchmarks import Whisper; the service serves QUADS checkpoints.
 """
 
-from training.whisper.encoder import WhisperImportError, load_whisper_encoder
-
 __all__ = ["WhisperImportError", "load_whisper_encoder"]
+
+
+def __getattr__(name: str):
+    # Loaded on first use, so that ``training.whisper.wheels`` (the downloads) does not import torch.
+    if name in __all__:
+        from training.whisper import encoder
+
+        return getattr(encoder, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
