@@ -234,13 +234,29 @@ def check_deploy(command: list[str], monkeypatch) -> None:
         assert resources and all((REPO / command[3] / r).exists() for r in resources)
 
 
+def check_pip(command: list[str], monkeypatch) -> None:
+    """Outside the CI blocks, pip appears only in the CPU-only install and with a real extra."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    if "--index-url" in command:  # the CPU wheels: from PyTorch's CPU index, pinned as pyproject.toml pins them
+        assert command[command.index("--index-url") + 1] == "https://download.pytorch.org/whl/cpu"
+        pins = [d for d in project["dependencies"] if d.startswith("torch")]
+        assert sorted(c for c in command if c.startswith("torch")) == sorted(pins) and len(pins) == 2
+        return
+    target = command[-1]
+    assert command[:2] == ["pip", "install"] and (target == "." or command[2:4] == ["-e", target]), command
+    extras = target.partition("[")[2].rstrip("]")
+    assert not extras or set(extras.split(",")) <= set(project["optional-dependencies"]), command
+
+
 def check_ci(command: list[str], monkeypatch) -> None:
     raise AssertionError("install and test commands belong in the blocks .ci/run runs")
 
 
 CHECKS = {"quads-train": check_training_cli, "quads-eval": check_training_cli, "quads-synth": check_training_cli,
           "quads-demo": check_training_cli, "torchrun": check_training_cli, "python": check_python,
-          "docker": check_deploy, "kubectl": check_deploy, "pip": check_ci, "sudo": check_ci, "python3": check_ci}
+          "docker": check_deploy, "kubectl": check_deploy, "pip": check_pip, "sudo": check_ci, "python3": check_ci}
 
 
 def test_ci_runs_the_install_and_test_blocks():
