@@ -172,3 +172,29 @@ def test_bad_samples_are_reported_with_their_path_and_skipped_or_fail_fast(tmp_p
     assert cli([*args, "--out", str(tmp_path_factory.mktemp("raise")), "--set", "data.on_error=raise"]) == 2
     err = capsys.readouterr().err
     assert "quads-train: error:" in err and "missing.wav" in err
+
+
+@pytest.mark.parametrize("labels, fits", [("refit", 2), ("fixed", 1)])
+def test_eq_4_centroids_with_fixed_or_refitted_assignments(tmp_path_factory, monkeypatch, labels, fits):
+    """MCT under eq. 4, schedule DQDQ: the 4-bit branch has two Q phases; with fixed assignments
+    k-means runs once and the second phase reuses it, with refit it runs at both. The file holds
+    the quantizer's own codebooks."""
+    from tests.training_corpus import random_teacher, tiny_student_args
+    from training.quantize import KMeansQuantizer
+    from training.train_cli import cli
+
+    calls = {"fit": 0, "reuse": 0}
+    for name in calls:
+        original = getattr(KMeansQuantizer, name)
+        monkeypatch.setattr(KMeansQuantizer, name, lambda self, *a, _o=original, _n=name: calls.update({_n: calls[_n] + 1}) or _o(self, *a))
+    tmp = tmp_path_factory.mktemp(f"eq4-{labels}")
+    args = ["--data", str(tiny_corpus(tmp_path_factory)), "--out", str(tmp / "run"), "--strategy", "mct",
+            "--bits", "4", "--schedule", "DQDQ", "--teacher", str(random_teacher(tmp / "teacher.safetensors")),
+            "--set", f"teacher.cache_dir={tmp / 'cache'}", "--set", "quant.centroid_update=sum",
+            "--set", f"quant.labels={labels}", *COMMON, *tiny_student_args(64, 1)]  # fmt: skip
+    assert cli(args) == 0
+    assert calls == {"fit": fits, "reuse": 2 - fits}
+    checkpoint = load_checkpoint(tmp / "run" / "quads-fsc-4bit.safetensors")
+    assert checkpoint.provenance["strategy"] == "mct" and checkpoint.bits == 4
+    config = (tmp / "run" / "config.yaml").read_text()
+    assert "centroid_update: sum" in config and f"labels: {labels}" in config

@@ -47,7 +47,7 @@ def test_golden_two_step_run():
     assert d["ce"] == pytest.approx(1.2286309599876404, abs=1e-5)
     assert q["ce"] == pytest.approx(1.1653743386268616, abs=1e-5)
     # Snapping after every step leaves the weights on their centroids, so L_centroid is 0 at
-    # every forward pass; the centroids learn through snap() (paper eq. 4).
+    # every forward pass; the centroids learn through snap() (the default, the authors' mean rule).
     assert q["centroid"] == 0.0
     total = sum(float(p.detach().double().sum()) for p in model.parameters())
     assert total == pytest.approx(106.55250415963155, abs=1e-4)
@@ -55,3 +55,25 @@ def test_golden_two_step_run():
         assert torch.unique(p.detach()).numel() <= 4
     d2, q2, *_ = golden_run()
     assert (d2, q2) == (d, q)  # deterministic
+
+
+def test_a_quantization_epoch_under_eq_4_steps_the_centroids_not_the_weights():
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    items = [(torch.randn(16, 30, generator=g), k % 3, k) for k in range(4)]
+    loader = torch.utils.data.DataLoader(items, batch_size=2, shuffle=False, collate_fn=collate)
+    model = IntentClassifier(SMALL, 3)
+    cfg = Config.model_validate({"quant": {"centroid_update": "sum", "centroid_lr": 1e-3, "momentum": 0.0}})
+    quantizer = KMeansQuantizer(model, 2, centroid_update="sum")
+    loss = QuantizationLoss(quantizer)
+    loss.fit()
+    centroids = {n: c.detach().clone() for n, c in quantizer.centroids.items()}
+    bias = model.head.bias.detach().clone()
+    optimizer = make_optimizer("Q", model, loss, cfg)
+    assert [g["lr"] for g in optimizer.param_groups] == [cfg.quant.lr, 1e-3]
+    train_epoch(TrainStep(model, loss), loader, optimizer, device=torch.device("cpu"), snap=loss.snap, progress=False)
+    assert all(not torch.equal(centroids[n], c.detach()) for n, c in quantizer.centroids.items())
+    assert not torch.equal(bias, model.head.bias.detach())  # parameters outside the codebooks train at lr
+    for name, p in quantizer.params.items():
+        assert p.grad is None  # handed to the centroids
+        assert torch.equal(p.detach().reshape(-1), quantizer.centroids[name].detach()[quantizer.labels[name]])

@@ -58,13 +58,38 @@ def test_kmeans_matches_naive_lloyd(k, seed):
     assert (labels == ref_labels).float().mean() > 0.999  # float32 vs float64 may flip a boundary point
 
 
-def test_kmeans_on_gapped_weights_matches_naive_and_has_no_nan():
-    # Two tight clumps far apart: the linear init puts most centroids in the empty gap.
+def sse(w: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor) -> float:
+    return float(((w.reshape(-1).double() - centroids.double()[labels]) ** 2).sum())
+
+
+def test_empty_clusters_are_reseeded_on_gapped_weights():
+    # Two tight clumps far apart: the linear init puts most centroids in the empty gap, where
+    # plain Lloyd leaves them with no weights.
     w = torch.cat([torch.randn(500) * 0.01 - 1.0, torch.randn(500) * 0.01 + 1.0])
+    ref_centroids, ref_labels = naive_lloyd(w, 8)
+    assert torch.unique(ref_labels).numel() < 8  # the problem
     centroids, labels = kmeans_1d(w, 8)
-    ref_centroids, _ = naive_lloyd(w, 8)
-    assert torch.isfinite(centroids).all()
-    torch.testing.assert_close(centroids.double(), ref_centroids, atol=1e-6, rtol=0)
+    assert torch.isfinite(centroids).all() and torch.unique(labels).numel() == 8
+    assert sse(w, centroids, labels) < 0.5 * sse(w, ref_centroids, ref_labels)
+    plain, plain_labels = kmeans_1d(w, 8, reseed=False)  # the option reproduces plain Lloyd
+    torch.testing.assert_close(plain.double(), ref_centroids, atol=1e-6, rtol=0)
+
+
+def test_a_4_bit_tensor_with_16_distinct_values_uses_16_codes_and_keeps_them_exact():
+    # 15 values crowded near 0 and one far away: a linear init covers them with 2 of 16 centroids.
+    distinct = torch.cat([torch.arange(15) * 1e-3, torch.tensor([1.0])])
+    w = distinct.repeat_interleave(torch.arange(1, 17))  # uneven counts
+    centroids, labels = kmeans_1d(w, 16)
+    assert torch.unique(labels).numel() == 16
+    assert torch.equal(centroids[labels], w)  # each distinct value is its own centroid
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_every_width_uses_all_its_codes(bits):
+    g = torch.Generator().manual_seed(bits)
+    w = torch.cat([torch.randn(20_000, generator=g) * 0.02, torch.randn(50, generator=g) * 0.3])  # heavy tails
+    _, labels = kmeans_1d(w, 2**bits)
+    assert torch.unique(labels).numel() == 2**bits
 
 
 def test_assign_is_nearest_centroid():
@@ -159,3 +184,57 @@ def test_centroid_loss_is_mean_squared_distance_to_centroids():
         for n, p in quantizer.params.items()
     ]).mean()
     torch.testing.assert_close(quantizer.centroid_loss().detach(), expected)
+
+
+# --- how centroids learn in a quantization phase -------------------------------------------------
+
+
+class OneMatrix(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.tensor([[0.0, 0.1, 0.9], [1.0, 0.05, 0.95]]))
+
+
+def one_step(centroid_update: str, lr: float) -> tuple[KMeansQuantizer, torch.Tensor]:
+    """One SGD step (no momentum) on L = sum(weight * G): dL/dweight = G."""
+    model = OneMatrix()
+    quantizer = KMeansQuantizer(model, 1, centroid_update=centroid_update).fit()
+    grad = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    params = quantizer.centroid_parameters() or list(model.parameters())
+    optimizer = torch.optim.SGD(params, lr=lr)
+    if centroid_update == "sum":
+        optimizer.register_step_pre_hook(lambda *_: quantizer.accumulate_centroid_grads())
+    (model.weight * grad).sum().backward()
+    optimizer.step()
+    quantizer.snap()
+    return quantizer, model.weight.detach()
+
+
+def test_one_sum_step_is_eq_4_by_hand():
+    quantizer, weight = one_step("sum", lr=0.01)
+    # k-means on {0, .05, .1} and {.9, .95, 1}: centroids .05 and .95; the gradients in each
+    # cluster are {1, 5, 2} and {3, 4, 6}, summed (eq. 4): 8 and 13.
+    expected = torch.tensor([0.05 - 0.01 * 8, 0.95 - 0.01 * 13])
+    torch.testing.assert_close(quantizer.centroids["weight"].detach(), expected)
+    torch.testing.assert_close(weight, expected[torch.tensor([[0, 0, 1], [1, 0, 1]])])
+
+
+def test_one_mean_step_is_the_authors_rule_by_hand():
+    quantizer, weight = one_step("mean", lr=0.01)
+    expected = torch.tensor([0.05 - 0.01 * 8 / 3, 0.95 - 0.01 * 13 / 3])  # the mean of each cluster's steps
+    torch.testing.assert_close(quantizer.centroids["weight"], expected)
+    torch.testing.assert_close(weight, expected[torch.tensor([[0, 0, 1], [1, 0, 1]])])
+
+
+def test_fixed_assignments_are_kept_and_centroids_follow_the_weights():
+    torch.manual_seed(4)
+    model = IntentClassifier(SMALL, 3)
+    first = quantize_model(model, 3)
+    with torch.no_grad():  # a distillation phase moves the weights freely
+        for p in first.params.values():
+            p.add_(torch.randn_like(p) * 0.01)
+    moved = {n: p.detach().reshape(-1).clone() for n, p in first.params.items()}
+    again = KMeansQuantizer(model, 3).reuse(first)
+    for name in first.params:
+        assert torch.equal(again.labels[name], first.labels[name])
+        torch.testing.assert_close(again.centroids[name], loop_update(moved[name], first.labels[name], first.centroids[name]))

@@ -94,6 +94,14 @@ class QuantConfig(Section):
     momentum: float = 0.9
     centroid_weight: float = 1.0  # L = centroid_weight * L_centroid + CE
     kmeans_iters: int = 50
+    # How centroids learn (training.quantize): "sum", eq. 4 (each centroid's gradient is the sum of
+    # its weights', stepped at centroid_lr by the same SGD), or "mean" (the authors' code: step the
+    # weights at lr, then each centroid becomes its cluster's mean).
+    centroid_update: Literal["sum", "mean"] = "mean"
+    centroid_lr: float = Field(1e-5, gt=0)
+    # "refit": k-means again at the start of every Q phase; "fixed": the assignments of a branch's
+    # first Q phase are kept (the authors' code), centroids re-estimated from the current weights.
+    labels: Literal["refit", "fixed"] = "refit"
 
 
 class TrainConfig(Section):

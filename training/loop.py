@@ -111,10 +111,24 @@ def train_epoch(
 
 
 def make_optimizer(kind: str, model: IntentClassifier, loss: nn.Module, cfg: Config) -> torch.optim.Optimizer:
-    """Adam with separate encoder/head learning rates for D and F; SGD with momentum for Q."""
+    """Adam with separate encoder/head learning rates for D and F; SGD with momentum for Q.
+
+    In Q under eq. 4 (``centroid_update: sum``) SGD steps the centroids at ``centroid_lr`` and
+    the parameters outside the codebooks at ``lr``; a pre-step hook hands each centroid the sum
+    of its weights' gradients. Under ``mean`` it steps every parameter and the snap re-estimates.
+    """
     if kind == "Q":
-        return torch.optim.SGD([{"params": list(model.parameters()), "lr": cfg.quant.lr, "base_lr": cfg.quant.lr}],
-                               momentum=cfg.quant.momentum)
+        quantizer = loss.quantizer
+        centroids = quantizer.centroid_parameters()
+        coded = {id(p) for p in quantizer.params.values()} if centroids else set()
+        groups = [{"params": [p for p in model.parameters() if id(p) not in coded], "lr": cfg.quant.lr,
+                   "base_lr": cfg.quant.lr}]  # fmt: skip
+        if centroids:
+            groups.append({"params": centroids, "lr": cfg.quant.centroid_lr, "base_lr": cfg.quant.centroid_lr})
+        optimizer = torch.optim.SGD(groups, momentum=cfg.quant.momentum)
+        if centroids:
+            optimizer.register_step_pre_hook(lambda *_: quantizer.accumulate_centroid_grads())
+        return optimizer
     head = [*model.head.parameters(), *loss.parameters()]  # the head, and a learned projection if any
     return torch.optim.Adam([
         {"params": list(model.encoder.parameters()), "lr": cfg.distill.lr_encoder, "base_lr": cfg.distill.lr_encoder},

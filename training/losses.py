@@ -126,8 +126,9 @@ class QuantizationLoss(nn.Module):
     L_centroid is ``KMeansQuantizer.centroid_loss()``: the mean squared distance of each weight
     to its centroid. Right after ``fit()`` or ``snap()`` every weight equals its centroid, so
     L_centroid and its gradient are exactly zero; in a training loop that snaps after every step
-    (use ``self.snap``) that holds at every forward pass, and the centroids learn through the
-    snap's cluster means (paper eq. 4). The loss then skips computing the zeros: every in-place
+    (use ``self.snap``) that holds at every forward pass; the centroids learn as
+    ``KMeansQuantizer.centroid_update`` says (eq. 4's sum, or the authors' cluster means). The
+    loss then skips computing the zeros: every in-place
     change to a tensor bumps its version counter, so unchanged versions since the last snap prove
     the weights are still on their codebooks. Otherwise L_centroid is computed in full.
     """
@@ -141,9 +142,10 @@ class QuantizationLoss(nn.Module):
     def _versions(self) -> list[int]:
         return [p._version for p in self.quantizer.params.values()]
 
-    def fit(self) -> None:
-        """Fit the codebooks (start of a Q phase) and snap the weights onto them."""
-        self.quantizer.fit()
+    def fit(self, previous: KMeansQuantizer | None = None) -> None:
+        """Fit the codebooks (start of a Q phase), or keep ``previous``'s assignments, and snap the
+        weights onto them."""
+        self.quantizer.reuse(previous) if previous is not None else self.quantizer.fit()
         self._snapped_versions = self._versions()
 
     def snap(self) -> None:

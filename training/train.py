@@ -37,7 +37,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from core.checkpoint import load_checkpoint
 from core.model import IntentClassifier, ModelDims
-from training.config import Config, ConfigError, save_config
+from training.config import Config, ConfigError
 from training.datasets import DatasetError, label_set, load_samples
 from training.distributed import Processes, all_reduce_mean, setup_processes
 from training.evaluate import evaluate_checkpoint, evaluate_model, summary
@@ -52,8 +52,9 @@ from training.losses import (
     StudentProjection,
 )
 from training.quantize import KMeansQuantizer
-from training.run_logging import close_logging, setup_logging
-from training.run_state import RunState, RunStateError, load_state, save_state
+from training.run_folder import Run, enter_branch, open_run, plan_info, provenance_of, restore
+from training.run_logging import close_logging
+from training.run_state import RunState, save_state
 from training.schedule import PHASE_NAMES, Epoch, Plan, make_plan
 from training.student import init_student, student_dims
 from training.teacher import Teacher, TeacherCache, load_teacher
@@ -86,15 +87,19 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
 
     epochs = plan.epochs
     phase: Phase | None = None
+    kept = kept_codebooks(cfg, plan, first, model, run.state, procs)  # the branch's codebooks, between its Q phases
     epoch_bar = tqdm(total=len(epochs), initial=first, desc="epochs", unit="epoch", disable=not run.progress,
                      dynamic_ncols=True)
     with logging_redirect_tqdm():
         for i in range(first, len(epochs)):
             epoch = epochs[i]
-            if plan.starts_branch(i) and not plan.branches[epoch.branch].shared:
-                enter_branch(run, plan, i, model, match.projection)
+            if plan.starts_branch(i):
+                kept = None
+                if not plan.branches[epoch.branch].shared:
+                    enter_branch(run, plan, i, model, match.projection)
             if phase is None or plan.starts_branch(i) or epoch.epoch_in_phase == 0:
-                phase = start_phase(cfg, plan, epoch, model, match, procs, run.state if i == first else None)
+                phase = start_phase(cfg, plan, epoch, model, match, procs, run.state if i == first else None, kept)
+                kept = phase.quantizer or kept
 
             # Reseeding from (seed, epoch) makes a resumed run repeat an uninterrupted one.
             torch.manual_seed(cfg.train.seed * 1_000_003 + i)
@@ -103,7 +108,7 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
             record = run_epoch(cfg, plan, epoch, phase, model, loader, match, valid_ds, run)
             history.append(record)
 
-            end_epoch(cfg, run, plan, i, model, labels, phase, match, history, provenance)
+            end_epoch(cfg, run, plan, i, model, labels, phase, kept, match, history, provenance)
             epoch_bar.update(1)
     epoch_bar.close()
 
@@ -113,96 +118,6 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
         dist.destroy_process_group()
     close_logging()
     return report
-
-
-# ------------------------------------------------------------------------------ the run folder
-
-
-@dataclass
-class Run:
-    """The run folder and what was found there: ``state`` is the saved state when resuming."""
-
-    out: Path
-    procs: Processes
-    progress: bool  # progress bars: asked for, and this is rank 0
-    state: RunState | None
-
-    @property
-    def state_path(self) -> Path:
-        return self.out / "resume" / "state.safetensors"
-
-    @property
-    def fork_path(self) -> Path:
-        """The state every non-shared branch starts from."""
-        return self.out / "resume" / "fork.safetensors"
-
-
-def open_run(cfg: Config, procs: Processes, resume: bool) -> Run:
-    """Create (or reopen, with ``resume``) the run folder; start its log; write its config.yaml."""
-    out = Path(cfg.train.out).expanduser()
-    if procs.main:
-        (out / "resume").mkdir(parents=True, exist_ok=True)
-    procs.barrier()
-    setup_logging(out, procs.main)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    run = Run(out, procs, cfg.train.progress and procs.main, None)
-    if resume and run.state_path.exists():
-        run.state = load_state(run.state_path)
-    elif resume:
-        log.info("nothing to resume in %s: starting from the beginning", out)
-    elif run.state_path.exists():
-        raise ConfigError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
-    if procs.main:
-        for stale in [*out.glob(".*.tmp"), *(out / "resume").glob(".*.tmp")]:  # temp files of a killed write
-            stale.unlink(missing_ok=True)
-        save_config(cfg, out / "config.yaml")
-    log.info("run %s: strategy %s, bits %s, %d process(es) on %s", out, cfg.train.strategy, cfg.train.bits,
-             procs.world, procs.device)
-    return run
-
-
-def provenance_of(cfg: Config, plan: Plan, n_train: int) -> dict:
-    """What every checkpoint of the run records about how it was made."""
-    return {
-        "strategy": cfg.train.strategy, "init": cfg.student.init, "teacher": cfg.teacher.path or None,
-        "schedule": plan.pattern, "seed": cfg.train.seed, "data": cfg.data.root, "n_train": n_train,
-        "pad_to_30s": cfg.data.pad_to_30s, "alpha": cfg.distill.alpha, "width_match": cfg.distill.width_match,
-    }
-
-
-def plan_info(plan: Plan) -> dict:
-    """What a resume state records of the plan, so that a changed plan is refused."""
-    return {"strategy": plan.strategy, "pattern": plan.pattern, "branches": [b.name for b in plan.branches]}
-
-
-def restore(run: Run, plan: Plan, model: IntentClassifier, projection: nn.Module | None) -> tuple[list[dict], int]:
-    """(history, first epoch to run): from the saved state when resuming, else ([], 0)."""
-    if run.state is None:
-        return [], 0
-    if run.state.info.get("plan") != plan_info(plan):
-        raise RunStateError(f"{run.state_path}: saved for plan {run.state.info.get('plan')}, not {plan_info(plan)}")
-    model.load_state_dict(run.state.model)
-    if projection is not None and run.state.projection is not None:
-        projection.load_state_dict(run.state.projection)
-    log.info("resuming after epoch %d of %d", run.state.done, len(plan.epochs))
-    return list(run.state.history), run.state.done
-
-
-def enter_branch(run: Run, plan: Plan, i: int, model: IntentClassifier, projection: nn.Module | None) -> None:
-    """Every non-shared branch starts from the same state, the end of the shared epochs (or the
-    initial model): the first such branch saves it, the others load it."""
-    first_own = next(b for b, branch in enumerate(plan.branches) if not branch.shared)
-    if plan.epochs[i].branch == first_own:
-        if run.procs.main:
-            save_state(run.fork_path, RunState(i, model.state_dict(),
-                                               projection=projection.state_dict() if projection is not None else None))
-    else:
-        fork = load_state(run.fork_path)
-        model.load_state_dict(fork.model)
-        if projection is not None and fork.projection is not None:
-            projection.load_state_dict(fork.projection)
-    run.procs.barrier()
 
 
 # ----------------------------------------------------------------------------------- data
@@ -299,31 +214,48 @@ class Phase:
 
 
 def start_phase(cfg: Config, plan: Plan, epoch: Epoch, model: IntentClassifier, match: WidthMatch,
-                procs: Processes, resumed: RunState | None) -> Phase:
+                procs: Processes, resumed: RunState | None, kept: KMeansQuantizer | None) -> Phase:
     """A fresh optimizer (the weights just jumped, to or from the codebooks), and for Q the k-means
-    fit. When a resume lands in the middle of a phase, both come back from the ``resumed`` state."""
+    fit, or ``kept``'s assignments with ``quant.labels: fixed``. When a resume lands in the middle
+    of a phase, the codebooks and the optimizer come back from the ``resumed`` state instead."""
     quantizer = None
+    mid_phase = resumed is not None and epoch.epoch_in_phase > 0
     if epoch.kind == "Q":
-        quantizer = KMeansQuantizer(model, plan.branches[epoch.branch].train_bits, cfg.quant.kmeans_iters)
+        quantizer = KMeansQuantizer(model, plan.branches[epoch.branch].train_bits, cfg.quant.kmeans_iters,
+                                    cfg.quant.centroid_update)  # fmt: skip
         loss = QuantizationLoss(quantizer, cfg.quant.centroid_weight)
+        if mid_phase and resumed.quantizer is not None:
+            quantizer.load_state_dict(quantizer_state(resumed, procs))
+        else:
+            loss.fit(kept if cfg.quant.labels == "fixed" else None)
     else:
         loss = match.distill_loss if epoch.kind == "D" else ClassificationLoss()
-    optimizer = make_optimizer(epoch.kind, model, loss, cfg)
-    if resumed is not None and epoch.epoch_in_phase > 0:
+    optimizer = make_optimizer(epoch.kind, model, loss, cfg)  # after the codebooks: it may step the centroids
+    if mid_phase:
         optimizer.load_state_dict(resumed.optimizer)
-        if quantizer is not None and resumed.quantizer is not None:
-            quantizer.load_state_dict({
-                "bits": resumed.quantizer["bits"],
-                "centroids": {n: t.to(procs.device) for n, t in resumed.quantizer["centroids"].items()},
-                "labels": {n: t.to(procs.device) for n, t in resumed.quantizer["labels"].items()},
-            })
-    elif quantizer is not None:
-        loss.fit()
     step_module = TrainStep(model, loss)
     if procs.world > 1:
         step_module = DistributedDataParallel(step_module, broadcast_buffers=False,
                                               device_ids=[procs.device.index] if procs.device.type == "cuda" else None)
     return Phase(loss, optimizer, step_module, quantizer)
+
+
+def quantizer_state(state: RunState, procs: Processes) -> dict:
+    """The saved codebooks of ``state``, on this process's device."""
+    q = state.quantizer
+    return {"bits": q["bits"], "centroids": {n: t.to(procs.device) for n, t in q["centroids"].items()},
+            "labels": {n: t.to(procs.device) for n, t in q["labels"].items()}}  # fmt: skip
+
+
+def kept_codebooks(cfg: Config, plan: Plan, i: int, model: IntentClassifier, state: RunState | None,
+                   procs: Processes) -> KMeansQuantizer | None:
+    """On resuming at epoch ``i`` inside a branch with ``quant.labels: fixed``: the assignments
+    its earlier Q phase fitted, from the saved state (None when there is nothing to keep)."""
+    if state is None or state.quantizer is None or cfg.quant.labels != "fixed" or plan.starts_branch(i):
+        return None
+    kept = KMeansQuantizer(model, state.quantizer["bits"], cfg.quant.kmeans_iters, cfg.quant.centroid_update)
+    kept.load_state_dict(quantizer_state(state, procs))
+    return kept
 
 
 def run_epoch(cfg: Config, plan: Plan, epoch: Epoch, phase: Phase, model: IntentClassifier, loader: DataLoader,
@@ -355,7 +287,7 @@ def run_epoch(cfg: Config, plan: Plan, epoch: Epoch, phase: Phase, model: Intent
 
 
 def end_epoch(cfg: Config, run: Run, plan: Plan, i: int, model: IntentClassifier, labels: list[str], phase: Phase,
-              match: WidthMatch, history: list[dict], provenance: dict) -> None:
+              kept: KMeansQuantizer | None, match: WidthMatch, history: list[dict], provenance: dict) -> None:
     """Rank 0 writes the branch's checkpoints if it ends here, then the resume state that says this
     epoch is done: a kill between the two repeats the epoch and rewrites the same files."""
     if run.procs.main:
@@ -364,7 +296,7 @@ def end_epoch(cfg: Config, run: Run, plan: Plan, i: int, model: IntentClassifier
             export_branch(cfg, model, labels, branch, phase.quantizer, provenance)
         save_state(run.state_path, RunState(
             i + 1, model.state_dict(), phase.optimizer.state_dict(),
-            phase.quantizer.state_dict() if phase.quantizer is not None else None,
+            kept.state_dict() if kept is not None else None,  # the branch's codebooks, in D epochs too
             match.projection.state_dict() if match.projection is not None else None,
             history, {"plan": plan_info(plan)},
         ))
