@@ -198,3 +198,22 @@ def test_eq_4_centroids_with_fixed_or_refitted_assignments(tmp_path_factory, mon
     assert checkpoint.provenance["strategy"] == "mct" and checkpoint.bits == 4
     config = (tmp / "run" / "config.yaml").read_text()
     assert "centroid_update: sum" in config and f"labels: {labels}" in config
+
+
+def test_post_training_quantization_of_the_float_branch_is_reported_beside_the_trained_widths(tmp_path_factory):
+    from tests.training_corpus import random_teacher, tiny_student_args
+    from training.train_cli import cli
+
+    tmp = tmp_path_factory.mktemp("ptq")
+    args = ["--data", str(tiny_corpus(tmp_path_factory)), "--out", str(tmp / "run"), "--strategy", "mct",
+            "--bits", "32,4", "--schedule", "DQ", "--teacher", str(random_teacher(tmp / "teacher.safetensors")),
+            "--set", f"teacher.cache_dir={tmp / 'cache'}", "--set", "train.post_hoc_bits=[4, 2]",
+            *COMMON, *tiny_student_args(64, 1)]  # fmt: skip
+    assert cli(args) == 0
+    rows = {(r["branch"], r["quantization"], r["bits"]): r for r in json.loads((tmp / "run" / "report.json").read_text())["results"]}
+    assert set(rows) == {("float", "trained", 32), ("4bit", "trained", 4), ("float", "post-hoc k-means", 4),
+                         ("float", "post-hoc k-means", 2)}  # fmt: skip
+    assert rows[("float", "post-hoc k-means", 2)]["checkpoint"].endswith("quads-fsc-ptq-2bit.safetensors")
+    for row in rows.values():  # per test voice: clips right and clips, adding up to the split
+        assert sum(total for _, total in row["per_speaker"].values()) == row["n"] == 24
+        assert sum(right for right, _ in row["per_speaker"].values()) == round(row["accuracy"] * row["n"])

@@ -5,6 +5,7 @@ import torch
 
 from core.checkpoint import save_checkpoint
 from core.model import AudioEncoder, IntentClassifier, ModelDims
+from tests.training_corpus import write_openai_checkpoint
 from training.config import StudentConfig
 from training.losses import ChannelMaxPool
 from training.student import (
@@ -39,17 +40,6 @@ def test_teacher_layers_refuses_a_different_width():
         init_student(cfg, student_dims(cfg, 16), 4, teacher_encoder=teacher)
 
 
-def write_openai_checkpoint(path, dims: ModelDims, seed=0):
-    """A Whisper-format .pt (dims + model_state_dict with encoder.* keys), tensors only."""
-    torch.manual_seed(seed)
-    encoder = AudioEncoder(dims)
-    state = {f"encoder.{k}": v for k, v in encoder.state_dict().items()}
-    state["encoder.positional_embedding"] = encoder.positional_embedding.clone()
-    torch.save({"dims": {"n_mels": dims.n_mels, "n_audio_ctx": dims.n_ctx, "n_audio_state": dims.n_state,
-                         "n_audio_head": dims.n_head, "n_audio_layer": dims.n_layer}, "model_state_dict": state}, path)
-    return encoder
-
-
 def test_whisper_init_loads_the_encoder_and_explains_a_dims_mismatch(tmp_path):
     dims = ModelDims(n_mels=80, n_ctx=1500, n_state=64, n_head=2, n_layer=2)
     reference = write_openai_checkpoint(tmp_path / "w.pt", dims)
@@ -60,6 +50,20 @@ def test_whisper_init_loads_the_encoder_and_explains_a_dims_mismatch(tmp_path):
     wrong = StudentConfig(init=f"whisper:{tmp_path / 'w.pt'}", preset="tiny")
     with pytest.raises(StudentInitError, match=r"n_state=384.*n_state=64"):
         init_student(wrong, student_dims(wrong, 80), 5)
+    deeper = StudentConfig(init=f"whisper:{tmp_path / 'w.pt'}", n_state=64, n_head=2, n_layer=3)
+    with pytest.raises(StudentInitError, match=r"n_layer=3.*n_layer=2"):
+        init_student(deeper, student_dims(deeper, 80), 5)
+
+
+def test_a_shallower_student_takes_evenly_spaced_whisper_blocks(tmp_path):
+    reference = write_openai_checkpoint(tmp_path / "w.pt", ModelDims(n_mels=80, n_ctx=1500, n_state=64, n_head=2, n_layer=4))
+    cfg = StudentConfig(init=f"whisper:{tmp_path / 'w.pt'}", n_state=64, n_head=2, n_layer=2)
+    student = init_student(cfg, student_dims(cfg, 80), 5)
+    for i, j in enumerate([0, 3]):  # round(linspace(0, 3, 2))
+        for (name, s), (_, r) in zip(student.encoder.blocks[i].state_dict().items(), reference.blocks[j].state_dict().items()):
+            assert torch.equal(s, r), f"block {i} {name}"
+    assert torch.equal(student.encoder.conv1.weight, reference.conv1.weight)
+    assert torch.equal(student.encoder.ln_post.weight, reference.ln_post.weight)
 
 
 class FakeDataset:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from core.checkpoint import save_checkpoint
-from core.model import IntentClassifier, ModelDims
+from core.model import AudioEncoder, IntentClassifier, ModelDims
 from training.espeak_voices import default_voices
 from training.synth import synthesize_corpus
 
@@ -49,3 +49,14 @@ def run_cli(module: str, args: list[str], timeout: float = 300, env: dict | None
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def write_openai_checkpoint(path, dims: ModelDims, seed=0):
+    """A Whisper-format .pt (dims + model_state_dict with encoder.* keys), tensors only."""
+    torch.manual_seed(seed)
+    encoder = AudioEncoder(dims)
+    state = {f"encoder.{k}": v for k, v in encoder.state_dict().items()}
+    state["encoder.positional_embedding"] = encoder.positional_embedding.clone()
+    torch.save({"dims": {"n_mels": dims.n_mels, "n_audio_ctx": dims.n_ctx, "n_audio_state": dims.n_state,
+                         "n_audio_head": dims.n_head, "n_audio_layer": dims.n_layer}, "model_state_dict": state}, path)
+    return encoder

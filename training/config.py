@@ -115,6 +115,9 @@ class TrainConfig(Section):
     threads: int = 0  # torch intra-op threads; 0 leaves torch's default
     progress: bool = True  # tqdm bars
     eval_every_epoch: bool = True
+    # MCT only: the float branch also writes k-means copies of itself at these widths
+    # (<name>-ptq-<bits>bit.safetensors): post-training quantization of the distilled model.
+    post_hoc_bits: list[int] = Field(default_factory=list)
 
     @field_validator("bits", mode="before")
     @classmethod
@@ -150,6 +153,10 @@ class Config(Section):
                 f"--strategy {t.strategy} trains a float model and emits 32/16-bit checkpoints only; "
                 f"for {codebook} bits use --strategy qad (k-means after training) or mct"
             )
+        if t.post_hoc_bits and (t.strategy != "mct" or not [b for b in t.bits if storage(b) != "codebook"]):
+            raise ConfigError("train.post_hoc_bits quantizes MCT's float branch: use --strategy mct with 32 or 16 in --bits")
+        if bad := [b for b in t.post_hoc_bits if storage(b) != "codebook"]:
+            raise ConfigError(f"train.post_hoc_bits: {bad} are not codebook widths (1..8)")
         if not self.data.root:
             raise ConfigError("data.root is not set: give --data DIR (an FSC or SLURP root, or a manifest)")
         if t.strategy != "finetune" and not self.teacher.path:

@@ -117,9 +117,10 @@ def frame_counts(dataset: MelDataset) -> list[int]:
 
 def evaluate_model(model: nn.Module, dataset: MelDataset, *, batch_size: int = 32, device: str | torch.device = "cpu",
                    progress: bool = False) -> dict:
-    """Accuracy, macro F1, confusion matrix and per-class scores of ``model`` on ``dataset``."""
+    """Accuracy, macro F1, confusion matrix and per-class scores of ``model`` on ``dataset``, and
+    ``correct``: (N,) whether each clip was classified right."""
     preds, targets = predict(model, dataset, batch_size=batch_size, device=device, progress=progress)
-    return classification_metrics(preds, targets, dataset.labels)
+    return {**classification_metrics(preds, targets, dataset.labels), "correct": preds == targets}
 
 
 def evaluate_checkpoint(checkpoint: Checkpoint, dataset: MelDataset, split: str, *, batch_size: int = 32,
@@ -151,10 +152,21 @@ def evaluate_checkpoint(checkpoint: Checkpoint, dataset: MelDataset, split: str,
         "pad_to_30s": dataset.pad_to_30s,
         "sha256": checkpoint.sha256,
         "labels": len(checkpoint.labels),
+        "per_speaker": per_speaker(dataset, metrics["correct"]),
         "confusion": metrics["confusion"],
         "per_class": metrics["per_class"],
         "label_names": checkpoint.labels,
     }
+
+
+def per_speaker(dataset: MelDataset, correct: Tensor) -> dict[str, list[int]]:
+    """speaker -> [clips right, clips]: what paired comparisons across models need."""
+    counts: dict[str, list[int]] = {}
+    for sample, right in zip(dataset.samples, correct.tolist()):
+        entry = counts.setdefault(sample.speaker, [0, 0])
+        entry[0] += int(right)
+        entry[1] += 1
+    return counts
 
 
 def summary(result: dict) -> dict:

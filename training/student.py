@@ -3,8 +3,9 @@
 ``student.init`` selects the starting weights:
 
 * ``random``: PyTorch's default initialisation, seeded;
-* ``whisper:<path>``: a pre-trained Whisper encoder (OpenAI ``.pt`` or Hugging Face folder), the
-  paper's choice; the student's dims must equal the checkpoint's;
+* ``whisper:<path>``: a pre-trained Whisper encoder (OpenAI ``.pt``, Hugging Face or CTranslate2
+  folder), the paper's choice; the student's dims must equal the checkpoint's, except that a
+  student with fewer layers takes evenly spaced blocks of it, as ``teacher-layers`` does;
 * ``teacher-layers``: the teacher's convolutions and final LayerNorm plus ``n_layer`` of its blocks
   at evenly spaced depths, ``linspace(0, L-1, n_layer)`` (the DistilBART / distil-whisper recipe);
   needs the teacher's width, heads, MLP width and mel bins.
@@ -106,6 +107,11 @@ def init_student(
         path = Path(cfg.init.removeprefix("whisper:")).expanduser()
         encoder = load_whisper_encoder(path)
         differing = [k for k in _COMPARED if getattr(encoder.dims, k) != getattr(dims, k)]
+        if differing == ["n_layer"] and dims.n_layer < encoder.dims.n_layer:
+            indices = copy_teacher_layers(model.encoder, encoder)  # a shallower student: evenly spaced blocks
+            log.info("student: Whisper checkpoint %s, blocks %s of %d (%s)", path, indices, encoder.dims.n_layer,
+                     _describe(dims))
+            return model
         if differing:
             matching = [name for name, p in PRESETS.items() if all(getattr(p, k) == getattr(encoder.dims, k) for k in _COMPARED if k != "n_mels")]
             hint = f"--set student.preset={matching[0]}" if matching else "set student.n_state/n_head/n_layer/n_mlp to the checkpoint's"

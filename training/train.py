@@ -41,7 +41,7 @@ from training.config import Config, ConfigError
 from training.datasets import DatasetError, label_set, load_samples
 from training.distributed import Processes, all_reduce_mean, setup_processes
 from training.evaluate import evaluate_checkpoint, evaluate_model, summary
-from training.export import checkpoint_path, export_branch
+from training.export import export_branch, exported_paths
 from training.features import BadSampleError, MelDataset, collate
 from training.loop import PhaseSchedule, TrainStep, make_optimizer, train_epoch
 from training.losses import (
@@ -316,10 +316,11 @@ def final_report(cfg: Config, plan: Plan, labels: list[str], train_ds: MelDatase
         log.warning("no test split (%s): evaluating on the validation split", e)
         split, dataset = cfg.data.valid_split, valid_ds
     rows = []
-    for path in [checkpoint_path(cfg, b) for branch in plan.branches for b in branch.exports] if dataset is not None else []:
-        result = evaluate_checkpoint(load_checkpoint(path), dataset, split, batch_size=cfg.data.batch_size,
-                                     device=procs.device)
-        rows.append({"strategy": cfg.train.strategy, "init": cfg.student.init, **summary(result)})
+    for path in exported_paths(cfg, plan) if dataset is not None else []:
+        checkpoint = load_checkpoint(path)
+        result = evaluate_checkpoint(checkpoint, dataset, split, batch_size=cfg.data.batch_size, device=procs.device)
+        made = {k: checkpoint.provenance.get(k) for k in ("branch", "quantization")}
+        rows.append({"strategy": cfg.train.strategy, "init": cfg.student.init, **made, **summary(result)})
         log.info("%s: %s accuracy %.2f%%, macro F1 %.2f%%, %.2f MB", path.name, split, 100 * result["accuracy"],
                  100 * result["macro_f1"], result["file_bytes"] / 2**20)
     report = {

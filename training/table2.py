@@ -1,0 +1,241 @@
+"""A fair analog of the QUADS paper's Table 2, on real Whisper: distillation only, post-training
+k-means, QAD and MCT, from Whisper and random init, at 1-4, 8 and 32 bits, over several seeds,
+on a test split of voices no model heard.
+
+    quads-demo --out runs/demo --steps whisper        # the pinned Whisper files, once
+    python -m training.table2 --whisper runs/demo/whisper --out runs/table2
+
+Every arm has the same 2 distillation epochs and the same 4 epochs in all:
+
+* ``distill``: the float branch of the QAD run (D D, then 2 cross-entropy epochs), at 32 bits;
+* ``ptq``: that float model k-means quantized after training, at each width;
+* ``qad``: D D Q Q: distil, then quantize once and fine-tune on the codebooks;
+* ``mct``: D Q D Q: distillation and quantization alternate.
+
+The teacher is the frozen Whisper base encoder; the student has whisper-tiny's width with 2 of
+its 4 blocks (tiny.en's first and last, or random), so that the grid fits in 90 minutes on 2 CPU
+cores. The quantization settings (how centroids learn, their learning rate, whether a branch keeps
+its first assignments) are chosen on the validation split by runs whose final evaluation is on
+the validation split too; the test split is read once per checkpoint, at the end of its run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from core.version import package_version
+from training.espeak_voices import default_voices
+
+log = logging.getLogger("quads.table2")
+
+ARMS = ("distill", "ptq", "qad", "mct")
+
+
+@dataclass(frozen=True)
+class Table2Plan:
+    voices: dict[str, int] = field(default_factory=lambda: {"train": 16, "valid": 8, "test": 30})
+    widths: tuple[int, ...] = (8, 4, 3, 2, 1)  # plus 32: the float model
+    seeds: tuple[int, ...] = (0, 1, 2)
+    inits: tuple[str, ...] = ("whisper", "random")
+    student: dict = field(default_factory=lambda: {"preset": "tiny", "n_layer": 2})
+    schedules: dict = field(default_factory=lambda: {"qad": "DDQQ", "mct": "DQDQ"})
+    # Quantization settings tried on the validation split (Whisper init, seed 0, MCT at selection_bits).
+    candidates: dict = field(default_factory=lambda: {
+        "mean-refit": {"centroid_update": "mean", "labels": "refit"},
+        "mean-fixed": {"centroid_update": "mean", "labels": "fixed"},
+        "sum-refit": {"centroid_update": "sum", "centroid_lr": 1e-5, "labels": "refit"},
+        "sum-fixed": {"centroid_update": "sum", "centroid_lr": 1e-5, "labels": "fixed"},
+    })
+    selection_bits: int = 2
+    intents: tuple[str, ...] | None = None  # None: all 31 FSC intents
+    common: dict = field(default_factory=dict)  # section -> overrides for every run (tests shrink the model)
+
+
+def make_corpus(out: Path, plan: Table2Plan, progress: bool) -> Path:
+    """The espeak-ng corpus: disjoint voices per split, one utterance per voice and intent."""
+    from training.synth import synthesize_corpus
+
+    corpus = out / "corpus"
+    if not (corpus / "data" / "test_data.csv").exists():
+        synthesize_corpus(corpus, intents=plan.intents, voices=default_voices(plan.voices, seed=7),
+                          utterances_per_voice=1, seed=7, progress=progress)  # fmt: skip
+    return corpus
+
+
+def run(out: Path, corpus: Path, whisper: Path, plan: Table2Plan, name: str, *, init: str, seed: int, strategy: str,
+        bits: list[int], schedule: str, quant: dict, progress: bool, data: dict | None = None, **train: object) -> dict:
+    """One ``quads-train`` run of the grid (resumed if interrupted, skipped if done)."""
+    from training.demo import run_training
+
+    sections = {section: dict(values) for section, values in plan.common.items()}
+    sections.setdefault("data", {}).update(data or {})
+    sections.setdefault("student", {}).update({"init": f"whisper:{whisper / 'tiny.en'}" if init == "whisper" else init,
+                                               **plan.student})  # fmt: skip
+    sections.setdefault("teacher", {}).update({"path": str(whisper / "base"), "cache_dir": str(out / "teacher-cache")})
+    sections.setdefault("quant", {}).update(quant)
+    sections.setdefault("train", {}).update({"strategy": strategy, "bits": bits, "schedule": schedule, **train})
+    return run_training(out / name, corpus, seed, progress, **sections)
+
+
+def select_quantization(out: Path, corpus: Path, whisper: Path, plan: Table2Plan, progress: bool) -> dict:
+    """Each candidate setting as MCT at ``selection_bits`` from Whisper init, seed 0, scored on the
+    validation split (the runs evaluate on it at their end: the test split is not read)."""
+    scores = {}
+    for name, quant in plan.candidates.items():
+        report = run(out, corpus, whisper, plan, f"select/{name}", init="whisper", seed=0, strategy="mct",
+                     bits=[plan.selection_bits], schedule=plan.schedules["mct"], quant=quant, progress=progress,
+                     data={"test_split": "valid"})  # its final evaluation: the validation split
+        (row,) = report["results"]
+        assert row["split"] == "valid", row["split"]
+        scores[name] = row["accuracy"]
+    best = max(scores, key=lambda n: (scores[n], -list(plan.candidates).index(n)))  # ties: the earlier candidate
+    log.info("quantization settings on the validation split: %s; chosen %s", scores, best)
+    return {"scores": scores, "chosen": best, "quant": plan.candidates[best]}
+
+
+def run_arms(out: Path, corpus: Path, whisper: Path, plan: Table2Plan, quant: dict, progress: bool) -> list[dict]:
+    """The QAD and MCT runs for every init and seed; each result row labelled with its arm."""
+    rows = []
+    bits = [32, *plan.widths]
+    for init in plan.inits:
+        for seed in plan.seeds:
+            for strategy in ("qad", "mct"):
+                extra = {"post_hoc_bits": list(plan.widths)} if strategy == "qad" else {}
+                extra["eval_every_epoch"] = False  # time: these runs are judged on the test split at their end
+                name = f"runs/{strategy}-{init}-seed{seed}"
+                report = run(out, corpus, whisper, plan, name, init=init, seed=seed, strategy="mct", bits=bits,
+                             schedule=plan.schedules[strategy], quant=quant, progress=progress, **extra)
+                minutes = sum(h.get("seconds", 0.0) for h in report["history"]) / 60
+                for row in report["results"]:
+                    if (arm := arm_of(strategy, row)) is not None:
+                        rows.append({**row, "arm": arm, "init": init, "seed": seed, "run": name, "run_minutes": minutes})
+    return rows
+
+
+def arm_of(run: str, row: dict) -> str | None:
+    """Which arm a checkpoint of a ``qad`` or ``mct`` run stands for (None: not compared)."""
+    if row["quantization"] == "post-hoc k-means":
+        return "ptq"
+    if row["branch"] == "float":
+        return "distill" if run == "qad" and row["bits"] == 32 else None  # MCT's float branch is no arm
+    return run
+
+
+def paired_difference(a: dict[str, list[float]], b: dict[str, list[float]], resamples: int = 10_000) -> dict:
+    """Per-voice accuracy of arm ``a`` minus arm ``b``: each voice's mean over seeds, then the mean
+    over voices with a 95% bootstrap interval (voices resampled with replacement)."""
+    voices = sorted(a)
+    diffs = np.array([np.mean(a[v]) - np.mean(b[v]) for v in voices])
+    rng = np.random.default_rng(0)
+    means = diffs[rng.integers(0, len(diffs), size=(resamples, len(diffs)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {"mean": float(diffs.mean()), "low": float(low), "high": float(high), "voices": len(voices)}
+
+
+def per_voice_accuracy(rows: list[dict]) -> dict[str, list[float]]:
+    """voice -> its accuracy in each of ``rows`` (one row per seed)."""
+    out: dict[str, list[float]] = {}
+    for row in rows:
+        for voice, (right, total) in row["per_speaker"].items():
+            out.setdefault(voice, []).append(right / total)
+    return out
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Mean and standard deviation over seeds per (arm, init, bits), and MCT - QAD per voice."""
+    cells: dict[tuple, list[dict]] = {}
+    for row in rows:
+        cells.setdefault((row["arm"], row["init"], row["bits"]), []).append(row)
+    table = []
+    for (arm, init, bits), group in sorted(cells.items(), key=lambda kv: (ARMS.index(kv[0][0]), kv[0][1], -kv[0][2])):
+        accuracy = np.array([r["accuracy"] for r in group])
+        table.append({"arm": arm, "init": init, "bits": bits, "seeds": len(group), "accuracy_mean": float(accuracy.mean()),
+                      "accuracy_sd": float(accuracy.std(ddof=1)) if len(group) > 1 else 0.0,
+                      "file_bytes": group[0]["file_bytes"], "test_voices": len(group[0]["per_speaker"])})  # fmt: skip
+    paired = []
+    for (arm, init, bits), group in sorted(cells.items()):
+        if arm == "mct" and ("qad", init, bits) in cells:
+            diff = paired_difference(per_voice_accuracy(group), per_voice_accuracy(cells[("qad", init, bits)]))
+            paired.append({"init": init, "bits": bits, **diff})
+    return {"table": table, "mct_minus_qad": paired}
+
+
+def write_report(out: Path, dest: Path, plan: Table2Plan, selection: dict, rows: list[dict], wall_minutes: float) -> Path:
+    """``report.md`` and ``report.json`` (every row, so the tables can be redrawn) in ``dest``."""
+    from core.tensor_files import atomic_write
+
+    summary = summarize(rows)
+    minutes = sum({r["run"]: r["run_minutes"] for r in rows}.values())
+    lines = [
+        "# Table 2 analog: distillation, post-training k-means, QAD and MCT", "",
+        f"Made by `python -m training.table2 --out {out}` (quads {package_version()}, {platform.processor() or platform.machine()}).",
+        f"Corpus: espeak-ng, voices per split {plan.voices} (disjoint), {len(plan.intents or ()) or 31} intents, one "
+        f"utterance each. Student: {plan.student} (tiny.en's blocks for Whisper init); teacher: Whisper base (frozen). "
+        f"Seeds {list(plan.seeds)}. "
+        f"Schedules: QAD {plan.schedules['qad']}, MCT {plan.schedules['mct']}; distill = QAD's float branch.", "",
+        "## Quantization settings, chosen on the validation split", "",
+        f"MCT at {plan.selection_bits} bits from Whisper init, seed 0; validation accuracy:", "",
+        "| setting | valid accuracy |", "|---|---:|",
+        *(f"| {name}{' (chosen)' if name == selection['chosen'] else ''} | {100 * acc:.1f} |"
+          for name, acc in selection["scores"].items()),
+        "", "## Test accuracy (mean ± sd over seeds)", "",
+        "| arm | init | bits | accuracy % | seeds | file MB |", "|---|---|---:|---:|---:|---:|",
+        *(f"| {r['arm']} | {r['init']} | {r['bits']} | {100 * r['accuracy_mean']:.1f} ± {100 * r['accuracy_sd']:.1f} | "
+          f"{r['seeds']} | {r['file_bytes'] / 1e6:.2f} |" for r in summary["table"]),
+        "", "## MCT - QAD, paired by test voice", "",
+        "Each voice's accuracy averaged over seeds; the mean over voices, with a 95% bootstrap interval.", "",
+        "| init | bits | MCT - QAD (points) | 95% interval | voices |", "|---|---:|---:|---|---:|",
+        *(f"| {p['init']} | {p['bits']} | {100 * p['mean']:+.1f} | [{100 * p['low']:+.1f}, {100 * p['high']:+.1f}] | {p['voices']} |"
+          for p in summary["mct_minus_qad"]),
+        "", f"Training time of the compared runs: {minutes:.0f} min of epochs; the whole command (corpus, teacher "
+        f"cache, selection, runs, evaluations) took {wall_minutes:.0f} min on {os.cpu_count()} CPUs.", "",
+    ]  # fmt: skip
+    dest.mkdir(parents=True, exist_ok=True)
+    report = {"plan": asdict(plan), "selection": selection, "summary": summary, "rows": rows,
+              "wall_minutes": wall_minutes}  # fmt: skip
+    atomic_write(dest / "report.json", lambda tmp: tmp.write_text(json.dumps(report, indent=1)))
+    atomic_write(dest / "report.md", lambda tmp: tmp.write_text("\n".join(lines)))
+    return dest / "report.md"
+
+
+def run_table2(out: Path, whisper: Path, plan: Table2Plan, dest: Path, progress: bool = True) -> Path:
+    import time
+
+    started = time.monotonic()
+    corpus = make_corpus(out, plan, progress)
+    selection = select_quantization(out, corpus, whisper, plan, progress)
+    rows = run_arms(out, corpus, whisper, plan, selection["quant"], progress)
+    return write_report(out, dest, plan, selection, rows, (time.monotonic() - started) / 60)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.table2", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--whisper", type=Path, default=Path("runs/demo/whisper"),
+                   help="the folder quads-demo's whisper step filled: tiny.en/ and base/ (default %(default)s)")
+    p.add_argument("--out", type=Path, default=Path("runs/table2"), help="working folder (default %(default)s)")
+    p.add_argument("--report", type=Path, default=Path("docs/table2"), help="where report.md goes (default %(default)s)")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    args = p.parse_args(argv)
+    for name in ("tiny.en", "base"):
+        if not (args.whisper / name / "model.bin").is_file():
+            p.error(f"{args.whisper / name} has no model.bin: run `quads-demo --out runs/demo --steps whisper` first")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    plan = Table2Plan(seeds=tuple(range(args.seeds)))
+    print(run_table2(args.out, args.whisper, plan, args.report, progress=not args.no_progress))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
