@@ -59,7 +59,7 @@ def test_the_grid_runs_end_to_end_and_reads_the_test_split_only_in_the_compared_
         voices={"train": 3, "valid": 1, "test": 2}, widths=(2,), seeds=(0, 1), inits=("whisper",),
         student={"n_state": 64, "n_head": 2, "n_layer": 1}, intents=tuple(INTENTS),
         candidates={"mean-refit": {"centroid_update": "mean"}, "sum-fixed": {"centroid_update": "sum", "labels": "fixed"}},
-        common={"data": {"batch_size": 4, "augment": False}, "train": {"threads": 1}},
+        common={"data": {"batch_size": 4, "augment": False}, "train": {"threads": 1}, "distill": {"lr_head": 3e-3}},
     )
     path = run_table2(tmp_path / "out", whisper, plan, tmp_path / "report", progress=False)
     report = json.loads((tmp_path / "report" / "report.json").read_text())

@@ -12,9 +12,10 @@ Every arm has the same 2 distillation epochs and the same 4 epochs in all:
 * ``qad``: D D Q Q: distil, then quantize once and fine-tune on the codebooks;
 * ``mct``: D Q D Q: distillation and quantization alternate.
 
-The teacher is the frozen Whisper base encoder; the student has whisper-tiny's width with 2 of
-its 4 blocks (tiny.en's first and last, or random), so that the grid fits in 90 minutes on 2 CPU
-cores. The quantization settings (how centroids learn, their learning rate, whether a branch keeps
+The teacher is the frozen Whisper base encoder; the student has whisper-tiny's dims (tiny.en or
+random). A 2-block student (tiny.en's first and last blocks) was tried for speed and dropped:
+4-10% validation accuracy after 2 distillation epochs, where the 4 blocks reach 65%. To fit 90
+minutes on 2 CPU cores the training split is 12 voices, the test split 30. The quantization settings (how centroids learn, their learning rate, whether a branch keeps
 its first assignments) are chosen on the validation split by runs whose final evaluation is on
 the validation split too; the test split is read once per checkpoint, at the end of its run.
 """
@@ -42,11 +43,11 @@ ARMS = ("distill", "ptq", "qad", "mct")
 
 @dataclass(frozen=True)
 class Table2Plan:
-    voices: dict[str, int] = field(default_factory=lambda: {"train": 16, "valid": 8, "test": 30})
+    voices: dict[str, int] = field(default_factory=lambda: {"train": 12, "valid": 8, "test": 30})
     widths: tuple[int, ...] = (8, 4, 3, 2, 1)  # plus 32: the float model
     seeds: tuple[int, ...] = (0, 1, 2)
     inits: tuple[str, ...] = ("whisper", "random")
-    student: dict = field(default_factory=lambda: {"preset": "tiny", "n_layer": 2})
+    student: dict = field(default_factory=lambda: {"preset": "tiny"})
     schedules: dict = field(default_factory=lambda: {"qad": "DDQQ", "mct": "DQDQ"})
     # Quantization settings tried on the validation split (Whisper init, seed 0, MCT at selection_bits).
     candidates: dict = field(default_factory=lambda: {
@@ -57,7 +58,9 @@ class Table2Plan:
     })
     selection_bits: int = 2
     intents: tuple[str, ...] | None = None  # None: all 31 FSC intents
-    common: dict = field(default_factory=dict)  # section -> overrides for every run (tests shrink the model)
+    # section -> overrides for every run. Batch 8 and a head learning rate of 3e-3: 65% validation
+    # accuracy after 2 distillation epochs from tiny.en (probe runs on the validation split).
+    common: dict = field(default_factory=lambda: {"data": {"batch_size": 8}, "distill": {"lr_head": 3e-3}})
 
 
 def make_corpus(out: Path, plan: Table2Plan, progress: bool) -> Path:
@@ -105,10 +108,11 @@ def select_quantization(out: Path, corpus: Path, whisper: Path, plan: Table2Plan
 def run_arms(out: Path, corpus: Path, whisper: Path, plan: Table2Plan, quant: dict, progress: bool) -> list[dict]:
     """The QAD and MCT runs for every init and seed; each result row labelled with its arm."""
     rows = []
-    bits = [32, *plan.widths]
     for init in plan.inits:
         for seed in plan.seeds:
             for strategy in ("qad", "mct"):
+                # QAD's float branch is the distill arm and the PTQ source; MCT's would be no arm: not trained.
+                bits = [32, *plan.widths] if strategy == "qad" else list(plan.widths)
                 extra = {"post_hoc_bits": list(plan.widths)} if strategy == "qad" else {}
                 extra["eval_every_epoch"] = False  # time: these runs are judged on the test split at their end
                 name = f"runs/{strategy}-{init}-seed{seed}"
