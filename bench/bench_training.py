@@ -27,6 +27,7 @@ import platform
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -35,12 +36,17 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.model import WHISPER_BASE, WHISPER_TINY, AudioEncoder, IntentClassifier  # noqa: E402
-from training.features import collate  # noqa: E402
-from training.losses import ChannelMaxPool, ClassificationLoss, DistillationLoss, QuantizationLoss  # noqa: E402
-from training.quantize import KMeansQuantizer  # noqa: E402
-from training.teacher import Teacher, compute_embeddings  # noqa: E402
-from training.loop import TrainStep, make_optimizer, train_epoch  # noqa: E402
 from training.config import Config  # noqa: E402
+from training.features import collate  # noqa: E402
+from training.loop import TrainStep, make_optimizer, train_epoch  # noqa: E402
+from training.losses import (  # noqa: E402
+    ChannelMaxPool,
+    ClassificationLoss,
+    DistillationLoss,
+    QuantizationLoss,
+)
+from training.quantize import KMeansQuantizer  # noqa: E402
+from training.teacher import Teacher, compute_targets  # noqa: E402
 
 
 def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
@@ -139,7 +145,7 @@ def bench_distillation(args) -> list[tuple[str, float]]:
              for i in range(args.clips)]
 
     class Clips(torch.utils.data.Dataset):
-        n_mels, augment, pad_to_30s = 80, False, False
+        n_mels, augment, pad_to_30s, labels = 80, False, False, [str(i) for i in range(31)]
 
         def __len__(self):
             return len(clips)
@@ -150,7 +156,7 @@ def bench_distillation(args) -> list[tuple[str, float]]:
     loader = torch.utils.data.DataLoader(Clips(), batch_size=args.batch, shuffle=False, collate_fn=collate)
     cfg, cpu = Config(), torch.device("cpu")
     started = CLOCK()
-    targets = compute_embeddings(teacher, Clips(), pool, batch_size=args.batch, progress=False)
+    targets = compute_targets(teacher, Clips(), pool, batch_size=args.batch, progress=False)
     t_cache_build = CLOCK() - started
 
     def epoch(loss, **kw):
@@ -162,7 +168,7 @@ def bench_distillation(args) -> list[tuple[str, float]]:
     epochs = interleaved_medians({
         "student": epoch(ClassificationLoss()),
         "cached": epoch(distill, targets=targets),
-        "online": epoch(distill, online_teacher=(teacher, pool)),
+        "online": epoch(distill, online_teacher=partial(teacher.targets, frame_pool=pool)),
     }, args.epoch_repeats, warmup=1)
     t_student, t_cached, t_online = epochs["student"], epochs["cached"], epochs["online"]
     return [

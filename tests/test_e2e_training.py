@@ -217,3 +217,29 @@ def test_post_training_quantization_of_the_float_branch_is_reported_beside_the_t
     for row in rows.values():  # per test voice: clips right and clips, adding up to the split
         assert sum(total for _, total in row["per_speaker"].values()) == row["n"] == 24
         assert sum(right for right, _ in row["per_speaker"].values()) == round(row["accuracy"] * row["n"])
+
+
+def test_a_quads_teacher_over_the_same_labels_gives_the_student_its_head_and_logits(runs, capsys):
+    from training.train_cli import cli
+
+    corpus, tmp = runs
+    args = ["--data", str(corpus), "--strategy", "distill", "--bits", "32", "--schedule", "D",
+            "--teacher", str(tmp / "teacher" / "teacher-32bit.safetensors"), "--init", "teacher-layers",
+            "--set", "student.n_state=128", "--set", "student.n_head=2", "--set", "student.n_layer=1",
+            "--set", f"teacher.cache_dir={tmp / 'teacher-cache'}", "--set", "distill.kl_weight=0.5", *COMMON]  # fmt: skip
+    assert cli([*args, "--out", str(tmp / "kl")]) == 0
+    assert "student head: the teacher's head" in capsys.readouterr().err
+    (epoch,) = json.loads((tmp / "kl" / "report.json").read_text())["history"]
+    assert epoch["kl"] > 0 and epoch["loss"] == pytest.approx(0.5 * epoch["l1"] + 0.5 * epoch["ce"] + 0.5 * epoch["kl"], rel=1e-6)
+
+
+def test_logit_distillation_from_a_teacher_without_the_labels_is_refused(tmp_path_factory, capsys):
+    from tests.training_corpus import random_teacher, tiny_student_args
+    from training.train_cli import cli
+
+    tmp = tmp_path_factory.mktemp("kl-refused")
+    args = ["--data", str(tiny_corpus(tmp_path_factory)), "--out", str(tmp / "run"), "--strategy", "distill",
+            "--bits", "32", "--schedule", "D", "--teacher", str(random_teacher(tmp / "teacher.safetensors")),
+            "--set", "distill.kl_weight=0.5", *COMMON, *tiny_student_args(64, 1)]  # fmt: skip
+    assert cli(args) == 2
+    assert "distill.kl_weight needs the teacher's logits over the student's labels" in capsys.readouterr().err

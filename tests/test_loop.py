@@ -14,6 +14,7 @@ from training.loop import (
 )
 from training.losses import DistillationLoss, QuantizationLoss
 from training.quantize import KMeansQuantizer
+from training.teacher import TeacherTargets
 
 SMALL = ModelDims(n_mels=16, n_ctx=64, n_state=32, n_head=2, n_layer=1)
 
@@ -22,7 +23,7 @@ def golden_run():
     """2 distillation steps (Adam) then 2 quantization steps (SGD + snap) on fixed random data."""
     g = torch.Generator().manual_seed(0)
     items = [(torch.randn(16, n, generator=g), k % 3, k) for k, n in enumerate([40, 33, 25, 38])]
-    targets = torch.randn(4, 32, generator=g)
+    targets = TeacherTargets(torch.randn(4, 32, generator=g))
     loader = torch.utils.data.DataLoader(items, batch_size=2, shuffle=False, collate_fn=collate)
     torch.manual_seed(0)
     model = IntentClassifier(SMALL, 3)

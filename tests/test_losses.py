@@ -13,6 +13,7 @@ from training.losses import (
     StudentProjection,
     channel_pool_geometry,
 )
+from training.teacher import TeacherTargets
 from training.quantize import KMeansQuantizer, quantize_model
 
 
@@ -58,7 +59,7 @@ def test_distillation_loss_is_alpha_l1_plus_one_minus_alpha_ce(alpha):
     g = torch.Generator().manual_seed(0)
     student, teacher = torch.randn(4, 16, generator=g), torch.randn(4, 16, generator=g)
     logits, labels = torch.randn(4, 5, generator=g), torch.tensor([0, 4, 2, 2])
-    out = DistillationLoss(alpha)(student, logits, labels, teacher)
+    out = DistillationLoss(alpha)(student, logits, labels, TeacherTargets(teacher))
     l1 = (student - teacher).abs().mean()
     ce = -torch.log_softmax(logits, dim=1)[torch.arange(4), labels].mean()
     torch.testing.assert_close(out.total, alpha * l1 + (1 - alpha) * ce)
@@ -71,7 +72,7 @@ def test_distillation_with_a_learned_projection_trains_the_projection():
     loss = DistillationLoss(0.5, projection)
     student = torch.randn(3, 8, requires_grad=True)
     teacher = torch.randn(3, 20)
-    out = loss(student, torch.randn(3, 4), torch.tensor([0, 1, 3]), teacher)
+    out = loss(student, torch.randn(3, 4), torch.tensor([0, 1, 3]), TeacherTargets(teacher))
     out.total.backward()
     assert projection.weight.grad is not None and projection.weight.grad.abs().sum() > 0
     assert student.grad is not None
@@ -81,7 +82,7 @@ def test_distillation_with_a_learned_projection_trains_the_projection():
 
 def test_distillation_refuses_unmatched_widths_with_a_hint():
     with pytest.raises(ValueError, match="ChannelMaxPool"):
-        DistillationLoss(0.5)(torch.randn(2, 8), torch.randn(2, 3), torch.tensor([0, 1]), torch.randn(2, 16))
+        DistillationLoss(0.5)(torch.randn(2, 8), torch.randn(2, 3), torch.tensor([0, 1]), TeacherTargets(torch.randn(2, 16)))
     with pytest.raises(ValueError, match="teacher"):
         DistillationLoss(0.5)(torch.randn(2, 8), torch.randn(2, 3), torch.tensor([0, 1]), None)
     with pytest.raises(ValueError):
@@ -135,3 +136,18 @@ def test_quantization_loss_skips_the_exact_zero_right_after_a_snap_and_computes_
     assert calls and out.parts["centroid"] > 0
     loss.snap()
     assert loss.on_codebook() and loss(*model(mel), labels).parts["centroid"] == 0.0
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
+def test_logit_distillation_is_t_squared_kl_of_the_softened_distributions(temperature):
+    g = torch.Generator().manual_seed(5)
+    student, teacher = torch.randn(3, 8, generator=g), torch.randn(3, 8, generator=g)
+    logits, teacher_logits, labels = torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g), torch.tensor([0, 3, 1])
+    plain = DistillationLoss(0.5)(student, logits, labels, TeacherTargets(teacher, teacher_logits))
+    out = DistillationLoss(0.5, kl_weight=0.7, temperature=temperature)(student, logits, labels, TeacherTargets(teacher, teacher_logits))
+    p = torch.softmax(teacher_logits / temperature, -1)
+    kl = (p * (p.log() - torch.log_softmax(logits / temperature, -1))).sum(-1).mean() * temperature**2
+    assert out.parts["kl"] == pytest.approx(float(kl), rel=1e-5)
+    torch.testing.assert_close(out.total, plain.total + 0.7 * kl)
+    with pytest.raises(ValueError, match="teacher's logits"):
+        DistillationLoss(0.5, kl_weight=0.7)(student, logits, labels, TeacherTargets(teacher))

@@ -3,12 +3,13 @@
 import pytest
 import torch
 
-from core.checkpoint import save_checkpoint
+from core.checkpoint import load_checkpoint, save_checkpoint
 from core.model import AudioEncoder, IntentClassifier, ModelDims
 from tests.training_corpus import write_openai_checkpoint
 from training.config import StudentConfig
-from training.losses import ChannelMaxPool
+from training.losses import ChannelMaxPool, StudentProjection
 from training.student import (
+    copy_teacher_head,
     StudentInitError,
     init_student,
     student_dims,
@@ -73,6 +74,7 @@ class FakeDataset:
         g = torch.Generator().manual_seed(1)
         self.items = [(torch.randn(n_mels, 20 + 3 * i, generator=g), i % 2, i) for i in range(n)]
         self.n_mels, self.augment, self.pad_to_30s, self.tag = n_mels, False, False, tag
+        self.labels = ["b", "a"]  # the teacher's head has ["a", "b"]: its logits come back reordered
 
     def __len__(self):
         return len(self.items)
@@ -92,13 +94,15 @@ def test_teacher_cache_runs_the_teacher_once_and_reuses_the_file(tmp_path):
     calls = []
     teacher.encoder.register_forward_hook(lambda *a: calls.append(1))
     cache, data, pool = TeacherCache(tmp_path / "cache"), FakeDataset(), ChannelMaxPool(32, 16)
-    first = cache.embeddings(teacher, data, pool, batch_size=4, progress=False)
-    assert first.shape == (6, 16) and len(calls) == 2  # 6 clips in batches of 4
-    second = TeacherCache(tmp_path / "cache").embeddings(teacher, data, pool, batch_size=4, progress=False)
-    assert len(calls) == 2 and torch.equal(first, second)  # read back, teacher not run
-    # Row i is clip i, and each equals the teacher run on that clip alone.
+    first = cache.targets(teacher, data, pool, batch_size=4, progress=False)
+    assert first.embeddings.shape == (6, 16) and first.logits.shape == (6, 2) and len(calls) == 2  # batches of 4
+    second = TeacherCache(tmp_path / "cache").targets(teacher, data, pool, batch_size=4, progress=False)
+    assert len(calls) == 2 and torch.equal(first.embeddings, second.embeddings) and torch.equal(first.logits, second.logits)
+    # Row i is clip i, and each equals the teacher run on that clip alone; logits in the data's label order.
     mel = data[3][0][None]
-    torch.testing.assert_close(first[3], teacher.embed(mel, None, pool)[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(first.embeddings[3], teacher.targets(mel, None, pool).embeddings[0], atol=1e-5, rtol=1e-5)
+    _, reference = load_checkpoint(path).model(mel)
+    torch.testing.assert_close(first.logits[3], reference[0].flip(0), atol=1e-5, rtol=1e-5)
     # Other data, or another teacher, is another cache entry.
     assert cache.key(teacher, FakeDataset(tag="b"), pool) != cache.key(teacher, data, pool)
     other = load_teacher(save_checkpoint(tmp_path / "t2.safetensors", IntentClassifier(SMALL, 2), ["a", "b"], 16))
@@ -110,3 +114,22 @@ def test_teacher_from_an_openai_checkpoint(tmp_path):
     write_openai_checkpoint(tmp_path / "w.pt", ModelDims(n_mels=80, n_ctx=1500, n_state=64, n_head=2, n_layer=2))
     teacher = load_teacher(tmp_path / "w.pt")
     assert teacher.kind == "whisper" and teacher.width == 64 and len(teacher.sha256) == 64
+
+
+def test_the_student_head_starts_from_the_teacher_s_over_the_same_labels(tmp_path):
+    torch.manual_seed(0)
+    teacher = load_teacher(save_checkpoint(tmp_path / "t.safetensors", IntentClassifier(SMALL, 3), ["x", "y", "z"], 32))
+    embedding = torch.randn(5, SMALL.n_state)
+    expected = teacher.head(embedding)[:, [2, 0, 1]]  # in the student's order z, x, y
+
+    same_width = IntentClassifier(SMALL, 3)
+    assert copy_teacher_head(same_width, teacher, ["z", "x", "y"]) == "the teacher's head"
+    torch.testing.assert_close(same_width.head(embedding), expected)
+
+    narrow = IntentClassifier(ModelDims(n_mels=16, n_ctx=64, n_state=16, n_head=2, n_layer=1), 3)
+    projection = StudentProjection(16, SMALL.n_state)
+    assert "through the width projection" in copy_teacher_head(narrow, teacher, ["z", "x", "y"], projection)
+    student_embedding = torch.randn(5, 16)
+    torch.testing.assert_close(narrow.head(student_embedding), teacher.head(projection(student_embedding))[:, [2, 0, 1]])
+    assert copy_teacher_head(narrow, teacher, ["z", "x", "y"]).startswith("random: the teacher's head reads width")
+    assert copy_teacher_head(IntentClassifier(SMALL, 2), teacher, ["x", "q"]).startswith("random: the teacher has no head")

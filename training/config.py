@@ -60,6 +60,9 @@ class StudentConfig(Section):
     n_head: int = 0
     n_layer: int = 0
     n_mlp: int = 0
+    # "teacher": start from the teacher's head when it has the student's labels and fits its width
+    # (equal widths, or through the learned projection); "random" (also the fallback) otherwise.
+    head: Literal["teacher", "random"] = "teacher"
 
     @field_validator("init")
     @classmethod
@@ -87,6 +90,10 @@ class DistillConfig(Section):
     warmup_steps: int = 0
     decay: bool = False
     grad_clip: float = 0.0
+    # Logit distillation beside the L1 on embeddings: + kl_weight * T^2 * KL(teacher || student) at
+    # temperature T. Needs a QUADS teacher whose head has the student's labels.
+    kl_weight: float = Field(0.0, ge=0)
+    temperature: float = Field(2.0, gt=0)
 
 
 class QuantConfig(Section):

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from core.model import IntentClassifier
 from training.config import Config
-from training.teacher import Teacher
+from training.teacher import TeacherTargets
 
 
 class TrainStep(nn.Module):
@@ -64,8 +64,8 @@ def train_epoch(
     *,
     device: torch.device,
     snap: Callable[[], object] | None = None,
-    targets: Tensor | None = None,
-    online_teacher: tuple[Teacher, nn.Module | None] | None = None,
+    targets: TeacherTargets | None = None,
+    online_teacher: Callable[[Tensor, Tensor], TeacherTargets] | None = None,
     schedule: PhaseSchedule | None = None,
     grad_clip: float = 0.0,
     desc: str = "",
@@ -73,10 +73,10 @@ def train_epoch(
 ) -> dict[str, float]:
     """One pass over ``loader``: forward, backward, step and (in Q) snap. Returns the mean loss parts.
 
-    targets: (N, C) cached teacher embeddings indexed by dataset item; or ``online_teacher`` =
-    (teacher, frame_pool) runs it on each batch. schedule: sets each group's lr from its
-    ``base_lr`` before every step (None: the lr is left as it is). grad_clip: clip the gradient norm to this (0: off). snap: called after every
-    optimizer step (Q: ``QuantizationLoss.snap``).
+    targets: cached teacher targets indexed by dataset item; or ``online_teacher(mels, lengths)``
+    runs the teacher on each batch. schedule: sets each group's lr from its ``base_lr`` before
+    every step (None: the lr is left as it is). grad_clip: clip the gradient norm to this (0: off).
+    snap: called after every optimizer step (Q: ``QuantizationLoss.snap``).
     """
     step_module.train()
     sums: dict[str, float] = {}
@@ -92,7 +92,7 @@ def train_epoch(
         if targets is not None:
             teacher = targets[indices].to(device)
         elif online_teacher is not None:
-            teacher = online_teacher[0].embed(mels, lengths, online_teacher[1])
+            teacher = online_teacher(mels, lengths)
 
         loss, parts = step_module(mels, lengths, labels, teacher)
         optimizer.zero_grad(set_to_none=True)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from training.quantize import KMeansQuantizer
+from training.teacher import TeacherTargets
 
 
 def channel_pool_geometry(c_in: int, c_out: int) -> tuple[int, int] | None:
@@ -90,34 +91,47 @@ class LossParts:
 
 
 class DistillationLoss(nn.Module):
-    """``alpha * L1(teacher, student) + (1 - alpha) * CE(logits, labels)`` (paper eq. 3).
+    """``alpha * L1(teacher, student) + (1 - alpha) * CE(logits, labels)`` (paper eq. 3), plus
+    ``kl_weight * T**2 * KL(teacher || student)`` on logits softened by the temperature T.
 
-    ``teacher`` targets are pooled teacher embeddings already at the student's width (with
-    ``ChannelMaxPool``), or at the teacher's width when ``projection`` maps the student there.
-    L1 is the mean absolute difference per element, so its scale does not grow with the width.
+    The teacher's embeddings are pooled already at the student's width (with ``ChannelMaxPool``),
+    or at the teacher's width when ``projection`` maps the student there. L1 is the mean absolute
+    difference per element, so its scale does not grow with the width. The KL term (Hinton's
+    logit distillation; T**2 keeps its gradients' scale as T changes) needs a teacher whose head
+    covers the student's labels.
     """
 
-    def __init__(self, alpha: float, projection: StudentProjection | None = None):
+    def __init__(self, alpha: float, projection: StudentProjection | None = None, kl_weight: float = 0.0,
+                 temperature: float = 1.0):  # fmt: skip
         super().__init__()
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-        self.alpha = alpha
-        self.projection = projection
+        self.alpha, self.projection, self.kl_weight, self.temperature = alpha, projection, kl_weight, temperature
 
-    def forward(self, embedding: Tensor, logits: Tensor, labels: Tensor, teacher: Tensor | None) -> LossParts:
-        """embedding: (B, c_s) pooled student embedding; logits: (B, n_labels); labels: (B,); teacher: (B, c)."""
+    def forward(self, embedding: Tensor, logits: Tensor, labels: Tensor, teacher: TeacherTargets | None) -> LossParts:
+        """embedding: (B, c_s) pooled student embedding; logits: (B, n_labels); labels: (B,);
+        teacher: the batch's targets, embeddings (B, c) and, for the KL term, logits (B, n_labels)."""
         if teacher is None:
             raise ValueError("distillation needs the teacher's embeddings of the batch")
         matched = self.projection(embedding) if self.projection is not None else embedding
-        if matched.shape != teacher.shape:
+        if matched.shape != teacher.embeddings.shape:
             raise ValueError(
-                f"student embedding {tuple(matched.shape)} and teacher target {tuple(teacher.shape)} differ; "
-                "pool the teacher to the student's width (ChannelMaxPool) or use a StudentProjection"
+                f"student embedding {tuple(matched.shape)} and teacher target {tuple(teacher.embeddings.shape)} "
+                "differ; pool the teacher to the student's width (ChannelMaxPool) or use a StudentProjection"
             )
-        l1 = F.l1_loss(matched, teacher)
+        l1 = F.l1_loss(matched, teacher.embeddings)
         ce = F.cross_entropy(logits, labels)
         total = self.alpha * l1 + (1.0 - self.alpha) * ce
-        return LossParts(total, {"loss": total.item(), "l1": l1.item(), "ce": ce.item()})
+        parts = {"l1": l1.item(), "ce": ce.item()}
+        if self.kl_weight:
+            if teacher.logits is None:
+                raise ValueError("the KL term needs the teacher's logits: a QUADS teacher over the student's labels")
+            t = self.temperature
+            kl = F.kl_div(F.log_softmax(logits / t, -1), F.log_softmax(teacher.logits / t, -1), log_target=True,
+                          reduction="batchmean") * t * t  # fmt: skip
+            total = total + self.kl_weight * kl
+            parts["kl"] = kl.item()
+        return LossParts(total, {"loss": total.item(), **parts})
 
 
 class QuantizationLoss(nn.Module):

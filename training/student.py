@@ -10,7 +10,8 @@
   at evenly spaced depths, ``linspace(0, L-1, n_layer)`` (the DistilBART / distil-whisper recipe);
   needs the teacher's width, heads, MLP width and mel bins.
 
-The classification head always starts random.
+The classification head starts random, or (``student.head: teacher``) from the head of a QUADS
+teacher with the same labels: ``copy_teacher_head``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from core.model import (
     ModelDims,
 )
 from training.config import StudentConfig
+from training.teacher import Teacher
 from training.whisper import load_whisper_encoder
 
 log = logging.getLogger(__name__)
@@ -132,3 +134,26 @@ def init_student(
     else:
         raise StudentInitError(f"student.init must be random, whisper:<path> or teacher-layers, got {cfg.init!r}")
     return model
+
+
+@torch.no_grad()
+def copy_teacher_head(model: IntentClassifier, teacher: Teacher | None, labels: list[str],
+                      projection: torch.nn.Linear | None = None) -> str:
+    """Start ``model``'s head from the teacher's when the teacher has one over the same labels,
+    its rows put in the student's label order. At equal widths it is copied; otherwise it is
+    composed with the learned width projection (head(P e + p) = (W P) e + (W p + b)). Returns
+    what was done, for the log."""
+    order = teacher.label_order(labels) if teacher is not None else None
+    if order is None:
+        return "random: the teacher has no head over the student's labels"
+    weight, bias = teacher.head.weight[order], teacher.head.bias[order]
+    if weight.shape[1] == model.head.in_features:
+        model.head.weight.copy_(weight)
+        model.head.bias.copy_(bias)
+        return "the teacher's head"
+    if projection is not None and projection.out_features == weight.shape[1]:
+        model.head.weight.copy_(weight @ projection.weight)
+        model.head.bias.copy_(weight @ projection.bias + bias)
+        return "the teacher's head through the width projection"
+    return (f"random: the teacher's head reads width {weight.shape[1]}, the student's {model.head.in_features}, "
+            "and the max-pool width match has no inverse (distill.width_match=projection composes them)")

@@ -7,7 +7,8 @@ here (``core.checkpoint.load_checkpoint``; e.g. a classifier fine-tuned with
 
 The teacher is by far the largest network in a run (Whisper large: 32 layers of width 1280), and
 its input never changes between epochs, so ``TeacherCache`` runs it once per dataset and keeps
-the pooled embeddings on disk, keyed by the teacher's weights and the data. Every distillation
+its targets on disk (``TeacherTargets``: pooled embeddings, and the logits of a QUADS teacher
+whose labels are the student's), keyed by the teacher's weights and the data. Every distillation
 epoch and every later run with the same teacher and data reads them back.
 """
 
@@ -36,17 +37,42 @@ from training.whisper import load_whisper_encoder
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+
+
+@dataclass
+class TeacherTargets:
+    """What distillation compares the student with, per clip: the teacher's pooled embeddings
+    (N, C) and, from a teacher with a head over the student's labels, its logits (N, n_labels)
+    in the student's label order."""
+
+    embeddings: Tensor
+    logits: Tensor | None = None
+
+    def __getitem__(self, index) -> TeacherTargets:
+        return TeacherTargets(self.embeddings[index], None if self.logits is None else self.logits[index])
+
+    def to(self, device) -> TeacherTargets:
+        return TeacherTargets(self.embeddings.to(device), None if self.logits is None else self.logits.to(device))
 
 
 @dataclass
 class Teacher:
-    """A frozen encoder; ``sha256`` identifies its weights (part of the cache key)."""
+    """A frozen encoder; ``sha256`` identifies its weights (part of the cache key). A QUADS
+    checkpoint also brings its classification ``head`` and ``labels``."""
 
     encoder: AudioEncoder
     source: Path
     sha256: str
     kind: str  # "whisper" or "quads"
+    head: nn.Linear | None = None
+    labels: list[str] | None = None
+
+    def label_order(self, labels: list[str]) -> list[int] | None:
+        """For each of ``labels``, its row in the teacher's head; None if the label sets differ."""
+        if self.head is None or self.labels is None or sorted(self.labels) != sorted(labels):
+            return None
+        return [self.labels.index(label) for label in labels]
 
     @property
     def dims(self) -> ModelDims:
@@ -57,19 +83,25 @@ class Teacher:
         return self.encoder.dims.n_state
 
     @torch.no_grad()
-    def embed(self, mel: Tensor, lengths: Tensor | None, frame_pool: nn.Module | None = None) -> Tensor:
-        """Pooled embedding (B, C) of mel (B, n_mels, T): ``frame_pool`` on each frame, then the masked time mean.
+    def targets(self, mel: Tensor, lengths: Tensor | None, frame_pool: nn.Module | None = None,
+                label_order: list[int] | None = None) -> TeacherTargets:
+        """Targets of mel (B, n_mels, T): the embedding is ``frame_pool`` on each frame, then the
+        masked time mean (B, C); with ``label_order``, also the head's logits (B, n_labels).
 
         The paper max-pools the teacher's frames along channels before the time mean, so a pool
-        is applied per frame here, not to the mean.
+        is applied per frame here, not to the mean; the head sees the unpooled mean, as in training.
         """
         frames, mask = self.encoder(mel, lengths)
-        if frame_pool is not None:
-            frames = frame_pool(frames)
-        return masked_mean(frames, mask)
+        pooled = masked_mean(frame_pool(frames) if frame_pool is not None else frames, mask)
+        logits = None
+        if label_order is not None:
+            logits = self.head(masked_mean(frames, mask))[:, label_order]
+        return TeacherTargets(pooled, logits)
 
-    def to(self, device) -> "Teacher":
+    def to(self, device) -> Teacher:
         self.encoder.to(device)
+        if self.head is not None:
+            self.head.to(device)
         return self
 
 
@@ -99,7 +131,9 @@ def load_teacher(path: str | Path) -> Teacher:
     if _is_quads_checkpoint(path):
         checkpoint = load_checkpoint(path)
         encoder, sha, kind = checkpoint.model.encoder, checkpoint.sha256, "quads"
+        head, labels = checkpoint.model.head.requires_grad_(False), checkpoint.labels
     else:
+        head, labels = None, None
         encoder = load_whisper_encoder(path)  # raises WhisperImportError with the reason
         files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.suffix in (".json", ".safetensors"))
         sha, kind = files_sha256(files), "whisper"
@@ -108,7 +142,7 @@ def load_teacher(path: str | Path) -> Teacher:
         p.requires_grad_(False)
     log.info("teacher: %s encoder from %s (%d layers, width %d, %d mel bins)",
              kind, path, encoder.dims.n_layer, encoder.dims.n_state, encoder.dims.n_mels)
-    return Teacher(encoder, path, sha, kind)
+    return Teacher(encoder, path, sha, kind, head, labels)
 
 
 class TeacherCache:
@@ -131,32 +165,34 @@ class TeacherCache:
             "teacher_n_mels": teacher.dims.n_mels,
             "pad_to_30s": dataset.pad_to_30s,
             "pool": pool,
+            "logits_order": teacher.label_order(dataset.labels),
         }
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
     def path(self, key: str) -> Path:
         return self.directory / f"teacher-{key[:32]}.safetensors"
 
-    def load(self, key: str, n: int) -> Tensor | None:
-        """The cached (n, C) embeddings, or None if absent or unusable (then they are recomputed)."""
+    def load(self, key: str, n: int) -> TeacherTargets | None:
+        """The cached targets of n clips, or None if absent or unusable (then they are recomputed)."""
         path = self.path(key)
         if not path.is_file():
             return None
         try:
-            tensors, metadata = read_tensors(path, ["embeddings"])
+            tensors, metadata = read_tensors(path)
         except TensorFileError as e:
             log.warning("ignoring the unreadable teacher cache (%s)", e)
             return None
         if metadata.get("key") != key:
             log.warning("ignoring the teacher cache %s: it was written for another teacher or data", path)
             return None
-        embeddings = tensors["embeddings"]
-        if embeddings.dim() != 2 or embeddings.shape[0] != n:
-            log.warning("ignoring the teacher cache %s: %s rows for %d samples", path, tuple(embeddings.shape), n)
+        targets = TeacherTargets(tensors.get("embeddings"), tensors.get("logits"))
+        if any(t is not None and (t.dim() != 2 or t.shape[0] != n) for t in (targets.embeddings, targets.logits)) \
+                or targets.embeddings is None:  # fmt: skip
+            log.warning("ignoring the teacher cache %s: it does not hold targets for %d samples", path, n)
             return None
-        return embeddings
+        return targets
 
-    def embeddings(
+    def targets(
         self,
         teacher: Teacher,
         dataset: MelDataset,
@@ -166,8 +202,8 @@ class TeacherCache:
         device: str | torch.device = "cpu",
         progress: bool = True,
         write: bool = True,
-    ) -> Tensor:
-        """(len(dataset), C) teacher embeddings of ``dataset`` (row i is item i), from the cache or computed.
+    ) -> TeacherTargets:
+        """The teacher's targets for ``dataset`` (row i is item i), from the cache or computed.
 
         The teacher sees clean audio with its own mel bins: ``dataset`` is used for its
         samples only, and re-featurised when its mel bins or augmentation differ from the teacher's.
@@ -178,12 +214,13 @@ class TeacherCache:
         if cached is not None:
             log.info("teacher embeddings of %d clips read from %s", len(dataset), self.path(key))
             return cached
-        embeddings = compute_embeddings(teacher, dataset, frame_pool, batch_size=batch_size, device=device, progress=progress)
+        targets = compute_targets(teacher, dataset, frame_pool, batch_size=batch_size, device=device, progress=progress)
         if write:
             metadata = {"key": key, "teacher": str(teacher.source), "n": str(len(dataset))}
-            write_tensors(self.path(key), {"embeddings": embeddings}, metadata)
+            tensors = {"embeddings": targets.embeddings, **({"logits": targets.logits} if targets.logits is not None else {})}
+            write_tensors(self.path(key), tensors, metadata)
             log.info("teacher embeddings of %d clips written to %s", len(dataset), self.path(key))
-        return embeddings
+        return targets
 
 
 def teacher_view(teacher: Teacher, dataset: MelDataset, progress: bool = True) -> MelDataset:
@@ -200,7 +237,7 @@ def teacher_view(teacher: Teacher, dataset: MelDataset, progress: bool = True) -
 
 
 @torch.no_grad()
-def compute_embeddings(
+def compute_targets(
     teacher: Teacher,
     dataset: MelDataset,
     frame_pool: nn.Module | None = None,
@@ -208,17 +245,19 @@ def compute_embeddings(
     batch_size: int = 16,
     device: str | torch.device = "cpu",
     progress: bool = True,
-) -> Tensor:
-    """Run the teacher over ``dataset`` once: (len(dataset), C) float32 on the CPU, row i for item i."""
+) -> TeacherTargets:
+    """Run the teacher over ``dataset`` once: float32 targets on the CPU, row i for item i (logits
+    too when the teacher's head covers the dataset's labels)."""
     view = teacher_view(teacher, dataset, progress)
+    order = teacher.label_order(dataset.labels)
     teacher.to(device)
     loader = torch.utils.data.DataLoader(view, batch_size=batch_size, shuffle=False, collate_fn=collate)
-    out: Tensor | None = None
+    embeddings, logits = [None] * len(view), [None] * len(view)
     for mels, lengths, _, indices in tqdm(loader, desc="teacher embeddings", unit="batch", disable=not progress):
-        emb = teacher.embed(mels.to(device), lengths.to(device), frame_pool).float().cpu()
-        if out is None:
-            out = torch.empty(len(view), emb.shape[1])
-        out[indices] = emb
-    if out is None:
+        batch = teacher.targets(mels.to(device), lengths.to(device), frame_pool, order).to("cpu")
+        for row, i in enumerate(indices.tolist()):
+            embeddings[i] = batch.embeddings[row].float()
+            logits[i] = batch.logits[row].float() if batch.logits is not None else None
+    if not embeddings:
         raise ValueError("the dataset is empty: no teacher embeddings to compute")
-    return out
+    return TeacherTargets(torch.stack(embeddings), torch.stack(logits) if order is not None else None)

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -56,8 +58,8 @@ from training.run_folder import Run, enter_branch, open_run, plan_info, provenan
 from training.run_logging import close_logging
 from training.run_state import RunState, save_state
 from training.schedule import PHASE_NAMES, Epoch, Plan, make_plan
-from training.student import init_student, student_dims
-from training.teacher import Teacher, TeacherCache, load_teacher
+from training.student import copy_teacher_head, init_student, student_dims
+from training.teacher import Teacher, TeacherCache, TeacherTargets, load_teacher
 
 log = logging.getLogger("quads.train")
 
@@ -75,6 +77,8 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
     model = init_student(cfg.student, dims, len(labels), teacher_encoder=teacher.encoder if teacher else None,
                          seed=cfg.train.seed).to(procs.device)
     match = match_widths(cfg, teacher, dims, train_ds, procs)
+    if cfg.student.head == "teacher":
+        log.info("student head: %s", copy_teacher_head(model, teacher, labels, match.projection))
     del teacher  # the cache (or match.online_teacher) holds what distillation needs
 
     plan = make_plan(cfg.train.strategy, cfg.train.schedule, cfg.train.bits)
@@ -158,18 +162,21 @@ def load_split(cfg: Config, split: str, labels: list[str] | None, *, train: bool
 class WidthMatch:
     """How the student's embedding meets the teacher's: the distillation loss, with a learned
     ``projection`` or the teacher pooled to the student's width; and where the teacher's targets
-    come from, the cache (``targets``, (N, C) by dataset item) or the teacher itself, per batch."""
+    come from, the cache (``targets``, by dataset item) or the teacher itself, per batch."""
 
     distill_loss: DistillationLoss
     projection: StudentProjection | None = None
-    targets: Tensor | None = None
-    online_teacher: tuple[Teacher, nn.Module | None] | None = None
+    targets: TeacherTargets | None = None
+    online_teacher: Callable[[Tensor, Tensor], TeacherTargets] | None = None
 
 
 def match_widths(cfg: Config, teacher: Teacher | None, dims: ModelDims, train_ds: MelDataset,
                  procs: Processes) -> WidthMatch:
     if cfg.train.strategy == "finetune":
         return WidthMatch(DistillationLoss(cfg.distill.alpha))
+    if cfg.distill.kl_weight and teacher.label_order(train_ds.labels) is None:
+        raise ConfigError("distill.kl_weight needs the teacher's logits over the student's labels: a QUADS checkpoint "
+                          f"trained on them, and {teacher.source} is a {teacher.kind} teacher of other labels or none")
     frame_pool, projection = None, None
     if cfg.distill.width_match == "maxpool":
         frame_pool = ChannelMaxPool(teacher.width, dims.n_state)
@@ -177,26 +184,28 @@ def match_widths(cfg: Config, teacher: Teacher | None, dims: ModelDims, train_ds
         torch.manual_seed(cfg.train.seed + 1)
         projection = StudentProjection(dims.n_state, teacher.width).to(procs.device)
     log.info("width match: %s", frame_pool.describe() if frame_pool else f"learned projection {dims.n_state}->{teacher.width}")
-    match = WidthMatch(DistillationLoss(cfg.distill.alpha, projection), projection)
+    loss = DistillationLoss(cfg.distill.alpha, projection, cfg.distill.kl_weight, cfg.distill.temperature)
+    match = WidthMatch(loss, projection)
     if cfg.teacher.cache:
         match.targets = teacher_targets(cfg, teacher, train_ds, frame_pool, procs)
     elif teacher.dims.n_mels != cfg.data.n_mels:
         raise ConfigError(f"teacher.cache=false runs the teacher on the student's features, but it takes "
                           f"{teacher.dims.n_mels} mel bins and data.n_mels={cfg.data.n_mels}; enable the cache")
     else:
-        match.online_teacher = (teacher.to(procs.device), frame_pool)
+        match.online_teacher = partial(teacher.to(procs.device).targets, frame_pool=frame_pool,
+                                       label_order=teacher.label_order(train_ds.labels))
     return match
 
 
-def teacher_targets(cfg: Config, teacher: Teacher, dataset: MelDataset, frame_pool, procs: Processes) -> Tensor:
+def teacher_targets(cfg: Config, teacher: Teacher, dataset: MelDataset, frame_pool, procs: Processes) -> TeacherTargets:
     """Cached teacher embeddings of ``dataset``: rank 0 computes and writes them, the others read them."""
     cache = TeacherCache(cfg.teacher.cache_dir)
     kwargs = dict(batch_size=cfg.teacher.batch_size, device=procs.device, progress=cfg.train.progress and procs.main)
     if procs.main:
-        targets = cache.embeddings(teacher, dataset, frame_pool, **kwargs)
+        targets = cache.targets(teacher, dataset, frame_pool, **kwargs)
     procs.barrier()
     if not procs.main:
-        targets = cache.embeddings(teacher, dataset, frame_pool, write=False, **kwargs)
+        targets = cache.targets(teacher, dataset, frame_pool, write=False, **kwargs)
     return targets
 
 
