@@ -204,8 +204,13 @@ def check_training_cli(command: list[str], monkeypatch) -> None:
 
 
 def check_python(command: list[str], monkeypatch) -> None:
+    if command[1:3] == ["-m", "training.table2"]:  # the Table 2 analog: its arguments parse
+        from training.table2 import cli as table2
+
+        parse_with(table2, command[3:], monkeypatch)
+        return
     if command[1] == "-m":
-        assert command[2:] == ["pytest", "-q"], "the only python -m command is the test command"
+        assert command[2:] == ["pytest", "-q"], "the only other python -m command is the test command"
         return
     if command[1] == "-c":  # the compute example: run it, and it prints the README's figures
         out = subprocess.run([sys.executable, *command[1:]], cwd=REPO, capture_output=True, text=True, timeout=300,
