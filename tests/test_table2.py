@@ -8,7 +8,7 @@ import pytest
 from core.model import ModelDims
 from tests.speech import requires_espeak
 from tests.training_corpus import INTENTS, write_openai_checkpoint
-from training.table2 import Table2Plan, arm_of, paired_difference, run_table2, summarize
+from training.table2 import Table2Plan, arm_of, paired_difference, report_finished_runs, run_table2, summarize
 
 
 def test_a_constant_per_voice_gain_has_a_zero_width_interval():
@@ -73,3 +73,8 @@ def test_the_grid_runs_end_to_end_and_reads_the_test_split_only_in_the_compared_
     assert all(r["split"] == "test" and len(r["per_speaker"]) == 2 for r in report["rows"])
     text = path.read_text()
     assert "| mct | whisper | 2 |" in text and "| distill | whisper | 32 |" in text and "MCT - QAD" in text
+    # A grid in progress: the report of the finished runs names the others and trains nothing.
+    (tmp_path / "out" / "runs" / "mct-whisper-seed1" / "report.json").unlink()
+    partial = report_finished_runs(tmp_path / "out", whisper, plan, tmp_path / "partial").read_text()
+    assert "Not finished when this report was written** (1 runs): runs/mct-whisper-seed1" in partial
+    assert not (tmp_path / "out" / "runs" / "mct-whisper-seed1" / "report.json").exists()

@@ -106,9 +106,11 @@ def select_quantization(out: Path, corpus: Path, whisper: Path, plan: Table2Plan
     return {"scores": scores, "chosen": best, "quant": plan.candidates[best]}
 
 
-def run_arms(out: Path, corpus: Path, whisper: Path, plan: Table2Plan, quant: dict, progress: bool) -> list[dict]:
-    """The QAD and MCT runs for every init and seed; each result row labelled with its arm."""
-    rows = []
+def run_arms(out: Path, corpus: Path, whisper: Path, plan: Table2Plan, quant: dict, progress: bool,
+             train: bool = True) -> tuple[list[dict], list[str]]:
+    """The QAD and MCT runs for every init and seed: (result rows labelled with their arm, runs
+    missing). With ``train=False`` only finished runs are read (the report of a grid in progress)."""
+    rows, missing = [], []
     for init in plan.inits:
         for seed in plan.seeds:
             for strategy in ("qad", "mct"):
@@ -117,13 +119,16 @@ def run_arms(out: Path, corpus: Path, whisper: Path, plan: Table2Plan, quant: di
                 extra = {"post_hoc_bits": list(plan.widths)} if strategy == "qad" else {}
                 extra["eval_every_epoch"] = False  # time: these runs are judged on the test split at their end
                 name = f"runs/{strategy}-{init}-seed{seed}"
+                if not train and not (out / name / "report.json").exists():
+                    missing.append(name)
+                    continue
                 report = run(out, corpus, whisper, plan, name, init=init, seed=seed, strategy="mct", bits=bits,
                              schedule=plan.schedules[strategy], quant=quant, progress=progress, **extra)
                 minutes = sum(h.get("seconds", 0.0) for h in report["history"]) / 60
                 for row in report["results"]:
                     if (arm := arm_of(strategy, row)) is not None:
                         rows.append({**row, "arm": arm, "init": init, "seed": seed, "run": name, "run_minutes": minutes})
-    return rows
+    return rows, missing
 
 
 def arm_of(run: str, row: dict) -> str | None:
@@ -174,7 +179,8 @@ def summarize(rows: list[dict]) -> dict:
     return {"table": table, "mct_minus_qad": paired}
 
 
-def write_report(out: Path, dest: Path, plan: Table2Plan, selection: dict, rows: list[dict], wall_minutes: float) -> Path:
+def write_report(out: Path, dest: Path, plan: Table2Plan, selection: dict, rows: list[dict], wall_minutes: float | None,
+                 missing: list[str] = ()) -> Path:
     """``report.md`` and ``report.json`` (every row, so the tables can be redrawn) in ``dest``."""
     from core.tensor_files import atomic_write
 
@@ -201,12 +207,15 @@ def write_report(out: Path, dest: Path, plan: Table2Plan, selection: dict, rows:
         "| init | bits | MCT - QAD (points) | 95% interval | voices |", "|---|---:|---:|---|---:|",
         *(f"| {p['init']} | {p['bits']} | {100 * p['mean']:+.1f} | [{100 * p['low']:+.1f}, {100 * p['high']:+.1f}] | {p['voices']} |"
           for p in summary["mct_minus_qad"]),
-        "", f"Training time of the compared runs: {minutes:.0f} min of epochs; the whole command (corpus, teacher "
-        f"cache, selection, runs, evaluations) took {wall_minutes:.0f} min on {os.cpu_count()} CPUs.", "",
+        "", f"Training time of the compared runs: {minutes:.0f} min of epochs"
+        + (f"; the whole command (corpus, teacher cache, selection, runs, evaluations) took {wall_minutes:.0f} min on "
+           f"{os.cpu_count()} CPUs." if wall_minutes is not None else "."), "",
     ]  # fmt: skip
+    if missing:
+        lines += [f"**Not finished when this report was written** ({len(missing)} runs): {', '.join(missing)}.", ""]
     dest.mkdir(parents=True, exist_ok=True)
     report = {"plan": asdict(plan), "selection": selection, "summary": summary, "rows": rows,
-              "wall_minutes": wall_minutes}  # fmt: skip
+              "wall_minutes": wall_minutes, "missing": list(missing)}  # fmt: skip
     atomic_write(dest / "report.json", lambda tmp: tmp.write_text(json.dumps(report, indent=1)))
     atomic_write(dest / "report.md", lambda tmp: tmp.write_text("\n".join(lines)))
     return dest / "report.md"
@@ -218,8 +227,16 @@ def run_table2(out: Path, whisper: Path, plan: Table2Plan, dest: Path, progress:
     started = time.monotonic()
     corpus = make_corpus(out, plan, progress)
     selection = select_quantization(out, corpus, whisper, plan, progress)
-    rows = run_arms(out, corpus, whisper, plan, selection["quant"], progress)
+    rows, _ = run_arms(out, corpus, whisper, plan, selection["quant"], progress)
     return write_report(out, dest, plan, selection, rows, (time.monotonic() - started) / 60)
+
+
+def report_finished_runs(out: Path, whisper: Path, plan: Table2Plan, dest: Path) -> Path:
+    """The report of the runs finished so far in ``out`` (after the selection), training nothing."""
+    corpus = out / "corpus"
+    selection = select_quantization(out, corpus, whisper, plan, progress=False)  # done: read back
+    rows, missing = run_arms(out, corpus, whisper, plan, selection["quant"], progress=False, train=False)
+    return write_report(out, dest, plan, selection, rows, None, missing)
 
 
 def cli(argv: list[str] | None = None) -> int:
@@ -231,6 +248,7 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--report", type=Path, default=Path("docs/table2"), help="where report.md goes (default %(default)s)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--report-only", action="store_true", help="write the report of the runs finished so far; train nothing")
     p.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     args = p.parse_args(argv)
     for name in ("tiny.en", "base"):
@@ -238,7 +256,10 @@ def cli(argv: list[str] | None = None) -> int:
             p.error(f"{args.whisper / name} has no model.bin: run `quads-demo --out runs/demo --steps whisper` first")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     plan = Table2Plan(seeds=tuple(range(args.seeds)))
-    print(run_table2(args.out, args.whisper, plan, args.report, progress=not args.no_progress))
+    if args.report_only:
+        print(report_finished_runs(args.out, args.whisper, plan, args.report))
+    else:
+        print(run_table2(args.out, args.whisper, plan, args.report, progress=not args.no_progress))
     return 0
 
 
