@@ -287,7 +287,7 @@ def run_epoch(cfg: Config, plan: Plan, epoch: Epoch, phase: Phase, model: Intent
     record = {"branch": branch.name, "epoch": epoch.index + 1, "phase": epoch.kind, **parts,
               "lr": phase.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
     if run.procs.main and valid_ds is not None and cfg.train.eval_every_epoch:
-        metrics = evaluate_model(model, valid_ds, batch_size=cfg.data.batch_size, device=run.procs.device)
+        metrics = evaluate_model(model, valid_ds, device=run.procs.device)  # its own batch size: throughput only
         record.update(valid_accuracy=metrics["accuracy"], valid_f1=metrics["macro_f1"])
     log.info("%s (%s): %s%s, %.1f s", desc, PHASE_NAMES[epoch.kind], " ".join(f"{k} {v:.4g}" for k, v in parts.items()),
              f" | valid accuracy {100 * record['valid_accuracy']:.2f}% F1 {100 * record['valid_f1']:.2f}%"
@@ -327,7 +327,7 @@ def final_report(cfg: Config, plan: Plan, labels: list[str], train_ds: MelDatase
     rows = []
     for path in exported_paths(cfg, plan) if dataset is not None else []:
         checkpoint = load_checkpoint(path)
-        result = evaluate_checkpoint(checkpoint, dataset, split, batch_size=cfg.data.batch_size, device=procs.device)
+        result = evaluate_checkpoint(checkpoint, dataset, split, device=procs.device)
         made = {k: checkpoint.provenance.get(k) for k in ("branch", "quantization")}
         rows.append({"strategy": cfg.train.strategy, "init": cfg.student.init, **made, **summary(result)})
         log.info("%s: %s accuracy %.2f%%, macro F1 %.2f%%, %.2f MB", path.name, split, 100 * result["accuracy"],
