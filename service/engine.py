@@ -1,7 +1,11 @@
 """The inference engine: audio bytes in, intent probabilities out, off the event loop.
 
-One worker thread does all torch work (decode, log-mel, model), so the process never runs more
-than ``threads`` compute threads however many requests are in flight. Requests wait in a
+One thread does all torch work (loading the checkpoint, decode, log-mel, model): the
+``compute_thread``. The process never runs more than ``threads`` compute threads however many
+requests are in flight, and OpenMP keeps a single team. Every other thread that runs a parallel
+torch op gets a team of its own, and once the process holds more OpenMP threads than CPUs,
+libgomp stops letting idle threads spin between parallel regions: each of the forward's ~100
+regions then waits on a futex, and a 3-s clip took 23 ms instead of 17. Requests wait in a
 bounded queue; when it is full, ``submit`` refuses at once (``EngineOverloaded``, HTTP 503)
 instead of letting latency grow without bound.
 
@@ -14,10 +18,11 @@ once on the batch. Clips of different lengths are padded and masked (``pad_mels`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -64,6 +69,12 @@ class _Job:
 _STOP = object()  # queued by close(): the worker finishes what is ahead of it, then exits
 
 
+def compute_thread(threads: int) -> ThreadPoolExecutor:
+    """The single thread for torch work, with ``threads`` intra-op threads. Load the checkpoint
+    through it (``submit(load_checkpoint, path)``) and pass it to ``InferenceEngine``."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="quads-compute", initializer=torch.set_num_threads, initargs=(threads,))
+
+
 class InferenceEngine:
     def __init__(
         self,
@@ -77,7 +88,10 @@ class InferenceEngine:
         pad_to_30s: bool = False,
         compute_dtype: str = "float32",
         metrics: ServiceMetrics | None = None,
+        compute: ThreadPoolExecutor | None = None,
     ):
+        """``compute``: the ``compute_thread`` the checkpoint was loaded in; by default a new one.
+        The engine's worker occupies it from ``start`` to ``close``."""
         self.checkpoint = checkpoint
         self.threads = threads
         self.max_batch_size = max_batch_size
@@ -93,7 +107,9 @@ class InferenceEngine:
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self._lock = threading.Lock()  # orders "closed" against submissions, so _STOP is queued last
         self._closed = False
-        self._worker = threading.Thread(target=self._run, name="quads-inference", daemon=True)
+        self._owns_compute = compute is None
+        self._compute = compute if compute is not None else compute_thread(threads)
+        self._worker: Future | None = None  # the worker loop, running in the compute thread
         if metrics is not None:
             metrics.queue_depth.set_function(self._queue.qsize)
 
@@ -107,7 +123,7 @@ class InferenceEngine:
         return self._queue.qsize()
 
     def start(self) -> "InferenceEngine":
-        self._worker.start()
+        self._worker = self._compute.submit(self._run)
         return self
 
     def submit(self, data: bytes) -> Future:
@@ -135,11 +151,14 @@ class InferenceEngine:
             if self._closed:
                 return
             self._closed = True
-        if not self._worker.is_alive():  # never started: nobody will answer the queued jobs
+        if self._worker is None or self._worker.done():  # not running: nobody will answer the queued jobs
             self._fail_queued(EngineDraining("the service shut down before this request ran"))
-            return
-        self._queue.put(_STOP)  # behind every queued job; the worker is alive, so this frees up
-        self._worker.join(timeout)
+        else:
+            self._queue.put(_STOP)  # behind every queued job; the worker is alive, so this frees up
+            with contextlib.suppress(TimeoutError):
+                self._worker.result(timeout)
+        if self._owns_compute:
+            self._compute.shutdown(wait=False)
 
     def _count_rejection(self, reason: str) -> None:
         if self.metrics is not None:
@@ -157,7 +176,6 @@ class InferenceEngine:
     # --- worker thread ---------------------------------------------------------------------
 
     def _run(self) -> None:
-        torch.set_num_threads(self.threads)
         stopping = False
         while not stopping:
             batch, stopping = self._next_batch()
@@ -203,6 +221,8 @@ class InferenceEngine:
         try:
             t0 = time.perf_counter()
             mels, lengths = pad_mels([mel for _, _, mel, _, _ in clips])
+            if len(clips) == 1:
+                lengths = None  # one clip fills the batch: the masks would change nothing and cost time
             # bfloat16: autocast runs the matrix products in bfloat16 and keeps softmax, LayerNorm
             # and the pooling in float32 (a fully bfloat16 model is both slower and less exact).
             with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=self.compute_dtype == "bfloat16"):

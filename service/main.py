@@ -5,6 +5,7 @@ command that runs it is ``service.cli``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,9 +19,10 @@ from core.version import package_version
 from service.api import api_router
 from service.api.routes import docs, try_page
 from service.api.schemas import ModelInfo
+from service.admission import AdmissionGate
 from service.body import BodyLimitMiddleware
 from service.cpu import resolve_threads
-from service.engine import EngineDraining, EngineOverloaded, InferenceEngine
+from service.engine import EngineDraining, EngineOverloaded, InferenceEngine, compute_thread
 from service.metrics import HttpMetricsMiddleware, ServiceMetrics
 from service.problems import document_problems, install_problem_handlers
 from service.request_log import RequestIdMiddleware
@@ -49,13 +51,20 @@ def load_served_checkpoint(settings: Settings) -> Checkpoint:
     return checkpoint
 
 
+def admission_limit(settings: Settings) -> int:
+    """Requests admitted to POST /intent at once: the queue, plus the batch being computed."""
+    return settings.max_queue + settings.max_batch_size
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    threads = resolve_threads(settings.threads)  # applied by the engine's worker thread, where torch runs
+    threads = resolve_threads(settings.threads)
+    compute = compute_thread(threads)  # all torch work runs here, the load included (see service.engine)
     try:
-        checkpoint = await anyio.to_thread.run_sync(load_served_checkpoint, settings)
+        checkpoint = await asyncio.wrap_future(compute.submit(load_served_checkpoint, settings))
     except CheckpointError as e:
+        compute.shutdown(wait=False)
         app.state.startup_error = e
         raise
     engine = InferenceEngine(
@@ -63,11 +72,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         threads=threads,
         max_batch_size=settings.max_batch_size,
         max_wait_ms=settings.max_wait_ms,
-        max_queue=settings.max_queue,
+        # Everything the admission gate lets in may wait here: the gate is the one that refuses.
+        max_queue=admission_limit(settings),
         max_audio_seconds=settings.max_audio_seconds,
         pad_to_30s=settings.pad_to_30s,
         compute_dtype=settings.compute_dtype,
         metrics=app.state.metrics,
+        compute=compute,
     ).start()
     app.state.model_info = ModelInfo.of(engine)
     app.state.metrics.set_model(app.state.model_info)
@@ -81,6 +92,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         app.state.draining = True
         await anyio.to_thread.run_sync(engine.close)  # answers every queued request first
+        compute.shutdown(wait=False)
         app.state.engine = None
 
 
@@ -107,6 +119,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # The last added is the outermost: metrics see the body limiter's 413/408 answers too.
     app.add_middleware(ShutdownCutoffMiddleware, state=app.state)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_seconds=settings.body_timeout_seconds)
+    # Before the body is read, so that under overload a refusal costs next to nothing (service.admission).
+    app.add_middleware(
+        AdmissionGate, limit=admission_limit(settings),
+        refusals_per_second=settings.refusals_per_second, metrics=app.state.metrics,
+    )
     app.add_middleware(HttpMetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(RequestIdMiddleware)  # outermost: every response carries the id
     app.include_router(api_router)

@@ -136,14 +136,14 @@ def test_bad_model_path_exits_with_the_reason(tmp_path):
     assert f"quads-serve: cannot start: {missing}: no such checkpoint file" in result.stderr
 
 
-# Records OMP_WAIT_POLICY when torch is first imported, then runs quads-serve on a missing model.
+# Records GOMP_SPINCOUNT when torch is first imported, then runs quads-serve on a missing model.
 _TORCH_IMPORT_WATCH = """
 import importlib.abc, os, sys
 seen = []
 class Watch(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
         if name == "torch" and not seen:
-            seen.append(os.environ.get("OMP_WAIT_POLICY"))
+            seen.append(os.environ.get("GOMP_SPINCOUNT"))
 sys.meta_path.insert(0, Watch())
 from service.cli import cli
 try:
@@ -155,11 +155,15 @@ print(seen)
 
 
 def test_openmp_policy_is_set_before_torch_loads(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     env["QUADS_MODEL"] = str(tmp_path / "missing.safetensors")
     result = subprocess.run([sys.executable, "-c", _TORCH_IMPORT_WATCH, "--port", str(free_port())],
                             env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert result.stdout.strip() == "['PASSIVE']", result.stderr[-2000:]  # libgomp reads it when torch loads
+    assert result.stdout.strip() == "['10000']", result.stderr[-2000:]  # libgomp reads it when torch loads
+    env["OMP_WAIT_POLICY"] = "PASSIVE"  # the operator's own policy is left alone
+    result = subprocess.run([sys.executable, "-c", _TORCH_IMPORT_WATCH, "--port", str(free_port())],
+                            env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.stdout.strip() == "[None]", result.stderr[-2000:]
 
 
 def test_a_bad_setting_is_named_without_loading_torch():

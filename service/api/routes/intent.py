@@ -59,8 +59,11 @@ async def classify_intent(
     metrics.audio_duration.observe(prediction.audio_seconds)
 
     labels = model.labels
-    confidences, indices = prediction.probabilities.topk(min(top_k, len(labels)))
-    scores = [IntentScore(intent=labels[i], confidence=float(c)) for c, i in zip(confidences.tolist(), indices.tolist())]
+    # Ranked in Python, not with torch.topk: a torch op on the event loop's thread would start a
+    # second OpenMP team there, whose threads contend with the engine's for the same cores.
+    probabilities = prediction.probabilities.tolist()
+    ranked = sorted(range(len(labels)), key=probabilities.__getitem__, reverse=True)[:top_k]
+    scores = [IntentScore(intent=labels[i], confidence=probabilities[i]) for i in ranked]
     return IntentResponse(
         intent=scores[0].intent,
         confidence=scores[0].confidence,

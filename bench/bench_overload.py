@@ -1,0 +1,147 @@
+"""The shape of ``POST /intent`` under overload, measured with wrk against a real ``quads-serve``.
+
+At each connection count, ``wrk -t1`` posts a 1.5-s WAV as a raw body, every connection sending
+again as soon as it is answered (503s included), for ``--seconds``. wrk reports one latency
+distribution for answers and refusals together, so the latency of *admitted* requests (200) is
+read from the server's ``quads_http_request_duration_seconds`` histogram (head received to last
+byte sent), as the difference of two scrapes around the level: the p99 is the upper edge of
+the bucket where 99% is reached. The report gives answered requests/s, refused/s, the answered
+rate as a share of the best level (the peak), and those percentiles. Client and server share
+the host, as the issue's measurement did.
+
+    python bench/bench_overload.py --threads 2 --out bench/results/overload.md
+
+Needs ``wrk`` (Debian: ``apt-get install wrk``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import platform
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import httpx
+import soundfile
+
+from bench_service import Server, three_second_clip
+from core.tensor_files import atomic_write
+from service.cpu import resolve_threads
+
+CLIP_SECONDS = 1.5
+DEFAULT_MODEL = Path("models/quads-fsc-4bit.safetensors")
+
+# wrk's Lua hooks: post the clip; at the end print one machine-readable line.
+WRK_SCRIPT = """
+local f = assert(io.open("{clip}", "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*all")
+f:close()
+wrk.headers["Content-Type"] = "audio/wav"
+done = function(summary, latency, requests)
+  io.write(string.format("QUADS %d %d %d %d\\n", summary.requests, summary.errors.status,
+                         summary.duration, summary.errors.timeout))
+end
+"""
+
+
+def short_clip(seconds: float = CLIP_SECONDS) -> bytes:
+    """The benchmark's 3-s espeak-ng clip, cut to ``seconds``."""
+    samples, rate = soundfile.read(io.BytesIO(three_second_clip()), dtype="int16")
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples[: int(seconds * rate)], rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def duration_buckets(url: str, status: str) -> dict[float, float]:
+    """Cumulative counts of ``quads_http_request_duration_seconds`` for POST /intent answers with ``status``."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    pattern = re.compile(r'^quads_http_request_duration_seconds_bucket\{le="([^"]+)",route="/intent",status="' + status + r'"\} (\S+)$', re.M)
+    return {float(le): float(count) for le, count in pattern.findall(text)}
+
+
+def bucket_percentile(before: dict[float, float], after: dict[float, float], q: float) -> tuple[int, float]:
+    """(answers, upper bucket edge in ms where the q-th percentile falls) of the answers between two scrapes."""
+    counts = {le: after.get(le, 0.0) - before.get(le, 0.0) for le in sorted(after)}
+    total = counts.get(float("inf"), 0.0)
+    if total == 0:
+        return 0, float("nan")
+    edge = next(le for le, count in counts.items() if count >= q / 100 * total)
+    return int(total), 1000 * edge
+
+
+def run_level(url: str, script: Path, connections: int, seconds: int) -> dict:
+    before = {status: duration_buckets(url, status) for status in ("200", "503")}
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script), f"{url}/intent"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    after = {status: duration_buckets(url, status) for status in ("200", "503")}
+    match = re.search(r"^QUADS (\d+) (\d+) (\d+) (\d+)$", out, re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"unexpected wrk output:\n{out}")
+    requests, refused, micros, timeouts = map(int, match.groups())
+    wall = micros / 1e6
+    return {
+        "connections": connections,
+        "answered_rps": (requests - refused) / wall,
+        "refused_rps": refused / wall,
+        "timeouts": timeouts,
+        "admitted": {q: bucket_percentile(before["200"], after["200"], q) for q in (50, 99)},
+        "refusals": {q: bucket_percentile(before["503"], after["503"], q) for q in (50, 99)},
+    }
+
+
+def report(args, levels: list[dict], clip: bytes) -> str:
+    peak = max(level["answered_rps"] for level in levels)
+    lines = [
+        "## Overload: wrk against POST /intent",
+        "",
+        f"- Host: {platform.machine()}, {os.cpu_count()} CPUs visible, torch threads {args.threads}; wrk (-t1) shares "
+        "the host with the server; loopback HTTP. Latency percentiles: the server's histogram (bucket upper edges).",
+        f"- Model: {args.model}. Clip: {CLIP_SECONDS:g}-s 16 kHz WAV ({len(clip)} bytes), raw body. "
+        f"{args.seconds} s per level; every connection sends again as soon as it is answered.",
+        "- Server settings: the defaults (`QUADS_MAX_QUEUE`, `QUADS_MAX_BATCH_SIZE`, `QUADS_REFUSALS_PER_SECOND`).",
+        "",
+        "| connections | answered/s | share of peak | refused (503)/s | admitted p50 / p99 ms, at most | refused p50 / p99 ms, at most | wrk timeouts |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for level in levels:
+        ok, no = level["admitted"], level["refusals"]
+        lines.append(
+            f"| {level['connections']} | {level['answered_rps']:.0f} | {level['answered_rps'] / peak:.0%} | "
+            f"{level['refused_rps']:.0f} | {ok[50][1]:.0f} / {ok[99][1]:.0f} | {no[50][1]:.0f} / {no[99][1]:.0f} | {level['timeouts']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--threads", type=int, default=resolve_threads(0), help="QUADS_THREADS of the server")
+    parser.add_argument("--connections", type=int, nargs="+", default=[4, 16, 32, 64, 256])
+    parser.add_argument("--seconds", type=int, default=10, help="wrk duration per level")
+    parser.add_argument("--out", type=Path, help="also write the Markdown report here")
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        parser.exit(2, "bench_overload.py needs wrk (Debian: apt-get install wrk)\n")
+
+    clip = short_clip()
+    with tempfile.TemporaryDirectory() as tmp, Server(args.model, args.threads) as server:
+        clip_path, script = Path(tmp) / "clip.wav", Path(tmp) / "post.lua"
+        clip_path.write_bytes(clip)
+        script.write_text(WRK_SCRIPT.format(clip=clip_path))
+        levels = [run_level(server.url, script, c, args.seconds) for c in args.connections]
+    text = report(args, levels, clip)
+    print(text)
+    if args.out:
+        atomic_write(args.out, lambda path: path.write_text(text))
+
+
+if __name__ == "__main__":
+    main()
