@@ -262,3 +262,24 @@ def test_concurrent_submitters_all_get_answers(checkpoint, clips):
         engine.close()
     for clip, prediction in zip(clips * 2, results):
         torch.testing.assert_close(prediction.probabilities, reference_probabilities(checkpoint, clip), atol=1e-5, rtol=0)
+
+
+def test_the_checkpoint_load_and_every_model_call_run_in_one_compute_thread(checkpoint_path, clips):
+    """A second thread running torch ops would get an OpenMP team of its own (service.engine)."""
+    import threading
+
+    from core.checkpoint import load_checkpoint
+
+    compute = engine_module.compute_thread(1)
+    loaded_in = compute.submit(lambda: (load_checkpoint(checkpoint_path), threading.get_ident())).result()
+    checkpoint, load_thread = loaded_in
+    called_in: set[int] = set()
+    checkpoint.model.register_forward_hook(lambda *_: called_in.add(threading.get_ident()))
+    engine = InferenceEngine(checkpoint, compute=compute).start()
+    try:
+        for clip in clips[:2]:
+            engine.submit(clip).result(timeout=30)
+    finally:
+        engine.close()
+    assert called_in == {load_thread} and load_thread != threading.get_ident()
+    compute.shutdown()
