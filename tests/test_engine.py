@@ -60,8 +60,12 @@ def test_batched_answers_equal_answers_alone(checkpoint, clips):
 
 
 @pytest.mark.skipif(not native_bfloat16(), reason="this CPU has no bfloat16 matrix hardware")
-def test_bfloat16_answers_stay_close_to_float32(checkpoint, clips):
-    engine = InferenceEngine(checkpoint, compute_dtype="bfloat16").start()
+def test_bfloat16_answers_stay_close_to_float32(checkpoint, checkpoint_path, clips):
+    from core.checkpoint import load_checkpoint
+
+    served = load_checkpoint(checkpoint_path)  # the engine casts its model's matrix weights in place
+    engine = InferenceEngine(served, compute_dtype="bfloat16").start()
+    assert served.model.head.weight.dtype == torch.bfloat16 and served.memory_bytes < checkpoint.memory_bytes
     try:
         answers = [engine.submit(clip).result(timeout=30).probabilities for clip in clips]
     finally:

@@ -57,7 +57,7 @@ class ModelInfo(BaseModel):
     bits: int
     params: int = Field(description="Number of parameters.")
     file_bytes: int = Field(description="Size of the checkpoint file (packed codes).")
-    memory_bytes: int = Field(description="Bytes of the loaded model (dequantized to float32).")
+    memory_bytes: int = Field(description="Bytes of the loaded model: dequantized, its matrix weights in the compute dtype.")
     dims: dict[str, int] = Field(description="Architecture (ModelDims).")
     sha256: str = Field(description="Content hash stored in the checkpoint.")
     max_audio_seconds: float = Field(description="Longest clip accepted.")

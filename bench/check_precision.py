@@ -1,0 +1,80 @@
+"""Does the served answer move with the compute path? The shipped model on a held-out split, through
+the service's own engine (decode, log-mel, model), compared clip by clip:
+
+* float32, one clip per model call (the reference);
+* float32 in micro-batches of 8 (padded and masked): must give the same intent on every clip;
+* ``QUADS_PRECISION=bfloat16`` (where the CPU has bfloat16 hardware): intents that differ, and
+  the largest change of the top probability.
+
+    python bench/check_precision.py --data runs/demo/corpus --split test --out bench/results/precision.md
+
+It reads the split once and chooses nothing from it; the figures go in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from core.checkpoint import load_checkpoint
+from core.tensor_files import atomic_write
+from service.cpu import native_bfloat16, resolve_threads
+from service.engine import InferenceEngine
+from training.datasets import load_samples
+
+DEFAULT_MODEL = Path("models/quads-fsc-4bit.safetensors")
+
+
+def answers(model_path: Path, clips: list[bytes], threads: int, **engine_options) -> torch.Tensor:
+    """(N, n_labels) probabilities of every clip, all submitted at once to one engine."""
+    engine = InferenceEngine(load_checkpoint(model_path), threads=threads, max_queue=len(clips), **engine_options).start()
+    try:
+        futures = [engine.submit(clip) for clip in clips]
+        return torch.stack([f.result(timeout=600).probabilities for f in tqdm(futures, desc=str(engine_options), leave=False, mininterval=5)])
+    finally:
+        engine.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--data", type=Path, default=Path("runs/demo/corpus"))
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--threads", type=int, default=resolve_threads(0))
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+
+    samples = load_samples(args.data, args.split)
+    clips = [Path(s.path).read_bytes() for s in samples]
+    labels = load_checkpoint(args.model).labels
+    truth = torch.tensor([labels.index(s.label) for s in samples])
+    runs = {
+        "float32, one clip per call": answers(args.model, clips, args.threads, max_batch_size=1),
+        "float32, batches of 8": answers(args.model, clips, args.threads, max_batch_size=8),
+    }
+    if native_bfloat16():
+        runs["bfloat16, one clip per call"] = answers(args.model, clips, args.threads, max_batch_size=1, compute_dtype="bfloat16")
+    reference = runs["float32, one clip per call"]
+    lines = [
+        f"## Served answers by compute path: {args.model.name}, {args.data} `{args.split}` ({len(clips)} clips, "
+        f"{len({s.speaker for s in samples})} voices)",
+        "",
+        "| path | accuracy | intents that differ from float32 alone | largest change of any probability |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name, probabilities in runs.items():
+        differ = int((probabilities.argmax(-1) != reference.argmax(-1)).sum())
+        accuracy = float((probabilities.argmax(-1) == truth).float().mean())
+        change = float((probabilities - reference).abs().max())
+        lines.append(f"| {name} | {accuracy:.2%} | {differ} | {change:.1e} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        atomic_write(args.out, lambda path: path.write_text(text))
+
+
+if __name__ == "__main__":
+    main()
