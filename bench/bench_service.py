@@ -14,10 +14,14 @@ compare the ratios, and rerun on the target machine for absolute numbers.
 
 from __future__ import annotations
 
+import os
+
+# The servers get this from quads-serve; the bare forward measured here gets the same (read when torch loads).
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+
 import argparse
 import contextlib
 import io
-import os
 import platform
 import shutil
 import socket
@@ -35,7 +39,7 @@ import numpy as np
 import soundfile
 import torch
 
-from core.audio import SAMPLE_RATE, resample
+from core.audio import SAMPLE_RATE, decode_audio, log_mel_spectrogram, resample
 from core.checkpoint import load_checkpoint, save_checkpoint
 from core.tensor_files import atomic_write
 from core.compute import forward_gmacs
@@ -152,18 +156,29 @@ def interleaved_latency(urls: dict[str, str], clip: bytes, requests: dict[str, i
 
 
 def throughput(url: str, clip: bytes, clients: int, requests_per_client: int) -> dict[str, float]:
-    """Requests/s with ``clients`` closed-loop clients, each sending ``requests_per_client`` requests,
-    and the p50/p95 latency (ms) they saw."""
+    """Answers/s with ``clients`` closed-loop clients, each sending ``requests_per_client`` requests,
+    the p50/p95 latency (ms) of the answers, and the share refused with 503 (past the admission
+    limit, a client sends again at once)."""
     latencies: list[float] = []
+    refused = [0]
     lock = threading.Lock()
 
     def run_client() -> None:
+        own, own_refused = [], 0
         with httpx.Client(base_url=url, timeout=120) as client:
-            post(client, clip)  # connect + warm up, not timed
+            client.post("/intent", content=clip, headers={"Content-Type": "audio/wav"})  # connect + warm up, not timed
             barrier.wait()
-            own = [1000 * post(client, clip)[0] for _ in range(requests_per_client)]
+            for _ in range(requests_per_client):
+                start = time.perf_counter()
+                response = client.post("/intent", content=clip, headers={"Content-Type": "audio/wav"})
+                if response.status_code == 503:
+                    own_refused += 1
+                    continue
+                response.raise_for_status()
+                own.append(1000 * (time.perf_counter() - start))
         with lock:
             latencies.extend(own)
+            refused[0] += own_refused
 
     barrier = threading.Barrier(clients + 1)
     with ThreadPoolExecutor(clients) as pool:
@@ -173,7 +188,10 @@ def throughput(url: str, clip: bytes, clients: int, requests_per_client: int) ->
         for f in futures:
             f.result()
         wall = time.perf_counter() - start
-    return {"rps": len(latencies) / wall, "p50": percentile(latencies, 50), "p95": percentile(latencies, 95)}
+    return {
+        "rps": len(latencies) / wall, "p50": percentile(latencies, 50), "p95": percentile(latencies, 95),
+        "refused": refused[0] / (refused[0] + len(latencies)),
+    }
 
 
 def median_throughput(urls: dict[str, str], clip: bytes, clients: int, total: int, repeats: int) -> dict[str, dict]:
@@ -183,6 +201,21 @@ def median_throughput(urls: dict[str, str], clip: bytes, clients: int, total: in
         for name, url in urls.items():
             runs[name].append(throughput(url, clip, clients, max(1, total // clients)))
     return {name: sorted(r, key=lambda x: x["rps"])[len(r) // 2] for name, r in runs.items()}
+
+
+def bare_forward_ms(checkpoint, clip: bytes, threads: int, repeats: int = 200) -> float:
+    """Median ms of the model alone on the clip's log-mel, in this process with ``threads`` threads."""
+    torch.set_num_threads(threads)
+    mel = log_mel_spectrogram(decode_audio(clip), checkpoint.dims.n_mels)[None]
+    seconds = []
+    with torch.inference_mode():
+        for i in range(repeats + 10):
+            start = time.perf_counter()
+            checkpoint.model(mel)
+            if i >= 10:
+                seconds.append(time.perf_counter() - start)
+            time.sleep(0.005)  # the gap between sequential requests, as the service sees them
+    return 1000 * statistics.median(seconds)
 
 
 def report(args, model_path: Path, clip: bytes) -> str:
@@ -206,6 +239,7 @@ def report(args, model_path: Path, clip: bytes) -> str:
             c: median_throughput({"batched": real_length.url, "unbatched": unbatched.url}, clip, c, args.per_level, args.repeats)
             for c in args.clients
         }
+        bare = bare_forward_ms(checkpoint, clip, args.threads)  # the servers are idle now
     real, padded = latency["real"], latency["padded"]
 
     lines = [
@@ -240,16 +274,27 @@ def report(args, model_path: Path, clip: bytes) -> str:
         lines += ["", "(This CPU has no bfloat16 matrix hardware, so `QUADS_PRECISION=bfloat16` was not measured.)"]
     lines += [
         "",
+        f"Model call inside the service (median, float32): {real['inference']:.1f} ms; a bare forward of the same model "
+        f"on the same clip in the benchmark's process, with the same threads: {bare:.1f} ms "
+        f"({real['inference'] / bare:.2f}x).",
+    ]
+    lines += [
+        "",
         f"### Sustained throughput, closed-loop clients ({args.per_level} requests per level; median of {args.repeats} runs)",
         "",
-        "| clients | req/s, batches <= 8 | p50 / p95 ms | req/s, no batching | p50 / p95 ms |",
-        "| ---: | ---: | ---: | ---: | ---: |",
+        "| clients | answers/s, batches <= 8 | p50 / p95 ms | refused | answers/s, no batching | p50 / p95 ms | refused |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for c in args.clients:
         b, u = load[c]["batched"], load[c]["unbatched"]
         lines.append(
-            f"| {c} | {b['rps']:.1f} | {b['p50']:.0f} / {b['p95']:.0f} | {u['rps']:.1f} | {u['p50']:.0f} / {u['p95']:.0f} |"
+            f"| {c} | {b['rps']:.1f} | {b['p50']:.0f} / {b['p95']:.0f} | {b['refused']:.0%} | "
+            f"{u['rps']:.1f} | {u['p50']:.0f} / {u['p95']:.0f} | {u['refused']:.0%} |"
         )
+    if 4 in load:
+        ideal = 1000 / real["inference"]
+        lines += ["", f"With 4 clients: {load[4]['batched']['rps']:.1f} answers/s, {load[4]['batched']['rps'] / ideal:.0%} of "
+                  f"1 / (the single-clip model call, {real['inference']:.1f} ms) = {ideal:.1f}/s."]
     return "\n".join(lines) + "\n"
 
 
@@ -259,7 +304,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=resolve_threads(0), help="QUADS_THREADS of the server")
     parser.add_argument("--requests", type=int, default=200, help="sequential requests at real length")
     parser.add_argument("--padded-requests", type=int, default=30, help="sequential requests padded to 30 s")
-    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--per-level", type=int, default=96, help="requests per concurrency level and run")
     parser.add_argument("--repeats", type=int, default=3, help="throughput runs per level (the median is reported)")
     parser.add_argument("--out", type=Path, help="also write the Markdown report here")

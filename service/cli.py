@@ -31,9 +31,9 @@ def set_openmp_wait_policy() -> None:
     thread holds the core its partner needs, and on a busy 2-core host 2 torch threads served
     2-7 req/s spinning against 13-18 req/s never spinning (``OMP_WAIT_POLICY=PASSIVE``). But
     never spinning puts every one of the forward's ~100 parallel regions through a futex wake-up:
-    a 3-s clip's model call took 18.0 ms passive against 14.7 ms with a short spin, and 14.3 ms
-    bare. ``GOMP_SPINCOUNT=10000`` (a few microseconds) bridges the gaps inside a forward and
-    sleeps between requests. An explicit ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` wins.
+    a 3-s clip's model call is slower passive than with a short spin (``bench/bench_openmp.py``).
+    ``GOMP_SPINCOUNT=10000`` (a few microseconds) bridges the gaps inside a forward and sleeps
+    between requests. An explicit ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` wins.
     """
     if "OMP_WAIT_POLICY" not in os.environ:
         os.environ.setdefault("GOMP_SPINCOUNT", str(GOMP_SPINCOUNT))

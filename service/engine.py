@@ -5,7 +5,7 @@ One thread does all torch work (loading the checkpoint, decode, log-mel, model):
 requests are in flight, and OpenMP keeps a single team. Every other thread that runs a parallel
 torch op gets a team of its own, and once the process holds more OpenMP threads than CPUs,
 libgomp stops letting idle threads spin between parallel regions: each of the forward's ~100
-regions then waits on a futex, and a 3-s clip took 23 ms instead of 17. Requests wait in a
+regions then waits on a futex (``bench/bench_openmp.py`` measures both). Requests wait in a
 bounded queue; when it is full, ``submit`` refuses at once (``EngineOverloaded``, HTTP 503)
 instead of letting latency grow without bound.
 
@@ -244,9 +244,9 @@ class InferenceEngine:
 def keep_weights_in_compute_dtype(model: torch.nn.Module, compute_dtype: str) -> None:
     """For bfloat16, cast the weights of the matrix products (linear and conv layers) once, in place.
 
-    Autocast casts each of them to bfloat16 on every call otherwise; the answers are the same
-    bit for bit (LayerNorm, softmax and pooling stay float32 under autocast), and the 3-s forward
-    went from 9.3 to 8.2 ms on a 2-core AVX512-BF16 host. float32 leaves the model as it is.
+    Autocast casts each of them to bfloat16 on every call otherwise, to the same values: the
+    answers are the same bit for bit (LayerNorm, softmax and pooling stay float32 under
+    autocast), without the per-call casts. float32 leaves the model as it is.
     """
     if compute_dtype != "bfloat16":
         return

@@ -6,6 +6,7 @@ command that runs it is ``service.cli``.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -48,7 +49,21 @@ def load_served_checkpoint(settings: Settings) -> Checkpoint:
     expected = settings.expected_bits
     if expected is not None and checkpoint.bits != expected:
         raise CheckpointError(f"{path}: holds {checkpoint.bits}-bit weights, but QUADS_BITS={expected}")
+    return_freed_heap()
     return checkpoint
+
+
+def return_freed_heap() -> None:
+    """Give the heap that loading freed back to the OS (glibc keeps it otherwise).
+
+    Unpacking and dequantizing the checkpoint allocates about twice the model in temporaries;
+    glibc keeps the freed pages, and the shipped model's process stayed 30 MiB larger for good.
+    A no-op where the C library is not glibc.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def admission_limit(settings: Settings) -> int:
