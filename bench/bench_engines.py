@@ -7,10 +7,10 @@ Loads a CTranslate2 Whisper directory (tiny.en: ``quads-demo`` fetches it to
   clip's real length and at 30 s;
 * openai-whisper's ``AudioEncoder`` and Hugging Face ``WhisperForAudioClassification``, which
   only take 30-s input (same weights, loaded through the project's name mapping);
-* our forward (encoder + head) at the clip's length, in float32 and (where the CPU has it)
-  bfloat16, and at 30 s;
+* our forward (encoder + head) at the clip's length, in float32, (where the CPU has it)
+  bfloat16 and int8 (``service.precision``), and at 30 s;
 * our whole HTTP path: ``quads-serve`` serving the same weights (a float32 checkpoint), a 3-s WAV
-  posted over loopback, decoding and log-mel included; and the same with bfloat16.
+  posted over loopback, decoding and log-mel included; and the same with bfloat16 and int8.
 
 It also measures the host's matrix-multiply peak in the same run (a 2048x2048 product) and
 prints each path against the compute limit of our forward: GFLOPs / peak. Medians of blocks;
@@ -32,6 +32,7 @@ os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 import argparse
 import contextlib
+import copy
 import platform
 import re
 import statistics
@@ -51,6 +52,7 @@ from core.compute import forward_gmacs
 from core.model import IntentClassifier
 from core.tensor_files import atomic_write
 from service.cpu import native_bfloat16, resolve_threads
+from service.precision import prepare_model
 from training.whisper.ct2 import read_ct2_encoder
 from training.whisper.encoder import _HF_RENAMES
 
@@ -154,6 +156,9 @@ def build_paths(args, clip: bytes, checkpoint_path: Path, order: list) -> dict:
     register(order, "ours_fp32_3s", lambda: ours(mel), args.per_block)
     if bf16:
         register(order, "ours_bf16_3s", lambda: ours(mel, "bf16"), args.per_block)
+    int8_model = copy.deepcopy(model)
+    prepare_model(int8_model, "int8")
+    register(order, "ours_int8_3s", inference(lambda: int8_model(mel)), args.per_block)
     register(order, "ours_fp32_30s", lambda: ours(mel30), 1)
     register(order, "openai_whisper_30s", inference(lambda: openai_encoder(mel30)), 1)
     register(order, "hf_classifier_30s", inference(lambda: hf(input_features=mel30)), 1)
@@ -171,8 +176,10 @@ def report(args, info: dict, ms: dict[str, float], peaks: dict[str, float], clip
         ("CTranslate2 encoder, float32, 30 s", "ct2_float32_30s"), ("CTranslate2 encoder, int8, 30 s", "ct2_int8_30s"),
         ("openai-whisper AudioEncoder, 30 s", "openai_whisper_30s"), ("HF WhisperForAudioClassification, 30 s", "hf_classifier_30s"),
         ("ours, forward, float32, 3 s", "ours_fp32_3s"), ("ours, forward, bfloat16, 3 s", "ours_bf16_3s"),
+        ("ours, forward, int8 linear layers, 3 s", "ours_int8_3s"),
         ("ours, forward, float32, 30 s", "ours_fp32_30s"),
         ("**ours, HTTP end to end, float32, 3-s WAV**", "http_fp32_3s"), ("**ours, HTTP end to end, bfloat16, 3-s WAV**", "http_bf16_3s"),
+        ("**ours, HTTP end to end, int8, 3-s WAV**", "http_int8_3s"),
     ]
     lines = [
         "## Engines, same weights, same clip",
@@ -204,8 +211,12 @@ def report(args, info: dict, ms: dict[str, float], peaks: dict[str, float], clip
             f"| HTTP bfloat16 <= fastest CTranslate2 encoder at 3 s | {b:.1f} vs {fastest_ct2:.1f} ms | {b / fastest_ct2:.2f}x |",
             f"| HTTP bfloat16 <= 2x bfloat16 compute limit | {b:.1f} vs {limit16:.1f} ms | {b / limit16:.2f}x |",
         ]
-    slowest_factor = min(ms[k] for k in ms if k.endswith("_30s")) / e2e
-    lines.append(f"| >= 10x faster than every 30-s path | fastest 30-s path / HTTP float32 | {slowest_factor:.1f}x |")
+    i8 = ms["http_int8_3s"]
+    lines.append(f"| HTTP int8 <= fastest CTranslate2 encoder at 3 s | {i8:.1f} vs {fastest_ct2:.1f} ms | {i8 / fastest_ct2:.2f}x |")
+    fastest_30s = min(ms[k] for k in ms if k.endswith("_30s"))
+    for name, key in (("float32", "http_fp32_3s"), ("bfloat16", "http_bf16_3s"), ("int8", "http_int8_3s")):
+        if key in ms:
+            lines.append(f"| >= 10x faster than every 30-s path | fastest 30-s path / HTTP {name} | {fastest_30s / ms[key]:.1f}x |")
     return "\n".join(lines) + "\n"
 
 
@@ -228,6 +239,7 @@ def main(argv: list[str] | None = None) -> None:
         servers = {"http_fp32_3s": stack.enter_context(Server(checkpoint_path, args.threads)).url}
         if native_bfloat16():
             servers["http_bf16_3s"] = stack.enter_context(Server(checkpoint_path, args.threads, QUADS_PRECISION="bfloat16")).url
+        servers["http_int8_3s"] = stack.enter_context(Server(checkpoint_path, args.threads, QUADS_PRECISION="int8")).url
         for name, url in servers.items():
             client = stack.enter_context(httpx.Client(base_url=url, timeout=60))
             post = lambda c=client: c.post("/intent", content=clip, headers={"Content-Type": "audio/wav"}).raise_for_status()

@@ -3,8 +3,8 @@ the service's own engine (decode, log-mel, model), compared clip by clip:
 
 * float32, one clip per model call (the reference);
 * float32 in micro-batches of 8 (padded and masked): must give the same intent on every clip;
-* ``QUADS_PRECISION=bfloat16`` (where the CPU has bfloat16 hardware): intents that differ, and
-  the largest change of the top probability.
+* ``QUADS_PRECISION=bfloat16`` (where the CPU has bfloat16 hardware) and ``int8``, alone and
+  batched: intents that differ, and the largest change of any probability.
 
     python bench/check_precision.py --data runs/demo/corpus --split test --out bench/results/precision.md
 
@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     }
     if native_bfloat16():
         runs["bfloat16, one clip per call"] = answers(args.model, clips, args.threads, max_batch_size=1, compute_dtype="bfloat16")
+    runs["int8, one clip per call"] = answers(args.model, clips, args.threads, max_batch_size=1, compute_dtype="int8")
+    runs["int8, batches of 8"] = answers(args.model, clips, args.threads, max_batch_size=8, compute_dtype="int8")
     reference = runs["float32, one clip per call"]
     lines = [
         f"## Served answers by compute path: {args.model.name}, {args.data} `{args.split}` ({len(clips)} clips, "

@@ -58,6 +58,9 @@ class Checkpoint:
     @property
     def memory_bytes(self) -> int:
         tensors = [*self.model.parameters(), *self.model.buffers()]
+        for module in self.model.modules():  # dynamic int8 layers keep their weights packed, outside parameters()
+            if hasattr(module, "_packed_params") and callable(getattr(module, "weight", None)):
+                tensors += [t for t in (module.weight(), module.bias()) if t is not None]
         return sum(t.numel() * t.element_size() for t in tensors)
 
 

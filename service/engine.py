@@ -38,6 +38,7 @@ from core.audio import (
 )
 from core.checkpoint import Checkpoint
 from service.metrics import ServiceMetrics
+from service.precision import check_compute_dtype, compute_context, prepare_model
 
 
 class EngineOverloaded(RuntimeError):
@@ -100,9 +101,7 @@ class InferenceEngine:
         # The encoder has n_ctx positions, two mel frames each: 1500 positions = 30 s.
         self.max_audio_seconds = min(max_audio_seconds, checkpoint.dims.n_ctx * 2 / FRAMES_PER_SECOND)
         self.pad_to_30s = pad_to_30s
-        if compute_dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"compute_dtype must be float32 or bfloat16, got {compute_dtype!r}")
-        self.compute_dtype = compute_dtype
+        self.compute_dtype = check_compute_dtype(compute_dtype)
         self.metrics = metrics
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self._lock = threading.Lock()  # orders "closed" against submissions, so _STOP is queued last
@@ -123,8 +122,8 @@ class InferenceEngine:
         return self._queue.qsize()
 
     def start(self) -> "InferenceEngine":
-        """Prepare the model for the compute dtype (in the compute thread; a few ms), then start the worker."""
-        self._compute.submit(keep_weights_in_compute_dtype, self.checkpoint.model, self.compute_dtype).result()
+        """Prepare the model for the compute dtype (``service.precision``, in the compute thread), then start the worker."""
+        self._compute.submit(prepare_model, self.checkpoint.model, self.compute_dtype).result()
         self._worker = self._compute.submit(self._run)
         return self
 
@@ -225,9 +224,7 @@ class InferenceEngine:
             mels, lengths = pad_mels([mel for _, _, mel, _, _ in clips])
             if len(clips) == 1:
                 lengths = None  # one clip fills the batch: the masks would change nothing and cost time
-            # bfloat16: autocast runs the matrix products in bfloat16 (their weights already are:
-            # keep_weights_in_compute_dtype) and keeps softmax, LayerNorm and the pooling in float32.
-            with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=self.compute_dtype == "bfloat16"):
+            with torch.inference_mode(), compute_context(self.compute_dtype):
                 _, logits = self.checkpoint.model(mels, lengths)
             probabilities = logits.float().softmax(dim=-1)
             inference = time.perf_counter() - t0
@@ -239,20 +236,6 @@ class InferenceEngine:
             self.metrics.batch_size.observe(len(clips))
         for (job, seconds, _, decode, features), probs in zip(clips, probabilities):
             job.future.set_result(Prediction(probs, seconds, decode, features, inference, len(clips)))
-
-
-def keep_weights_in_compute_dtype(model: torch.nn.Module, compute_dtype: str) -> None:
-    """For bfloat16, cast the weights of the matrix products (linear and conv layers) once, in place.
-
-    Autocast casts each of them to bfloat16 on every call otherwise, to the same values: the
-    answers are the same bit for bit (LayerNorm, softmax and pooling stay float32 under
-    autocast), without the per-call casts. float32 leaves the model as it is.
-    """
-    if compute_dtype != "bfloat16":
-        return
-    for module in model.modules():
-        if isinstance(module, (torch.nn.Linear, torch.nn.Conv1d)):
-            module.to(torch.bfloat16)
 
 
 def decode_clip(data: bytes, max_seconds: float) -> torch.Tensor:

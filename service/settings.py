@@ -51,10 +51,11 @@ class Settings(BaseSettings):
     shutdown_timeout_seconds: float = Field(20.0, gt=0, description="After the drain, how long in-flight requests may finish.")
     pad_to_30s: bool = Field(False, description="Pad every clip to 30 s as Whisper does (only to benchmark that cost).")
     log_format: Literal["text", "json"] = Field("text", description="Log lines as text, or one JSON object per line.")
-    precision: Literal["float32", "bfloat16", "auto"] = Field(
+    precision: Literal["float32", "bfloat16", "int8", "auto"] = Field(
         "float32",
         description="The encoder's matrix products: float32 (exact), bfloat16 (faster on CPUs with AMX or "
-        "AVX512-BF16; probabilities move by ~1e-3), or auto (bfloat16 where the CPU has it).",
+        "AVX512-BF16; probabilities move by ~1e-2), int8 (dynamic int8 linear layers; fastest), or auto "
+        "(bfloat16 where the CPU has it).",
     )
 
     @field_validator("bits")

@@ -77,8 +77,27 @@ def test_bfloat16_answers_stay_close_to_float32(checkpoint, checkpoint_path, cli
         assert probabilities.argmax() == exact.argmax()
 
 
+def test_int8_answers_stay_close_to_float32_and_weights_take_a_byte(checkpoint, checkpoint_path, clips):
+    from core.checkpoint import load_checkpoint
+
+    served = load_checkpoint(checkpoint_path)  # the engine swaps its linear layers in place
+    engine = InferenceEngine(served, compute_dtype="int8", max_batch_size=4).start()
+    try:
+        alone = [engine.submit(clip).result(timeout=30).probabilities for clip in clips]
+        futures = [engine.submit(clip) for clip in clips]
+        together = [f.result(timeout=30).probabilities for f in futures]
+    finally:
+        engine.close()
+    linear_weights = sum(m.weight.numel() for m in checkpoint.model.modules() if isinstance(m, torch.nn.Linear))
+    assert checkpoint.memory_bytes - served.memory_bytes == pytest.approx(3 * linear_weights, rel=0.01)  # 4 bytes -> 1
+    for clip, probabilities, batched in zip(clips, alone, together):
+        exact = reference_probabilities(checkpoint, clip)
+        torch.testing.assert_close(probabilities, exact, atol=0.05, rtol=0)
+        assert probabilities.argmax() == exact.argmax() == batched.argmax()
+
+
 def test_unknown_compute_dtype_is_refused(checkpoint):
-    with pytest.raises(ValueError, match="float32 or bfloat16"):
+    with pytest.raises(ValueError, match="float32, bfloat16, int8"):
         InferenceEngine(checkpoint, compute_dtype="float16")
 
 

@@ -61,7 +61,7 @@ class ModelInfo(BaseModel):
     dims: dict[str, int] = Field(description="Architecture (ModelDims).")
     sha256: str = Field(description="Content hash stored in the checkpoint.")
     max_audio_seconds: float = Field(description="Longest clip accepted.")
-    precision: str = Field(description="The matrix products' precision: float32 or bfloat16 (QUADS_PRECISION).")
+    precision: str = Field(description="The matrix products' precision: float32, bfloat16 or int8 (QUADS_PRECISION).")
 
     @classmethod
     def of(cls, engine: InferenceEngine) -> ModelInfo:
