@@ -229,11 +229,13 @@ def report(args, model_path: Path, clip: bytes) -> str:
         Server(model_path, args.threads, QUADS_MAX_BATCH_SIZE="1") as unbatched,
         Server(model_path, args.threads, QUADS_PAD_TO_30S="1") as padded_server,
         Server(model_path, args.threads, QUADS_PRECISION="bfloat16") if bf16 else contextlib.nullcontext() as bf16_server,
+        Server(model_path, args.threads, QUADS_PRECISION="int8") as int8_server,
     ):
         urls = {"real": real_length.url, "padded": padded_server.url}
         requests = {"real": args.requests, "padded": args.padded_requests}
         if bf16:
             urls["bf16"], requests["bf16"] = bf16_server.url, args.requests
+        urls["int8"], requests["int8"] = int8_server.url, args.requests
         latency = interleaved_latency(urls, clip, requests, rounds=10)
         load = {
             c: median_throughput({"batched": real_length.url, "unbatched": unbatched.url}, clip, c, args.per_level, args.repeats)
@@ -270,7 +272,13 @@ def report(args, model_path: Path, clip: bytes) -> str:
             f"| **padded (float32) / real (bfloat16)** | **{padded['p50'] / b['p50']:.1f}x** | {padded['p95'] / b['p95']:.1f}x | "
             f"{padded['server_total'] / b['server_total']:.1f}x | {padded['inference'] / b['inference']:.1f}x |",
         ]
-    else:
+    i = latency["int8"]
+    lines += [
+        f"| 3-s clip, `QUADS_PRECISION=int8` | {i['p50']:.1f} | {i['p95']:.1f} | {i['server_total']:.1f} | {i['inference']:.1f} |",
+        f"| **padded (float32) / real (int8)** | **{padded['p50'] / i['p50']:.1f}x** | {padded['p95'] / i['p95']:.1f}x | "
+        f"{padded['server_total'] / i['server_total']:.1f}x | {padded['inference'] / i['inference']:.1f}x |",
+    ]
+    if not bf16:
         lines += ["", "(This CPU has no bfloat16 matrix hardware, so `QUADS_PRECISION=bfloat16` was not measured.)"]
     lines += [
         "",

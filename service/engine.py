@@ -38,7 +38,7 @@ from core.audio import (
 )
 from core.checkpoint import Checkpoint
 from service.metrics import ServiceMetrics
-from service.precision import check_compute_dtype, compute_context, prepare_model
+from service.precision import batches_exactly, check_compute_dtype, compute_context, prepare_model
 
 
 class EngineOverloaded(RuntimeError):
@@ -201,6 +201,18 @@ class InferenceEngine:
             batch.append(job)
         return batch, False
 
+    def _logits(self, mels: list[torch.Tensor]) -> torch.Tensor:
+        """(B, n_labels) logits of the clips: one model call for the batch, or one per clip where
+        the compute dtype's answers would depend on the batch (``service.precision``)."""
+        groups = [mels] if batches_exactly(self.compute_dtype) else [[mel] for mel in mels]
+        logits = []
+        with torch.inference_mode(), compute_context(self.compute_dtype):
+            for group in groups:
+                padded, lengths = pad_mels(group)
+                # A lone clip needs no masks: they would change nothing and cost time.
+                logits.append(self.checkpoint.model(padded, lengths if len(group) > 1 else None)[1])
+        return torch.cat(logits)
+
     def _run_batch(self, batch: list[_Job]) -> None:
         """Answer every job of the batch: a bad clip fails only its own request."""
         clips = []  # (job, audio_seconds, mel (n_mels, T), decode_s, features_s)
@@ -221,11 +233,7 @@ class InferenceEngine:
             return
         try:
             t0 = time.perf_counter()
-            mels, lengths = pad_mels([mel for _, _, mel, _, _ in clips])
-            if len(clips) == 1:
-                lengths = None  # one clip fills the batch: the masks would change nothing and cost time
-            with torch.inference_mode(), compute_context(self.compute_dtype):
-                _, logits = self.checkpoint.model(mels, lengths)
+            logits = self._logits([mel for _, _, mel, _, _ in clips])
             probabilities = logits.float().softmax(dim=-1)
             inference = time.perf_counter() - t0
         except BaseException as e:  # noqa: BLE001

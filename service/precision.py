@@ -47,6 +47,15 @@ def prepare_model(model: nn.Module, compute_dtype: str) -> None:
             quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, inplace=True)
 
 
+def batches_exactly(compute_dtype: str) -> bool:
+    """Whether a padded, masked batch gives each clip the answer it gets alone.
+
+    Not for int8: dynamic quantization picks one activation scale per call, from every clip in
+    it, so a clip's answer would depend on its neighbours. The engine runs int8 clips one by one.
+    """
+    return compute_dtype != "int8"
+
+
 def compute_context(compute_dtype: str) -> contextlib.AbstractContextManager:
     """What the model call runs under: autocast for bfloat16, nothing else otherwise."""
     if compute_dtype == "bfloat16":

@@ -93,7 +93,8 @@ def test_int8_answers_stay_close_to_float32_and_weights_take_a_byte(checkpoint, 
     for clip, probabilities, batched in zip(clips, alone, together):
         exact = reference_probabilities(checkpoint, clip)
         torch.testing.assert_close(probabilities, exact, atol=0.05, rtol=0)
-        assert probabilities.argmax() == exact.argmax() == batched.argmax()
+        assert probabilities.argmax() == exact.argmax()
+        torch.testing.assert_close(batched, probabilities, atol=1e-6, rtol=0)  # int8 clips run one by one
 
 
 def test_unknown_compute_dtype_is_refused(checkpoint):
