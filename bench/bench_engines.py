@@ -50,11 +50,11 @@ from core.audio import decode_audio, log_mel_spectrogram
 from core.checkpoint import save_checkpoint
 from core.compute import forward_gmacs
 from core.model import IntentClassifier
-from core.tensor_files import atomic_write
 from service.cpu import native_bfloat16, resolve_threads
 from service.precision import prepare_model
 from training.whisper.ct2 import read_ct2_encoder
 from training.whisper.encoder import _HF_RENAMES
+from report_output import publish
 
 N_LABELS = 31
 PAUSE_S = 0.25  # between blocks: lets another engine's spinning threads go idle
@@ -249,9 +249,7 @@ def main(argv: list[str] | None = None) -> None:
             peaks["bfloat16"] = matmul_peak_gflops(torch.bfloat16)
         ms = run_interleaved(order, args.rounds)
     text = report(args, info, ms, peaks, clip)
-    print(text)
-    if args.out:
-        atomic_write(args.out, lambda path: path.write_text(text))
+    publish(text, args.out)
 
 
 if __name__ == "__main__":

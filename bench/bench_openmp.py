@@ -21,6 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from report_output import publish
+
 DEFAULT_MODEL = Path("models/quads-fsc-4bit.safetensors")
 POLICIES = {
     "libgomp default (spin ~300k)": {},
@@ -102,11 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     for policy in POLICIES:
         lines.append(f"| {policy} | {median[(policy, 'one')]:.1f} | {median[(policy, 'two')]:.1f} |")
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        from core.tensor_files import atomic_write
-
-        atomic_write(args.out, lambda path: path.write_text(text))
+    publish(text, args.out)
 
 
 if __name__ == "__main__":

@@ -30,8 +30,8 @@ import httpx
 import soundfile
 
 from bench_service import Server, three_second_clip
-from core.tensor_files import atomic_write
 from service.cpu import resolve_threads
+from report_output import publish
 
 CLIP_SECONDS = 1.5
 DEFAULT_MODEL = Path("models/quads-fsc-4bit.safetensors")
@@ -138,9 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         script.write_text(WRK_SCRIPT.format(clip=clip_path))
         levels = [run_level(server.url, script, c, args.seconds) for c in args.connections]
     text = report(args, levels, clip)
-    print(text)
-    if args.out:
-        atomic_write(args.out, lambda path: path.write_text(text))
+    publish(text, args.out)
 
 
 if __name__ == "__main__":

@@ -41,11 +41,11 @@ import torch
 
 from core.audio import SAMPLE_RATE, decode_audio, log_mel_spectrogram, resample
 from core.checkpoint import load_checkpoint, save_checkpoint
-from core.tensor_files import atomic_write
 from core.compute import forward_gmacs
 from service.cpu import native_bfloat16, resolve_threads
 from core.model import WHISPER_TINY, IntentClassifier
 from training.quantize import quantize_model
+from report_output import publish
 
 CLIP_SECONDS = 3.0
 N_LABELS = 31  # Fluent Speech Commands has 31 intents
@@ -321,9 +321,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_path = args.model or build_model(Path(tmp))
         text = report(args, model_path, three_second_clip())
-    print(text)
-    if args.out:
-        atomic_write(args.out, lambda path: path.write_text(text))
+    publish(text, args.out)
 
 
 if __name__ == "__main__":

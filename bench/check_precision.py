@@ -20,10 +20,10 @@ import torch
 from tqdm import tqdm
 
 from core.checkpoint import load_checkpoint
-from core.tensor_files import atomic_write
 from service.cpu import native_bfloat16, resolve_threads
 from service.engine import InferenceEngine
 from training.datasets import load_samples
+from report_output import publish
 
 DEFAULT_MODEL = Path("models/quads-fsc-4bit.safetensors")
 
@@ -73,9 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         change = float((probabilities - reference).abs().max())
         lines.append(f"| {name} | {accuracy:.2%} | {differ} | {change:.1e} |")
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        atomic_write(args.out, lambda path: path.write_text(text))
+    publish(text, args.out)
 
 
 if __name__ == "__main__":

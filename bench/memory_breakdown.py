@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import re
 from pathlib import Path
+from report_output import publish
 
 DEFAULT_MODEL = Path("models/quads-fsc-4bit.safetensors")
 
@@ -63,11 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     ]
     lines += [f"| {name} | {rss:.0f} | {anon:.0f} | {files:.0f} |" for name, (rss, anon, files) in steps]
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        from core.tensor_files import atomic_write
-
-        atomic_write(args.out, lambda path: path.write_text(text))
+    publish(text, args.out)
 
 
 if __name__ == "__main__":
