@@ -2,6 +2,10 @@
 
 Everything lives on ``app.state``, set by ``service.main.create_app`` and its lifespan: no
 import-time singletons, so tests can build several apps side by side.
+
+The dependencies are ``async def`` although they never await: FastAPI runs a plain ``def``
+dependency in its thread pool, a thread hop per dependency per request. ``POST /intent`` made
+several, which cost more than the rest of its HTTP handling.
 """
 
 from __future__ import annotations
@@ -22,15 +26,15 @@ from service.settings import Settings
 FILE_FIELD = "file"
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_metrics(request: Request) -> ServiceMetrics:
+async def get_metrics(request: Request) -> ServiceMetrics:
     return request.app.state.metrics
 
 
-def get_engine(request: Request) -> InferenceEngine:
+async def get_engine(request: Request) -> InferenceEngine:
     """The loaded engine, or 503 while the model is not loaded (starting or stopped)."""
     engine = request.app.state.engine
     if engine is None:
@@ -41,7 +45,7 @@ def get_engine(request: Request) -> InferenceEngine:
     return engine
 
 
-def get_model_info(request: Request, engine: Annotated[InferenceEngine, Depends(get_engine)]) -> ModelInfo:
+async def get_model_info(request: Request, engine: Annotated[InferenceEngine, Depends(get_engine)]) -> ModelInfo:
     """The loaded model's identity (``ModelInfo.of``, built once in the lifespan); 503 like ``get_engine``."""
     return request.app.state.model_info
 
