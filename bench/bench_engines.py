@@ -36,6 +36,7 @@ import copy
 import platform
 import re
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -45,7 +46,6 @@ import httpx
 import numpy as np
 import torch
 
-from bench_service import Server, three_second_clip
 from core.audio import decode_audio, log_mel_spectrogram
 from core.checkpoint import save_checkpoint
 from core.compute import forward_gmacs
@@ -54,7 +54,10 @@ from service.cpu import native_bfloat16, resolve_threads
 from service.precision import prepare_model
 from training.whisper.ct2 import read_ct2_encoder
 from training.whisper.encoder import _HF_RENAMES
-from report_output import publish
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: bench.* imports
+from bench.bench_service import Server, three_second_clip
+from bench.report_output import publish
 
 N_LABELS = 31
 PAUSE_S = 0.25  # between blocks: lets another engine's spinning threads go idle

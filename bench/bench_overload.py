@@ -23,15 +23,18 @@ import platform
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 import httpx
 import soundfile
 
-from bench_service import Server, three_second_clip
 from service.cpu import resolve_threads
-from report_output import publish
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: bench.* imports
+from bench.bench_service import Server, three_second_clip
+from bench.report_output import publish
 
 CLIP_SECONDS = 1.5
 DEFAULT_MODEL = Path("models/quads-fsc-4bit.safetensors")

@@ -45,7 +45,9 @@ from core.compute import forward_gmacs
 from service.cpu import native_bfloat16, resolve_threads
 from core.model import WHISPER_TINY, IntentClassifier
 from training.quantize import quantize_model
-from report_output import publish
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: bench.* imports
+from bench.report_output import publish
 
 CLIP_SECONDS = 3.0
 N_LABELS = 31  # Fluent Speech Commands has 31 intents

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import sys
 import torch
 from tqdm import tqdm
 
@@ -23,7 +24,9 @@ from core.checkpoint import load_checkpoint
 from service.cpu import native_bfloat16, resolve_threads
 from service.engine import InferenceEngine
 from training.datasets import load_samples
-from report_output import publish
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: bench.* imports
+from bench.report_output import publish
 
 DEFAULT_MODEL = Path("models/quads-fsc-4bit.safetensors")
 

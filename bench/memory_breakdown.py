@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from pathlib import Path
-from report_output import publish
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: bench.* imports
+from bench.report_output import publish
+
 
 DEFAULT_MODEL = Path("models/quads-fsc-4bit.safetensors")
 

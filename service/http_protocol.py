@@ -70,6 +70,10 @@ class GuardedH11Protocol(H11Protocol):
         for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body), h11.EndOfMessage()):
             self.transport.write(self.conn.send(event))
         self.transport.close()
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A request still in the app (the bad bytes followed its body) must not answer on this
+            # connection now: as uvicorn's connection_lost would, mark it gone, so its sends are dropped.
+            self.cycle.disconnected = True
 
     def _arm_head_deadline(self) -> None:
         if self._head_deadline is not None:
