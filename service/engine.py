@@ -23,6 +23,7 @@ import queue
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout  # builtin TimeoutError only from Python 3.11
 from dataclasses import dataclass
 
 import torch
@@ -156,7 +157,7 @@ class InferenceEngine:
             self._fail_queued(EngineDraining("the service shut down before this request ran"))
         else:
             self._queue.put(_STOP)  # behind every queued job; the worker is alive, so this frees up
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(FutureTimeout):
                 self._worker.result(timeout)
         if self._owns_compute:
             self._compute.shutdown(wait=False)

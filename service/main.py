@@ -57,7 +57,8 @@ def return_freed_heap() -> None:
     """Give the heap that loading freed back to the OS (glibc keeps it otherwise).
 
     Unpacking and dequantizing the checkpoint allocates about twice the model in temporaries;
-    glibc keeps the freed pages, and the shipped model's process stayed 30 MiB larger for good.
+    glibc keeps the freed pages: the shipped model's process stayed 42 MiB larger through a soak
+    (bench/load_test.py --soak, docs/benchmarks.md).
     A no-op where the C library is not glibc.
     """
     try:
