@@ -109,7 +109,8 @@ def report(args, levels: list[dict], clip: bytes) -> str:
         "the host with the server; loopback HTTP. Latency percentiles: the server's histogram (bucket upper edges).",
         f"- Model: {args.model}. Clip: {CLIP_SECONDS:g}-s 16 kHz WAV ({len(clip)} bytes), raw body. "
         f"{args.seconds} s per level; every connection sends again as soon as it is answered.",
-        "- Server settings: the defaults (`QUADS_MAX_QUEUE`, `QUADS_MAX_BATCH_SIZE`, `QUADS_REFUSALS_PER_SECOND`).",
+        "- Server settings: " + (", ".join(f"`{item}`" for item in args.env) or "the defaults")
+        + " (`QUADS_MAX_QUEUE`, `QUADS_MAX_BATCH_SIZE`, `QUADS_REFUSALS_PER_SECOND`).",
         "",
         "| connections | answered/s | share of peak | refused (503)/s | admitted p50 / p99 ms, at most | refused p50 / p99 ms, at most | wrk timeouts |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -129,13 +130,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=resolve_threads(0), help="QUADS_THREADS of the server")
     parser.add_argument("--connections", type=int, nargs="+", default=[4, 16, 32, 64, 256])
     parser.add_argument("--seconds", type=int, default=10, help="wrk duration per level")
+    parser.add_argument("--env", action="append", default=[], metavar="QUADS_X=V",
+                        help="a server setting, e.g. QUADS_REFUSALS_PER_SECOND=1000000 to refuse without pacing")
     parser.add_argument("--out", type=Path, help="also write the Markdown report here")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         parser.exit(2, "bench_overload.py needs wrk (Debian: apt-get install wrk)\n")
 
     clip = short_clip()
-    with tempfile.TemporaryDirectory() as tmp, Server(args.model, args.threads) as server:
+    settings = dict(item.split("=", 1) for item in args.env)
+    with tempfile.TemporaryDirectory() as tmp, Server(args.model, args.threads, **settings) as server:
         clip_path, script = Path(tmp) / "clip.wav", Path(tmp) / "post.lua"
         clip_path.write_bytes(clip)
         script.write_text(WRK_SCRIPT.format(clip=clip_path))

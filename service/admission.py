@@ -12,7 +12,8 @@ Cheap refusals are not enough when clients send again as soon as they are answer
 generators, naive retry loops, a client on the same host): the faster the 503s, the more
 requests arrive, and the refusals (the client's, the kernel's and the event loop's share)
 take the CPU the model needs. On a 2-core host at 256 such connections, immediate refusals
-ran at 4,400/s and the model answered 27 requests/s of its 109/s peak. So refusals are paced:
+ran at about 5,000/s and the model answered 21% of its peak rate (``bench/bench_overload.py
+--env QUADS_REFUSALS_PER_SECOND=1000000``). So refusals are paced:
 at most ``refusals_per_second`` 503s are sent per second, and a refusal beyond that waits for
 its turn (an asyncio timer: no CPU), or ``MAX_REFUSAL_DELAY`` seconds when every turn within
 that bound is taken. Under mild overload a refusal is immediate; under a flood the refusal path
