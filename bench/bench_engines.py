@@ -52,7 +52,8 @@ from core.audio import decode_audio, log_mel_spectrogram
 from core.checkpoint import save_checkpoint
 from core.compute import forward_gmacs
 from core.model import IntentClassifier
-from service.cpu import native_bfloat16, resolve_threads
+from core.cpu_features import native_bfloat16
+from service.cpu import resolve_threads
 from service.precision import prepare_model
 from training.whisper.ct2 import read_ct2_encoder
 from training.whisper.encoder import _HF_RENAMES

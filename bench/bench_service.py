@@ -42,7 +42,8 @@ import torch
 from core.audio import SAMPLE_RATE, decode_audio, log_mel_spectrogram, resample
 from core.checkpoint import load_checkpoint, save_checkpoint
 from core.compute import forward_gmacs
-from service.cpu import native_bfloat16, resolve_threads
+from core.cpu_features import native_bfloat16
+from service.cpu import resolve_threads
 from core.model import WHISPER_TINY, IntentClassifier
 from training.quantize import quantize_model
 

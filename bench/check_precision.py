@@ -21,7 +21,8 @@ import torch
 from tqdm import tqdm
 
 from core.checkpoint import load_checkpoint
-from service.cpu import native_bfloat16, resolve_threads
+from core.cpu_features import native_bfloat16
+from service.cpu import resolve_threads
 from service.engine import InferenceEngine
 from training.datasets import load_samples
 

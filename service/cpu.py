@@ -1,4 +1,4 @@
-"""What the CPU offers the model: threads (the configured number, or the container's CPU limit), and bfloat16.
+"""What the CPU offers the model: threads (the configured number, or the container's CPU limit).
 
 A container limited to 2 CPUs still sees every core of the host in ``os.cpu_count()``; running
 that many torch threads makes the kernel throttle them (oversubscription). The limit is read from
@@ -58,13 +58,3 @@ def resolve_threads(configured: int = 0, root: Path = CGROUP_ROOT) -> int:
         threads = min(threads, max(1, math.floor(limit)))
     return threads
 
-
-def native_bfloat16() -> bool:
-    """Whether this CPU multiplies bfloat16 matrices in hardware (AMX or AVX512-BF16).
-
-    Elsewhere bfloat16 is emulated, and slower than float32.
-    """
-    import torch  # here, not at import: quads-serve sets the OpenMP policy before torch loads
-
-    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)

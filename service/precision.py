@@ -3,7 +3,7 @@
 * ``float32``: the model as loaded; exact.
 * ``bfloat16``: matrix products in bfloat16 (linear and conv weights cast once; torch autocast
   keeps LayerNorm, softmax and the pooling in float32). Faster only on CPUs with AMX or
-  AVX512-BF16 (``service.cpu.native_bfloat16``).
+  AVX512-BF16 (``core.cpu_features.native_bfloat16``).
 * ``int8``: the linear layers become dynamic int8 layers (weights int8 per output channel,
   activations quantized per call; torch's fbgemm/x86 kernels, which use AVX512-VNNI where the CPU
   has it). The convolutions, LayerNorms and attention stay float32.

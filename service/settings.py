@@ -21,7 +21,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.codebook import SUPPORTED_BITS
-from service.cpu import native_bfloat16
+from core.cpu_features import native_bfloat16
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models"

@@ -14,7 +14,8 @@ import torch
 
 import service.engine as engine_module
 from core.audio import AudioDecodeError, AudioTooLongError, EmptyAudioError
-from service.cpu import cgroup_cpu_limit, native_bfloat16, resolve_threads
+from core.cpu_features import native_bfloat16
+from service.cpu import cgroup_cpu_limit, resolve_threads
 from service.engine import (
     EngineDraining,
     EngineOverloaded,

@@ -1,6 +1,9 @@
 """quads-eval's error analysis: which mistakes swap a command's polarity (on/off, up/down)."""
 
-from training.evaluate import is_polarity_swap, polarity_error_share
+import torch
+
+from core.model import IntentClassifier, ModelDims
+from training.evaluate import is_polarity_swap, polarity_error_share, predict
 
 LABELS = ["activate_lights_kitchen", "deactivate_lights_kitchen", "deactivate_lights_bedroom",
           "increase_volume_none", "decrease_volume_none", "change language_none_none"]  # fmt: skip
@@ -24,3 +27,20 @@ def test_polarity_error_share_counts_errors_not_correct_answers():
     confusion[5][0] = 4
     assert polarity_error_share(confusion, LABELS) == 5 / 10
     assert polarity_error_share([[5, 0], [0, 5]], LABELS[:2]) == 0.0
+
+
+def test_predict_sorts_clips_by_length_and_answers_in_dataset_order():
+    """Batches are built from clips sorted by length; each answer still lands on its own clip and
+    equals the model's answer for that clip alone."""
+    torch.manual_seed(0)
+    model = IntentClassifier(ModelDims(n_mels=16, n_ctx=64, n_state=32, n_head=2, n_layer=1), 5)
+    g = torch.Generator().manual_seed(3)
+    lengths = [40, 9, 33, 12, 60, 25, 18, 51, 7, 44]
+    clips = [(torch.randn(16, n, generator=g), k % 5, k) for k, n in enumerate(lengths)]
+    preds, targets = predict(model, clips, batch_size=3)  # a list is a map-style dataset
+    model.eval()
+    with torch.no_grad():
+        alone = [int(model(mel[None])[1].argmax()) for mel, _, _ in clips]
+    assert preds.tolist() == alone
+    assert targets.tolist() == [k % 5 for k in range(len(lengths))]
+    assert len(set(alone)) > 1  # the answers differ between clips, so a shuffled order would show

@@ -78,3 +78,21 @@ def test_a_quantization_epoch_under_eq_4_steps_the_centroids_not_the_weights():
     for name, p in quantizer.params.items():
         assert p.grad is None  # handed to the centroids
         assert torch.equal(p.detach().reshape(-1), quantizer.centroids[name].detach()[quantizer.labels[name]])
+
+
+def test_mixed_precision_steps_keep_float32_state_and_follow_the_float32_loss():
+    """train.autocast bfloat16: the forward's products in bfloat16, the loss, the gradients and the
+    parameters float32; the loss stays within bfloat16's rounding of the float32 one."""
+    g = torch.Generator().manual_seed(0)
+    mels, lengths, labels, _ = collate([(torch.randn(16, n, generator=g), k % 3, k) for k, n in enumerate([40, 33])])
+    teacher = TeacherTargets(torch.randn(2, 32, generator=g))
+    torch.manual_seed(0)
+    model = IntentClassifier(SMALL, 3)
+    loss = DistillationLoss(0.5)
+    exact, _ = TrainStep(model, loss)(mels, lengths, labels, teacher)
+    mixed, parts = TrainStep(model, loss, autocast=torch.bfloat16)(mels, lengths, labels, teacher)
+    assert mixed.dtype == torch.float32
+    assert mixed.item() != exact.item()  # the products really ran in bfloat16
+    assert mixed.item() == pytest.approx(exact.item(), rel=2e-2)
+    mixed.backward()
+    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in model.parameters() if p.grad is not None)

@@ -24,13 +24,16 @@ class TrainStep(nn.Module):
     """The student and its phase's loss as one module, so that DDP sees every trained parameter
     (a learned width projection lives in the distillation loss). Returns (loss, parts for logs)."""
 
-    def __init__(self, model: IntentClassifier, loss: nn.Module):
+    def __init__(self, model: IntentClassifier, loss: nn.Module, autocast: torch.dtype | None = None):
         super().__init__()
-        self.model, self.loss = model, loss
+        self.model, self.loss, self.autocast = model, loss, autocast
 
     def forward(self, mels: Tensor, lengths: Tensor, labels: Tensor, teacher: Tensor | None = None):
-        embedding, logits = self.model(mels, lengths)
-        out = self.loss(embedding, logits, labels, teacher)
+        # Mixed precision: the model's matrix products in ``autocast`` (parameters, gradients and
+        # optimizer state stay float32); the losses in float32.
+        with torch.autocast(mels.device.type, dtype=self.autocast, enabled=self.autocast is not None):
+            embedding, logits = self.model(mels, lengths)
+        out = self.loss(embedding.float(), logits.float(), labels, teacher)
         return out.total, out.parts
 
 

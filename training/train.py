@@ -38,6 +38,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from core.checkpoint import load_checkpoint
+from core.cpu_features import native_bfloat16
 from core.model import IntentClassifier, ModelDims
 from training.config import Config, ConfigError
 from training.datasets import DatasetError, label_set, load_samples
@@ -83,6 +84,9 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
 
     plan = make_plan(cfg.train.strategy, cfg.train.schedule, cfg.train.bits)
     log.info("plan: %s", plan.describe())
+    if cfg.train.autocast == "bfloat16" and procs.device.type == "cpu" and not native_bfloat16():
+        log.warning("train.autocast bfloat16: this CPU has no bfloat16 matrix hardware, so epochs run slower "
+                    "than in float32 (set train.autocast: none)")
     history, first = restore(run, plan, model, match.projection)
     provenance = provenance_of(cfg, plan, len(train_ds))
     sampler = DistributedSampler(train_ds, num_replicas=procs.world, rank=procs.rank, shuffle=True, seed=cfg.train.seed)
@@ -242,7 +246,7 @@ def start_phase(cfg: Config, plan: Plan, epoch: Epoch, model: IntentClassifier, 
     optimizer = make_optimizer(epoch.kind, model, loss, cfg)  # after the codebooks: it may step the centroids
     if mid_phase:
         optimizer.load_state_dict(resumed.optimizer)
-    step_module = TrainStep(model, loss)
+    step_module = TrainStep(model, loss, autocast=None if cfg.train.autocast == "none" else torch.bfloat16)
     if procs.world > 1:
         step_module = DistributedDataParallel(step_module, broadcast_buffers=False,
                                               device_ids=[procs.device.index] if procs.device.type == "cuda" else None)
