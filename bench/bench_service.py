@@ -43,8 +43,8 @@ from core.audio import SAMPLE_RATE, decode_audio, log_mel_spectrogram, resample
 from core.checkpoint import load_checkpoint, save_checkpoint
 from core.compute import forward_gmacs
 from core.cpu_features import native_bfloat16
-from service.cpu import resolve_threads
 from core.model import WHISPER_TINY, IntentClassifier
+from service.cpu import resolve_threads
 from training.quantize import quantize_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: bench.* imports

@@ -2,13 +2,23 @@
 pipeline on a tiny corpus with small Whisper-format files standing in for tiny.en and base."""
 
 import json
+from dataclasses import asdict
 
 import pytest
 
 from core.model import ModelDims
 from tests.speech import requires_espeak
 from tests.training_corpus import INTENTS, write_openai_checkpoint
-from training.table2 import Table2Plan, arm_of, paired_difference, report_finished_runs, run_table2, summarize
+from training.table2 import (
+    Table2Plan,
+    arm_of,
+    command_minutes,
+    paired_difference,
+    report_finished_runs,
+    run_table2,
+    summarize,
+    verdict,
+)
 
 
 def test_a_constant_per_voice_gain_has_a_zero_width_interval():
@@ -46,6 +56,26 @@ def test_summary_gives_mean_and_sd_over_seeds():
     assert cells[("qad", 2)]["accuracy_sd"] == pytest.approx(0.1414, abs=1e-4)
     (paired,) = summary["mct_minus_qad"]
     assert paired["mean"] == pytest.approx(0.1) and paired["voices"] == 2
+
+
+def test_verdict_names_the_widths_on_each_side_of_zero():
+    paired = [{"init": "whisper", "bits": 2, "low": 0.01, "high": 0.07},
+              {"init": "whisper", "bits": 8, "low": -0.07, "high": -0.03},
+              {"init": "whisper", "bits": 4, "low": -0.01, "high": 0.03},
+              {"init": "random", "bits": 4, "low": -0.02, "high": 0.0}]  # fmt: skip
+    assert verdict(paired) == (
+        "From whisper init, MCT beats QAD at 2 bits; QAD beats MCT at 8 bits; the interval spans zero at 4 bits. "
+        "From random init, MCT beats QAD at no width; QAD beats MCT at no width; the interval spans zero at 4 bits."
+    )
+
+
+def test_a_rerendered_report_keeps_the_command_time_only_for_the_same_runs(tmp_path):
+    plan, rows = Table2Plan(seeds=(0,)), [{"arm": "qad", "accuracy": 0.5}]
+    assert command_minutes(tmp_path, plan, rows) is None  # no report yet
+    (tmp_path / "report.json").write_text(json.dumps({"plan": asdict(plan), "rows": rows, "wall_minutes": 61.5}))
+    assert command_minutes(tmp_path, plan, rows) == 61.5
+    assert command_minutes(tmp_path, plan, [{"arm": "qad", "accuracy": 0.6}]) is None
+    assert command_minutes(tmp_path, Table2Plan(seeds=(0, 1)), rows) is None
 
 
 @requires_espeak

@@ -187,6 +187,23 @@ def summarize(rows: list[dict]) -> dict:
     return {"table": table, "mct_minus_qad": paired}
 
 
+def verdict(paired: list[dict]) -> str:
+    """One plain sentence per init: the widths where MCT's 95% interval lies above QAD's, below it,
+    or spans zero."""
+    sentences = []
+    for init in dict.fromkeys(p["init"] for p in paired):
+        rows = sorted((p for p in paired if p["init"] == init), key=lambda p: -p["bits"])
+        groups = {"above": [p for p in rows if p["low"] > 0], "below": [p for p in rows if p["high"] < 0]}
+        unclear = [p for p in rows if p["low"] <= 0 <= p["high"]]
+
+        def widths(ps: list[dict]) -> str:
+            return ", ".join(f"{p['bits']}" for p in ps) + " bits" if ps else "no width"
+
+        sentences.append(f"From {init} init, MCT beats QAD at {widths(groups['above'])}; QAD beats MCT at "
+                         f"{widths(groups['below'])}; the interval spans zero at {widths(unclear)}.")  # fmt: skip
+    return " ".join(sentences)
+
+
 def write_report(out: Path, dest: Path, plan: Table2Plan, selection: dict, rows: list[dict], wall_minutes: float | None,
                  missing: list[str] = ()) -> Path:
     """``report.md`` and ``report.json`` (every row, so the tables can be redrawn) in ``dest``."""
@@ -215,6 +232,7 @@ def write_report(out: Path, dest: Path, plan: Table2Plan, selection: dict, rows:
         "| init | bits | MCT - QAD (points) | 95% interval | voices |", "|---|---:|---:|---|---:|",
         *(f"| {p['init']} | {p['bits']} | {100 * p['mean']:+.1f} | [{100 * p['low']:+.1f}, {100 * p['high']:+.1f}] | {p['voices']} |"
           for p in summary["mct_minus_qad"]),
+        *(["", f"**Verdict.** {verdict(summary['mct_minus_qad'])}"] if summary["mct_minus_qad"] else []),
         "", f"Training time of the compared runs: {minutes:.0f} min of epochs"
         + (f"; the whole command (corpus, teacher cache, selection, runs, evaluations) took {wall_minutes:.0f} min on "
            f"{os.cpu_count()} CPUs." if wall_minutes is not None else "."), "",
@@ -244,7 +262,18 @@ def report_finished_runs(out: Path, whisper: Path, plan: Table2Plan, dest: Path)
     corpus = out / "corpus"
     selection = select_quantization(out, corpus, whisper, plan, progress=False)  # done: read back
     rows, missing = run_arms(out, corpus, whisper, plan, selection["quant"], progress=False, train=False)
-    return write_report(out, dest, plan, selection, rows, None, missing)
+    return write_report(out, dest, plan, selection, rows, command_minutes(dest, plan, rows), missing)
+
+
+def command_minutes(dest: Path, plan: Table2Plan, rows: list[dict]) -> float | None:
+    """The whole command's time from the report in ``dest``, when that report holds the same plan
+    and the same rows (a re-rendered report keeps the time of the command that trained them)."""
+    try:
+        previous = json.loads((dest / "report.json").read_text())
+    except (OSError, ValueError):
+        return None
+    same = previous.get("plan") == json.loads(json.dumps(asdict(plan))) and previous.get("rows") == json.loads(json.dumps(rows))
+    return previous.get("wall_minutes") if same else None
 
 
 def cli(argv: list[str] | None = None) -> int:
