@@ -9,6 +9,7 @@ import pytest
 from core.model import ModelDims
 from tests.speech import requires_espeak
 from tests.training_corpus import INTENTS, write_openai_checkpoint
+from training.table2_probe import probe
 from training.table2 import (
     Table2Plan,
     arm_of,
@@ -103,6 +104,11 @@ def test_the_grid_runs_end_to_end_and_reads_the_test_split_only_in_the_compared_
     assert all(r["split"] == "test" and len(r["per_speaker"]) == 2 for r in report["rows"])
     text = path.read_text()
     assert "| mct | whisper | 2 |" in text and "| distill | whisper | 32 |" in text and "MCT - QAD" in text
+    # The Q-phase probe reads the chosen settings back and scores every epoch on the validation split.
+    table = probe(tmp_path / "out", whisper, plan).splitlines()
+    assert len(table) == 2 + 4 and all(row.count("|") == 7 for row in table)
+    assert all(json.loads((tmp_path / "out" / "probe" / arm / "report.json").read_text())["results"][0]["split"] == "valid"
+               for arm in ("as-chosen", "frozen"))  # fmt: skip
     # A grid in progress: the report of the finished runs names the others and trains nothing.
     (tmp_path / "out" / "runs" / "mct-whisper-seed1" / "report.json").unlink()
     partial = report_finished_runs(tmp_path / "out", whisper, plan, tmp_path / "partial").read_text()
