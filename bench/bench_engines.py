@@ -11,10 +11,7 @@ Loads a CTranslate2 Whisper directory (tiny.en: ``quads-demo`` fetches it to
 * our forward (encoder + head) at the clip's length, in float32, (where the CPU has it)
   bfloat16 and int8 (``service.precision``), and at 30 s;
 * our whole HTTP path: ``quads-serve`` serving the same weights (a float32 checkpoint), a 3-s WAV
-  posted over loopback, decoding and log-mel included; and the same with bfloat16 and int8. The
-  client is the standard library's ``http.client`` on one keep-alive connection, the least
-  client-side work per request in Python (client and server share the CPUs); one row repeats
-  float32 with httpx, the client of ``bench_service.py``, to show what a heavier client adds.
+  posted over loopback, decoding and log-mel included; and the same with bfloat16 and int8.
 
 It also measures the host's matrix-multiply peak in the same run (a 2048x2048 product) and
 prints each path against the compute limit of our forward: GFLOPs / peak. Medians of blocks;
@@ -37,7 +34,6 @@ os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 import argparse
 import contextlib
 import copy
-import http.client
 import platform
 import re
 import statistics
@@ -45,7 +41,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
@@ -103,26 +98,6 @@ def register(order: list, name: str, fn: Callable[[], object], per_block: int) -
         return seconds
 
     order.append((name, block, per_block))
-
-
-class KeepAliveClient:
-    """POSTs over one keep-alive loopback connection with ``http.client`` (which sends the headers
-    and a bytes body in one segment, with TCP_NODELAY)."""
-
-    def __init__(self, url: str):
-        parts = urllib.parse.urlsplit(url)
-        self.connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
-
-    def post(self, path: str, body: bytes, content_type: str) -> bytes:
-        self.connection.request("POST", path, body=body, headers={"Content-Type": content_type})
-        response = self.connection.getresponse()
-        data = response.read()
-        if response.status != 200:
-            raise RuntimeError(f"POST {path}: {response.status} {data[:200]!r}")
-        return data
-
-    def close(self) -> None:
-        self.connection.close()
 
 
 def register_ct2(order: list, worker: subprocess.Popen) -> None:
@@ -248,7 +223,6 @@ def report(args, info: dict, ms: dict[str, float], peaks: dict[str, float], clip
         ("ours, forward, float32, 30 s", "ours_fp32_30s"),
         ("**ours, HTTP end to end, float32, 3-s WAV**", "http_fp32_3s"), ("**ours, HTTP end to end, bfloat16, 3-s WAV**", "http_bf16_3s"),
         ("**ours, HTTP end to end, int8, 3-s WAV**", "http_int8_3s"),
-        ("ours, HTTP end to end, float32, 3-s WAV, httpx client", "http_fp32_3s_httpx"),
     ]
     lines = [
         "## Engines, same weights, same clip",
@@ -259,7 +233,6 @@ def report(args, info: dict, ms: dict[str, float], peaks: dict[str, float], clip
         f"- Weights: {args.whisper} (dims {info['dims'].n_state}x{info['dims'].n_layer}), with a {N_LABELS}-label head for ours.",
         f"- Clip: 3-s espeak-ng WAV ({len(clip)} bytes), {info['frames']} mel frames; our forward: {gflop:.2f} GFLOP, "
         f"so its compute limit here is {limit32:.1f} ms in float32" + (f" and {limit16:.1f} ms in bfloat16." if limit16 else "."),
-        "- HTTP: `quads-serve` on loopback, one keep-alive connection from `http.client` (httpx where the row says so).",
         f"- Medians over {args.rounds} rounds of alternating blocks ({args.per_block} calls per block at 3 s, 1 at 30 s).",
         "",
         "| path | median ms | vs our HTTP float32 |",
@@ -317,12 +290,9 @@ def main(argv: list[str] | None = None) -> None:
             servers["http_bf16_3s"] = stack.enter_context(Server(checkpoint_path, args.threads, QUADS_PRECISION="bfloat16")).url
         servers["http_int8_3s"] = stack.enter_context(Server(checkpoint_path, args.threads, QUADS_PRECISION="int8")).url
         for name, url in servers.items():
-            client = KeepAliveClient(url)
-            stack.callback(client.close)
-            register(order, name, lambda c=client: c.post("/intent", clip, "audio/wav"), args.per_block)
-        heavier = stack.enter_context(httpx.Client(base_url=servers["http_fp32_3s"], timeout=60))
-        post = lambda: heavier.post("/intent", content=clip, headers={"Content-Type": "audio/wav"}).raise_for_status()
-        register(order, "http_fp32_3s_httpx", post, args.per_block)
+            client = stack.enter_context(httpx.Client(base_url=url, timeout=60))
+            post = lambda c=client: c.post("/intent", content=clip, headers={"Content-Type": "audio/wav"}).raise_for_status()
+            register(order, name, post, args.per_block)
         peaks = {"float32": matmul_peak_gflops(torch.float32)}
         if native_bfloat16():
             peaks["bfloat16"] = matmul_peak_gflops(torch.bfloat16)
