@@ -32,9 +32,9 @@ def predict(
 ) -> tuple[Tensor, Tensor]:
     """(predicted label indices (N,), true label indices (N,)) over ``dataset`` at real lengths.
 
-    Batches hold clips of similar length (sorted), so little of each batch is padding: in file
-    order a batch of 32 espeak-ng clips is about a third padding. The answers do not depend on the
-    order, since padded frames are masked.
+    Batches hold clips of similar length (sorted), so little of each batch is padding, which in
+    file order is computed for every short clip batched with a long one. The answers do not
+    depend on the order, since padded frames are masked.
     """
     was_training = model.training
     model.eval()
