@@ -54,16 +54,19 @@ from core.compute import forward_gmacs
 from core.cpu_features import native_bfloat16
 from core.model import IntentClassifier
 from service.cpu import resolve_threads
-from service.precision import prepare_model
+from service.onednn_linear import OneDnnLinear, onednn_linear_works
+from service.precision import compute_context, prepare_model
 from training.whisper.ct2 import read_ct2_encoder
 from training.whisper.encoder import _HF_RENAMES
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: bench.* imports
 from bench.bench_service import Server, three_second_clip
 from bench.report_output import publish
+from bench.wrk import run_wrk, wrk_available, write_post_script
 
 N_LABELS = 31
 PAUSE_S = 0.25  # between blocks: lets another engine's spinning threads go idle
+WRK_BLOCK_S = 2.0
 
 
 # CTranslate2 runs in a process of its own: its OpenMP runtime (a second libgomp) slowed torch's
@@ -114,6 +117,19 @@ def register_ct2(order: list, worker: subprocess.Popen) -> None:
             order.append((f"ct2_{compute_type}_{length}", lambda n, c=compute_type, l=length: block(c, l, n), per_block))
 
 
+def register_wrk(order: list, name: str, url: str, script: Path) -> None:
+    """A path timed by wrk with one connection: each block is ``WRK_BLOCK_S`` seconds of back-to-back
+    requests and yields one value, that block's median latency."""
+
+    def block(_n: int) -> list[float]:
+        run = run_wrk(url, script, connections=1, seconds=WRK_BLOCK_S)
+        if run.non_2xx or run.timeouts:
+            raise RuntimeError(f"wrk got {run.non_2xx} error answers and {run.timeouts} timeouts from {url}")
+        return [run.p50_ms / 1000]
+
+    order.append((name, block, None))
+
+
 def run_interleaved(order: list, rounds: int, per_block: int) -> dict[str, float]:
     """Each round runs every path's block once, in turn; returns median ms per call."""
     times: dict[str, list[float]] = {name: [] for name, _, _ in order}
@@ -136,15 +152,25 @@ def inference(fn: Callable[[], object]) -> Callable[[], object]:
     return run
 
 
-def matmul_peak_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 15) -> float:
+def matmul_peak_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 15) -> dict[str, float]:
+    """GFLOP/s of a size^3 product through torch's default kernel (MKL in float32) and through a
+    oneDNN pre-packed linear layer (service.onednn_linear), in the same run."""
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    a @ b
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        seconds.append(time.perf_counter() - start)
-    return 2 * size**3 / statistics.median(seconds) / 1e9
+    kernels = {"torch.matmul": lambda: a @ b}
+    if onednn_linear_works(dtype):
+        packed = OneDnnLinear(torch.nn.Linear(size, size, bias=False, dtype=dtype))
+        kernels["oneDNN packed"] = lambda: packed(a)
+    peaks = {}
+    with torch.inference_mode():
+        for name, product in kernels.items():
+            product()
+            seconds = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                product()
+                seconds.append(time.perf_counter() - start)
+            peaks[name] = 2 * size**3 / statistics.median(seconds) / 1e9
+    return peaks
 
 
 def hf_classifier(encoder_state: dict[str, torch.Tensor], dims):
@@ -190,77 +216,98 @@ def build_paths(args, clip: bytes, checkpoint_path: Path, order: list, mels_path
     openai_encoder = openai_whisper.model.AudioEncoder(dims.n_mels, dims.n_ctx, dims.n_state, dims.n_head, dims.n_layer).eval()
     openai_encoder.load_state_dict({**openai_encoder.state_dict(), **state})
     hf = hf_classifier(state, dims)
-    bf16 = native_bfloat16()
+    served = {}  # each compute dtype's model as the service prepares it (service.precision)
+    for dtype in ("float32", "bfloat16", "int8") if native_bfloat16() else ("float32", "int8"):
+        served[dtype] = copy.deepcopy(model)
+        prepare_model(served[dtype], dtype)
 
-    def ours(x, dtype=None):
-        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=dtype == "bf16"):
-            return model(x)
+    def ours(x, dtype="float32"):
+        with torch.inference_mode(), compute_context(dtype):
+            return served[dtype](x)
 
     register(order, "ours_fp32_3s", lambda: ours(mel), args.per_block)
-    if bf16:
-        register(order, "ours_bf16_3s", lambda: ours(mel, "bf16"), args.per_block)
-    int8_model = copy.deepcopy(model)
-    prepare_model(int8_model, "int8")
-    register(order, "ours_int8_3s", inference(lambda: int8_model(mel)), args.per_block)
+    register(order, "ours_fp32_default_3s", inference(lambda: model(mel)), args.per_block)
+    if "bfloat16" in served:
+        register(order, "ours_bf16_3s", lambda: ours(mel, "bfloat16"), args.per_block)
+    register(order, "ours_int8_3s", lambda: ours(mel, "int8"), args.per_block)
     register(order, "ours_fp32_30s", lambda: ours(mel30), 1)
     register(order, "openai_whisper_30s", inference(lambda: openai_encoder(mel30)), 1)
     register(order, "hf_classifier_30s", inference(lambda: hf(input_features=mel30)), 1)
     return info
 
 
-def report(args, info: dict, ms: dict[str, float], peaks: dict[str, float], clip: bytes) -> str:
-    gflop = 2 * info["gmacs"]
-    limit32 = 1000 * gflop / peaks["float32"]
-    limit16 = 1000 * gflop / peaks["bfloat16"] if "bfloat16" in peaks else None
+PATH_ROWS = [
+    ("CTranslate2 encoder, float32, 3 s", "ct2_float32_3s"), ("CTranslate2 encoder, int8, 3 s", "ct2_int8_3s"),
+    ("CTranslate2 encoder, float32, 30 s", "ct2_float32_30s"), ("CTranslate2 encoder, int8, 30 s", "ct2_int8_30s"),
+    ("openai-whisper AudioEncoder, 30 s", "openai_whisper_30s"), ("HF WhisperForAudioClassification, 30 s", "hf_classifier_30s"),
+    ("ours, forward, float32 as served (oneDNN packed linear), 3 s", "ours_fp32_3s"),
+    ("ours, forward, float32 with torch's default linear (MKL), 3 s", "ours_fp32_default_3s"),
+    ("ours, forward, bfloat16, 3 s", "ours_bf16_3s"), ("ours, forward, int8 linear layers, 3 s", "ours_int8_3s"),
+    ("ours, forward, float32 as served, 30 s", "ours_fp32_30s"),
+    ("**ours, HTTP end to end, float32, 3-s WAV** (httpx client)", "http_fp32_3s"),
+    ("**ours, HTTP end to end, bfloat16, 3-s WAV** (httpx client)", "http_bf16_3s"),
+    ("**ours, HTTP end to end, int8, 3-s WAV** (httpx client)", "http_int8_3s"),
+    ("**ours, HTTP end to end, float32, 3-s WAV** (wrk client)", "http_fp32_3s_wrk"),
+    ("**ours, HTTP end to end, bfloat16, 3-s WAV** (wrk client)", "http_bf16_3s_wrk"),
+    ("**ours, HTTP end to end, int8, 3-s WAV** (wrk client)", "http_int8_3s_wrk"),
+]
+HTTP_PATHS = (("float32", "http_fp32_3s"), ("bfloat16", "http_bf16_3s"), ("int8", "http_int8_3s"))
+
+
+def target_rows(ms: dict[str, float], limits: dict[str, float]) -> list[str]:
+    """The issue's targets, one row per target and compute dtype; a ratio per HTTP client."""
     fastest_ct2 = min(ms["ct2_float32_3s"], ms["ct2_int8_3s"])
-    e2e = ms["http_fp32_3s"]
-    rows = [
-        ("CTranslate2 encoder, float32, 3 s", "ct2_float32_3s"), ("CTranslate2 encoder, int8, 3 s", "ct2_int8_3s"),
-        ("CTranslate2 encoder, float32, 30 s", "ct2_float32_30s"), ("CTranslate2 encoder, int8, 30 s", "ct2_int8_30s"),
-        ("openai-whisper AudioEncoder, 30 s", "openai_whisper_30s"), ("HF WhisperForAudioClassification, 30 s", "hf_classifier_30s"),
-        ("ours, forward, float32, 3 s", "ours_fp32_3s"), ("ours, forward, bfloat16, 3 s", "ours_bf16_3s"),
-        ("ours, forward, int8 linear layers, 3 s", "ours_int8_3s"),
-        ("ours, forward, float32, 30 s", "ours_fp32_30s"),
-        ("**ours, HTTP end to end, float32, 3-s WAV**", "http_fp32_3s"), ("**ours, HTTP end to end, bfloat16, 3-s WAV**", "http_bf16_3s"),
-        ("**ours, HTTP end to end, int8, 3-s WAV**", "http_int8_3s"),
+    fastest_30s = min(value for key, value in ms.items() if key.endswith("_30s"))
+    clients = [("httpx", ""), ("wrk", "_wrk")] if "http_fp32_3s_wrk" in ms else [("httpx", "")]
+    lines = [
+        "| target | " + " | ".join(f"{client} client: measured | ratio" for client, _ in clients) + " |",
+        "| --- |" + " --- | ---: |" * len(clients),
     ]
+    for dtype, key in HTTP_PATHS:
+        checks = [(f"HTTP {dtype} p50 <= fastest CTranslate2 encoder at 3 s", fastest_ct2, 1.0)]
+        if dtype in limits:
+            checks.append((f"HTTP {dtype} p50 <= 2x {dtype} compute limit", limits[dtype], 2.0))
+        checks.append((f"30-s paths >= 10x HTTP {dtype} p50 (fastest 30-s path / ours)", fastest_30s, None))
+        for label, anchor, bound in checks:
+            cells = []
+            for _, suffix in clients:
+                if key + suffix not in ms:
+                    break
+                ours = ms[key + suffix]
+                if bound is None:
+                    cells.append(f"{anchor:.1f} / {ours:.1f} ms | {anchor / ours:.1f}x")
+                else:
+                    cells.append(f"{ours:.1f} vs {anchor:.1f} ms | {ours / anchor:.2f}x")
+            if cells:
+                lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def report(args, info: dict, ms: dict[str, float], peaks: dict[str, dict[str, float]], clip: bytes) -> str:
+    gflop = 2 * info["gmacs"]
+    best = {dtype: max(by_kernel.values()) for dtype, by_kernel in peaks.items()}
+    limits = {dtype: 1000 * gflop / peak for dtype, peak in best.items()}
+    e2e = ms["http_fp32_3s"]
+    peak_text = "; ".join(
+        f"{dtype}: " + ", ".join(f"{kernel} {value:.0f}" for kernel, value in by_kernel.items()) for dtype, by_kernel in peaks.items()
+    )
     lines = [
         "## Engines, same weights, same clip",
         "",
         f"- Host: {platform.machine()}, {os.cpu_count()} CPUs visible, {args.threads} threads for every engine; "
-        f"bfloat16 hardware: {'yes' if limit16 else 'no'}. Matmul peak (2048^3, this run): "
-        f"{peaks['float32']:.0f} GFLOP/s float32" + (f", {peaks['bfloat16']:.0f} bfloat16." if limit16 else "."),
+        f"bfloat16 hardware: {'yes' if 'bfloat16' in limits else 'no'}. Matmul peak (2048^3, this run, GFLOP/s): {peak_text}. "
+        "The compute limit takes the faster kernel.",
         f"- Weights: {args.whisper} (dims {info['dims'].n_state}x{info['dims'].n_layer}), with a {N_LABELS}-label head for ours.",
-        f"- Clip: 3-s espeak-ng WAV ({len(clip)} bytes), {info['frames']} mel frames; our forward: {gflop:.2f} GFLOP, "
-        f"so its compute limit here is {limit32:.1f} ms in float32" + (f" and {limit16:.1f} ms in bfloat16." if limit16 else "."),
-        f"- Medians over {args.rounds} rounds of alternating blocks ({args.per_block} calls per block at 3 s, 1 at 30 s).",
+        f"- Clip: 3-s espeak-ng WAV ({len(clip)} bytes), {info['frames']} mel frames; our forward: {gflop:.2f} GFLOP, so its "
+        "compute limit here is " + " and ".join(f"{limit:.1f} ms in {dtype}" for dtype, limit in limits.items()) + ".",
+        f"- Medians over {args.rounds} rounds of alternating blocks ({args.per_block} calls per block at 3 s, 1 at 30 s). "
+        f"A wrk row is the median of its blocks' medians (one connection, {WRK_BLOCK_S:g} s a block, requests back to back).",
         "",
-        "| path | median ms | vs our HTTP float32 |",
+        "| path | median ms | vs our HTTP float32 (httpx) |",
         "| --- | ---: | ---: |",
     ]
-    for label, key in rows:
-        if key in ms:
-            lines.append(f"| {label} | {ms[key]:.1f} | {ms[key] / e2e:.2f}x |")
-    lines += [
-        "",
-        "| target | measured | ratio |",
-        "| --- | --- | ---: |",
-        f"| HTTP float32 p50 <= fastest CTranslate2 encoder at 3 s | {e2e:.1f} vs {fastest_ct2:.1f} ms | {e2e / fastest_ct2:.2f}x |",
-        f"| HTTP float32 <= 2x float32 compute limit | {e2e:.1f} vs {limit32:.1f} ms | {e2e / limit32:.2f}x |",
-    ]
-    if "http_bf16_3s" in ms and limit16:
-        b = ms["http_bf16_3s"]
-        lines += [
-            f"| HTTP bfloat16 <= fastest CTranslate2 encoder at 3 s | {b:.1f} vs {fastest_ct2:.1f} ms | {b / fastest_ct2:.2f}x |",
-            f"| HTTP bfloat16 <= 2x bfloat16 compute limit | {b:.1f} vs {limit16:.1f} ms | {b / limit16:.2f}x |",
-        ]
-    i8 = ms["http_int8_3s"]
-    lines.append(f"| HTTP int8 <= fastest CTranslate2 encoder at 3 s | {i8:.1f} vs {fastest_ct2:.1f} ms | {i8 / fastest_ct2:.2f}x |")
-    fastest_30s = min(ms[k] for k in ms if k.endswith("_30s"))
-    for name, key in (("float32", "http_fp32_3s"), ("bfloat16", "http_bf16_3s"), ("int8", "http_int8_3s")):
-        if key in ms:
-            lines.append(f"| >= 10x faster than every 30-s path | fastest 30-s path / HTTP {name} | {fastest_30s / ms[key]:.1f}x |")
-    return "\n".join(lines) + "\n"
+    lines += [f"| {label} | {ms[key]:.1f} | {ms[key] / e2e:.2f}x |" for label, key in PATH_ROWS if key in ms]
+    return "\n".join([*lines, "", *target_rows(ms, limits)]) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -293,6 +340,10 @@ def main(argv: list[str] | None = None) -> None:
             client = stack.enter_context(httpx.Client(base_url=url, timeout=60))
             post = lambda c=client: c.post("/intent", content=clip, headers={"Content-Type": "audio/wav"}).raise_for_status()
             register(order, name, post, args.per_block)
+        if wrk_available():
+            script = write_post_script(clip, Path(tmp))
+            for name, url in servers.items():
+                register_wrk(order, f"{name}_wrk", url, script)
         peaks = {"float32": matmul_peak_gflops(torch.float32)}
         if native_bfloat16():
             peaks["bfloat16"] = matmul_peak_gflops(torch.bfloat16)

@@ -21,8 +21,6 @@ import io
 import os
 import platform
 import re
-import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -35,23 +33,10 @@ from service.cpu import resolve_threads
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: bench.* imports
 from bench.bench_service import Server, three_second_clip
 from bench.report_output import publish
+from bench.wrk import run_wrk, wrk_available, write_post_script
 
 CLIP_SECONDS = 1.5
 DEFAULT_MODEL = Path("models/quads-fsc-4bit.safetensors")
-
-# wrk's Lua hooks: post the clip; at the end print one machine-readable line.
-WRK_SCRIPT = """
-local f = assert(io.open("{clip}", "rb"))
-wrk.method = "POST"
-wrk.body = f:read("*all")
-f:close()
-wrk.headers["Content-Type"] = "audio/wav"
-done = function(summary, latency, requests)
-  io.write(string.format("QUADS %d %d %d %d\\n", summary.requests, summary.errors.status,
-                         summary.duration, summary.errors.timeout))
-end
-"""
-
 
 def short_clip(seconds: float = CLIP_SECONDS) -> bytes:
     """The benchmark's 3-s espeak-ng clip, cut to ``seconds``."""
@@ -80,21 +65,13 @@ def bucket_percentile(before: dict[float, float], after: dict[float, float], q: 
 
 def run_level(url: str, script: Path, connections: int, seconds: int) -> dict:
     before = {status: duration_buckets(url, status) for status in ("200", "503")}
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script), f"{url}/intent"],
-        capture_output=True, text=True, check=True,
-    ).stdout
+    run = run_wrk(url, script, connections, seconds)
     after = {status: duration_buckets(url, status) for status in ("200", "503")}
-    match = re.search(r"^QUADS (\d+) (\d+) (\d+) (\d+)$", out, re.MULTILINE)
-    if match is None:
-        raise RuntimeError(f"unexpected wrk output:\n{out}")
-    requests, refused, micros, timeouts = map(int, match.groups())
-    wall = micros / 1e6
     return {
         "connections": connections,
-        "answered_rps": (requests - refused) / wall,
-        "refused_rps": refused / wall,
-        "timeouts": timeouts,
+        "answered_rps": (run.requests - run.non_2xx) / run.seconds,
+        "refused_rps": run.non_2xx / run.seconds,
+        "timeouts": run.timeouts,
         "admitted": {q: bucket_percentile(before["200"], after["200"], q) for q in (50, 99)},
         "refusals": {q: bucket_percentile(before["503"], after["503"], q) for q in (50, 99)},
     }
@@ -134,15 +111,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="a server setting, e.g. QUADS_REFUSALS_PER_SECOND=1000000 to refuse without pacing")
     parser.add_argument("--out", type=Path, help="also write the Markdown report here")
     args = parser.parse_args(argv)
-    if shutil.which("wrk") is None:
+    if not wrk_available():
         parser.exit(2, "bench_overload.py needs wrk (Debian: apt-get install wrk)\n")
 
     clip = short_clip()
     settings = dict(item.split("=", 1) for item in args.env)
     with tempfile.TemporaryDirectory() as tmp, Server(args.model, args.threads, **settings) as server:
-        clip_path, script = Path(tmp) / "clip.wav", Path(tmp) / "post.lua"
-        clip_path.write_bytes(clip)
-        script.write_text(WRK_SCRIPT.format(clip=clip_path))
+        script = write_post_script(clip, Path(tmp))
         levels = [run_level(server.url, script, c, args.seconds) for c in args.connections]
     text = report(args, levels, clip)
     publish(text, args.out)

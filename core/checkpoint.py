@@ -53,15 +53,21 @@ class Checkpoint:
 
     @property
     def n_params(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
+        return sum(t.numel() for t in self._weights())
 
     @property
     def memory_bytes(self) -> int:
-        tensors = [*self.model.parameters(), *self.model.buffers()]
-        for module in self.model.modules():  # dynamic int8 layers keep their weights packed, outside parameters()
-            if hasattr(module, "_packed_params") and callable(getattr(module, "weight", None)):
+        return sum(t.numel() * t.element_size() for t in [*self._weights(), *self.model.buffers()])
+
+    def _weights(self) -> list[Tensor]:
+        """The model's parameters, including those that serving layers keep packed outside ``parameters()``."""
+        tensors = list(self.model.parameters())
+        for module in self.model.modules():
+            if hasattr(module, "_packed_params") and callable(getattr(module, "weight", None)):  # dynamic int8
                 tensors += [t for t in (module.weight(), module.bias()) if t is not None]
-        return sum(t.numel() * t.element_size() for t in tensors)
+            if callable(getattr(module, "packed_tensors", None)):  # service.onednn_linear.OneDnnLinear
+                tensors += module.packed_tensors()
+        return tensors
 
 
 def _content_hash(tensors: dict[str, Tensor], metadata: dict[str, str]) -> str:

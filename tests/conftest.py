@@ -41,3 +41,10 @@ def speech_wav(speech) -> bytes:
 def checkpoint(checkpoint_path) -> Checkpoint:
     """The 4-bit checkpoint of ``model_dir``, loaded."""
     return load_checkpoint(checkpoint_path)
+
+
+@pytest.fixture
+def served_checkpoint(checkpoint_path) -> Checkpoint:
+    """A fresh load of ``checkpoint_path`` for an ``InferenceEngine``, which prepares its model in
+    place for the compute dtype (``service.precision``); ``checkpoint`` stays the plain reference."""
+    return load_checkpoint(checkpoint_path)

@@ -251,9 +251,9 @@ def test_503_before_the_model_is_loaded(checkpoint_path, speech_wav):
     assert client.get("/healthz").status_code == 200
 
 
-def test_503_overloaded_when_the_queue_is_full(checkpoint, checkpoint_path, speech_wav):
+def test_503_overloaded_when_the_queue_is_full(checkpoint_path, speech_wav, served_checkpoint):
     app = create_app(settings_for(checkpoint_path))
-    engine = InferenceEngine(checkpoint, max_queue=1, metrics=app.state.metrics)  # not started: nothing drains the queue
+    engine = InferenceEngine(served_checkpoint, max_queue=1, metrics=app.state.metrics)  # not started: nothing drains the queue
     app.state.engine = engine
     engine.submit(speech_wav)
     client = TestClient(app)
@@ -265,9 +265,9 @@ def test_503_overloaded_when_the_queue_is_full(checkpoint, checkpoint_path, spee
     engine.close()
 
 
-def test_503_draining_after_the_engine_closed(checkpoint, checkpoint_path, speech_wav):
+def test_503_draining_after_the_engine_closed(checkpoint_path, speech_wav, served_checkpoint):
     app = create_app(settings_for(checkpoint_path))
-    app.state.engine = engine = InferenceEngine(checkpoint, metrics=app.state.metrics).start()
+    app.state.engine = engine = InferenceEngine(served_checkpoint, metrics=app.state.metrics).start()
     engine.close()
     client = TestClient(app)
     assert_problem(post_file(client, speech_wav), 503, "draining")
