@@ -21,6 +21,7 @@ os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 import argparse
 import contextlib
+import copy
 import io
 import platform
 import shutil
@@ -45,14 +46,17 @@ from core.compute import forward_gmacs
 from core.cpu_features import native_bfloat16
 from core.model import WHISPER_TINY, IntentClassifier
 from service.cpu import resolve_threads
+from service.precision import prepare_model
 from training.quantize import quantize_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: bench.* imports
 from bench.report_output import publish
+from bench.wrk import run_wrk, wrk_available, write_post_script
 
 CLIP_SECONDS = 3.0
 N_LABELS = 31  # Fluent Speech Commands has 31 intents
 PHRASE = "turn the lights on in the kitchen please"
+WRK_SECONDS = 3.0  # per wrk throughput run
 
 
 def build_model(directory: Path, bits: int = 4) -> Path:
@@ -206,9 +210,24 @@ def median_throughput(urls: dict[str, str], clip: bytes, clients: int, total: in
     return {name: sorted(r, key=lambda x: x["rps"])[len(r) // 2] for name, r in runs.items()}
 
 
+def wrk_throughput(url: str, clip: bytes, clients: int, seconds: float, repeats: int) -> float | None:
+    """Answers/s with ``clients`` wrk connections (a C client: little of the shared CPU) over
+    ``seconds``, the median of ``repeats`` runs; None without wrk."""
+    if not wrk_available():
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        script = write_post_script(clip, Path(tmp))
+        runs = [run_wrk(url, script, clients, seconds) for _ in range(repeats)]
+    return statistics.median((run.requests - run.non_2xx) / run.seconds for run in runs)
+
+
 def bare_forward_ms(checkpoint, clip: bytes, threads: int, repeats: int = 200) -> float:
-    """Median ms of the model alone on the clip's log-mel, in this process with ``threads`` threads."""
+    """Median ms of the model alone on the clip's log-mel, in this process with ``threads`` threads,
+    prepared as the float32 service prepares it (``service.precision``: oneDNN-packed linear layers)."""
     torch.set_num_threads(threads)
+    checkpoint = copy.copy(checkpoint)
+    checkpoint.model = copy.deepcopy(checkpoint.model)
+    prepare_model(checkpoint.model, "float32")
     mel = log_mel_spectrogram(decode_audio(clip), checkpoint.dims.n_mels)[None]
     seconds = []
     with torch.inference_mode():
@@ -244,6 +263,7 @@ def report(args, model_path: Path, clip: bytes) -> str:
             c: median_throughput({"batched": real_length.url, "unbatched": unbatched.url}, clip, c, args.per_level, args.repeats)
             for c in args.clients
         }
+        wrk_load = {c: wrk_throughput(real_length.url, clip, c, WRK_SECONDS, args.repeats) for c in args.clients}
         bare = bare_forward_ms(checkpoint, clip, args.threads)  # the servers are idle now
     real, padded = latency["real"], latency["padded"]
 
@@ -293,19 +313,21 @@ def report(args, model_path: Path, clip: bytes) -> str:
         "",
         f"### Sustained throughput, closed-loop clients ({args.per_level} requests per level; median of {args.repeats} runs)",
         "",
-        "| clients | answers/s, batches <= 8 | p50 / p95 ms | refused | answers/s, no batching | p50 / p95 ms | refused |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| clients | answers/s, batches <= 8 | p50 / p95 ms | refused | answers/s, no batching | p50 / p95 ms | refused "
+        f"| answers/s, batches <= 8, wrk client ({WRK_SECONDS:g} s) |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for c in args.clients:
-        b, u = load[c]["batched"], load[c]["unbatched"]
+        b, u, w = load[c]["batched"], load[c]["unbatched"], wrk_load[c]
         lines.append(
             f"| {c} | {b['rps']:.1f} | {b['p50']:.0f} / {b['p95']:.0f} | {b['refused']:.0%} | "
-            f"{u['rps']:.1f} | {u['p50']:.0f} / {u['p95']:.0f} | {u['refused']:.0%} |"
+            f"{u['rps']:.1f} | {u['p50']:.0f} / {u['p95']:.0f} | {u['refused']:.0%} | " + ("-" if w is None else f"{w:.1f}") + " |"
         )
     if 4 in load:
         ideal = 1000 / real["inference"]
-        lines += ["", f"With 4 clients: {load[4]['batched']['rps']:.1f} answers/s, {load[4]['batched']['rps'] / ideal:.0%} of "
-                  f"1 / (the single-clip model call, {real['inference']:.1f} ms) = {ideal:.1f}/s."]
+        lines += ["", f"With 4 clients: {load[4]['batched']['rps']:.1f} answers/s (httpx clients), {load[4]['batched']['rps'] / ideal:.0%} of "
+                  f"1 / (the single-clip model call, {real['inference']:.1f} ms) = {ideal:.1f}/s"
+                  + ("." if wrk_load[4] is None else f"; {wrk_load[4]:.1f} answers/s with wrk, {wrk_load[4] / ideal:.0%}.")]
     return "\n".join(lines) + "\n"
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import os
 import platform
@@ -37,6 +38,7 @@ from typing import NamedTuple
 
 import httpx
 import numpy as np
+import soundfile
 
 MiB = 1024 * 1024
 MEMORY_SAMPLES = 10  # readings per run
@@ -118,7 +120,7 @@ class LoadResult:
 
 async def run_load(
     url: str,
-    clip: bytes,
+    clip: bytes | list[bytes],
     requests: int,
     concurrency: int,
     *,
@@ -128,7 +130,8 @@ async def run_load(
     timeout: float = 60.0,
     pid: int | None = None,
 ) -> LoadResult:
-    """POST ``clip`` to ``url``/intent ``requests`` times from ``concurrency`` closed-loop clients.
+    """POST ``clip`` to ``url``/intent ``requests`` times from ``concurrency`` closed-loop clients
+    (a list of clips: each request sends the next one, in turn).
 
     ``warmup`` requests go first, the same way, and are not counted. No request starts later
     than ``max_seconds`` after the call. With ``pid``, the server's memory is read before the
@@ -138,6 +141,7 @@ async def run_load(
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     headers = {"Content-Type": content_type}
     memory_every = max(1, requests // MEMORY_SAMPLES)
+    clips = [clip] if isinstance(clip, bytes) else clip
     async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as client:
 
         async def drive(count: int, deadline: float, measured: LoadResult | None) -> None:
@@ -147,10 +151,11 @@ async def run_load(
             async def client_loop() -> None:
                 nonlocal started
                 while started < count and time.perf_counter() < deadline:
+                    body = clips[started % len(clips)]
                     started += 1
                     t0 = time.perf_counter()
                     try:
-                        response = await client.post("/intent", content=clip, headers=headers)
+                        response = await client.post("/intent", content=body, headers=headers)
                         status, answer_headers, body = str(response.status_code), dict(response.headers), response.content
                     except httpx.HTTPError as e:
                         status, answer_headers, body = type(e).__name__, {}, str(e).encode()
@@ -236,6 +241,21 @@ def default_clip() -> bytes:
     return three_second_clip()
 
 
+def clips_of_lengths(clip: bytes, count: int, shortest: float = 0.5, longest: float = 20.0) -> list[bytes]:
+    """``count`` WAVs of evenly spaced lengths from ``shortest`` to ``longest`` seconds, the clip
+    repeated or cut to each, in a shuffled (seeded) order."""
+    samples, rate = soundfile.read(io.BytesIO(clip), dtype="int16")
+    lengths = np.linspace(shortest, longest, count)
+    np.random.default_rng(0).shuffle(lengths)
+    out = []
+    for seconds in lengths:
+        n = int(seconds * rate)
+        buffer = io.BytesIO()
+        soundfile.write(buffer, np.resize(samples, n), rate, format="WAV", subtype="PCM_16")
+        out.append(buffer.getvalue())
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     target = parser.add_mutually_exclusive_group()
@@ -250,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soak", type=int, metavar="N", help="soak mode: N requests, memory through the run, verdict")
     parser.add_argument("--warmup", type=int, help="requests before measuring (default 10, or N/10 in soak mode)")
     parser.add_argument("--clip", type=Path, help="audio file to send (default: a 3-s 16 kHz espeak-ng WAV)")
+    parser.add_argument("--lengths", type=int, metavar="N",
+                        help="send N lengths of the default clip in turn (0.5-20 s): clips of many sizes, as real traffic has")
     parser.add_argument("--max-seconds", type=float, default=600, help="start no request after this long")
     parser.add_argument("--out", type=Path, help="also write the Markdown report here")
     args = parser.parse_args(argv)
@@ -257,13 +279,18 @@ def main(argv: list[str] | None = None) -> int:
     warmup = args.warmup if args.warmup is not None else (requests // 10 if args.soak else 10)
     if not 1 <= requests <= 100_000 or not 1 <= args.concurrency <= 1024:
         parser.error("keep it bounded: 1-100000 requests at a concurrency of 1-1024")
+    if args.lengths and args.clip:
+        parser.error("--lengths varies the default clip; it cannot be combined with --clip")
     clip = args.clip.read_bytes() if args.clip else default_clip()
     media = {".flac": "audio/flac", ".ogg": "audio/ogg", ".mp3": "audio/mpeg"}
     content_type = media.get(args.clip.suffix.lower(), "audio/wav") if args.clip else "audio/wav"
+    described = f"{args.clip.name if args.clip else '3-s 16 kHz mono 16-bit WAV (espeak-ng)'}, {len(clip)} bytes"
+    if args.lengths:
+        clip = clips_of_lengths(clip, args.lengths)
+        described = f"16 kHz mono 16-bit WAVs (espeak-ng, repeated) of {args.lengths} lengths from 0.5 to 20 s, sent in turn"
     context = [
         f"Host: {platform.machine()}, {os.cpu_count()} CPUs; client and server on one host, loopback HTTP, httpx.",
-        f"Clip: {args.clip.name if args.clip else '3-s 16 kHz mono 16-bit WAV (espeak-ng)'}, {len(clip)} bytes, "
-        f"raw {content_type} body; {warmup} warm-up requests first, not counted.",
+        f"Clip: {described}, raw {content_type} body; {warmup} warm-up requests first, not counted.",
     ]
 
     def run(url: str, pid: int | None) -> LoadResult:

@@ -13,6 +13,9 @@ Micro-batching: the worker takes the first waiting request, then up to ``max_bat
 more that arrive within ``max_wait_ms`` (0 = only those already queued), and runs the model
 once on the batch. Clips of different lengths are padded and masked (``pad_mels`` +
 ``mel_lengths``), so each answer equals the one the clip gets alone.
+
+When no request is waiting, the worker returns freed heap to the OS, at most every 10 s
+(``service.heap.IdleHeapTrimmer``): clips of many lengths would otherwise grow it by GiBs.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from core.audio import (
     pad_mels,
 )
 from core.checkpoint import Checkpoint
+from service.heap import IdleHeapTrimmer
 from service.metrics import ServiceMetrics
 from service.precision import batches_exactly, check_compute_dtype, compute_context, prepare_model
 
@@ -110,6 +114,7 @@ class InferenceEngine:
         self._owns_compute = compute is None
         self._compute = compute if compute is not None else compute_thread(threads)
         self._worker: Future | None = None  # the worker loop, running in the compute thread
+        self._heap_trimmer = IdleHeapTrimmer()  # else clips of many lengths grow the heap (service.heap)
         if metrics is not None:
             metrics.queue_depth.set_function(self._queue.qsize)
 
@@ -183,10 +188,18 @@ class InferenceEngine:
             batch, stopping = self._next_batch()
             if batch:
                 self._run_batch(batch)
+            if self._queue.empty():
+                self._heap_trimmer.idle()
 
     def _next_batch(self) -> tuple[list[_Job], bool]:
-        """Block for one job, then gather more until the batch is full or the wait is over."""
-        first = self._queue.get()
+        """Block for one job (trimming the heap while idle), then gather more until the batch is
+        full or the wait is over."""
+        while True:
+            try:
+                first = self._queue.get(timeout=self._heap_trimmer.interval)
+                break
+            except queue.Empty:
+                self._heap_trimmer.idle()
         if first is _STOP:
             return [], True
         batch = [first]

@@ -6,7 +6,6 @@ command that runs it is ``service.cli``.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,6 +23,7 @@ from service.admission import AdmissionGate
 from service.body import BodyLimitMiddleware
 from service.cpu import resolve_threads
 from service.engine import EngineDraining, EngineOverloaded, InferenceEngine, compute_thread
+from service.heap import return_freed_heap
 from service.metrics import HttpMetricsMiddleware, ServiceMetrics
 from service.problems import document_problems, install_problem_handlers
 from service.request_log import RequestIdMiddleware
@@ -51,20 +51,6 @@ def load_served_checkpoint(settings: Settings) -> Checkpoint:
         raise CheckpointError(f"{path}: holds {checkpoint.bits}-bit weights, but QUADS_BITS={expected}")
     return_freed_heap()
     return checkpoint
-
-
-def return_freed_heap() -> None:
-    """Give the heap that loading freed back to the OS (glibc keeps it otherwise).
-
-    Unpacking and dequantizing the checkpoint allocates about twice the model in temporaries;
-    glibc keeps the freed pages: the shipped model's process stayed 42 MiB larger through a soak
-    (bench/load_test.py --soak, docs/benchmarks.md).
-    A no-op where the C library is not glibc.
-    """
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def admission_limit(settings: Settings) -> int:
