@@ -23,7 +23,7 @@ from service.admission import AdmissionGate
 from service.body import BodyLimitMiddleware
 from service.cpu import resolve_threads
 from service.engine import EngineDraining, EngineOverloaded, InferenceEngine, compute_thread
-from service.heap import return_freed_heap
+from service.heap import heap_allocator, return_freed_heap
 from service.metrics import HttpMetricsMiddleware, ServiceMetrics
 from service.problems import document_problems, install_problem_handlers
 from service.request_log import RequestIdMiddleware
@@ -86,9 +86,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.metrics.set_model(app.state.model_info)
     app.state.engine = engine
     logger.info(
-        "serving %s (%d-bit, %d labels) with %d torch threads in %s, batches of up to %d",
+        "serving %s (%d-bit, %d labels) with %d torch threads in %s, batches of up to %d, on %s malloc",
         checkpoint.path, checkpoint.bits, len(checkpoint.labels), threads, engine.compute_dtype, settings.max_batch_size,
+        heap_allocator(),
     )
+    if heap_allocator() == "glibc":
+        logger.warning(
+            "running on glibc's malloc: clips of many lengths fragment its heap (GiBs under sustained "
+            "traffic); preload jemalloc as the Docker image does (LD_PRELOAD, docs/service.md)"
+        )
     try:
         yield
     finally:

@@ -205,6 +205,15 @@ def test_dockerfile_is_multi_stage_with_nothing_but_the_venv_and_model_in_the_fi
         assert build_step not in final_runs, f"the final stage runs {build_step!r}; do that in the builder"
 
 
+def test_dockerfile_preloads_jemalloc_that_the_builder_puts_in_the_venv():
+    """Under glibc's malloc, clips of many lengths fragment the heap (service/heap.py)."""
+    builder, runtime = dockerfile_stages()[0], dockerfile_stages()[-1]
+    preload = dockerfile_env(runtime).get("LD_PRELOAD", "")
+    assert preload.startswith("/opt/venv/") and "libjemalloc" in preload
+    builder_runs = " ".join(a for k, a in builder if k == "RUN")
+    assert "libjemalloc2" in builder_runs and preload in builder_runs, "the builder must install jemalloc and copy it to LD_PRELOAD's path"
+
+
 def test_dockerfile_installs_cpu_torch_pinned_like_pyproject():
     pins = {re.split(r"==", d)[0]: d for d in pyproject()["project"]["dependencies"] if d.startswith("torch")}
     assert set(pins) == {"torch", "torchaudio"}

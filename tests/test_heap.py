@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from service.engine import InferenceEngine
-from service.heap import IdleHeapTrimmer, return_freed_heap
+from service.heap import IdleHeapTrimmer, heap_allocator, return_freed_heap
 
 
 class FakeClock:
@@ -50,3 +50,12 @@ def test_the_engine_trims_when_idle_and_still_answers(served_checkpoint, speech_
         engine.close()
     assert len(trims) >= 2  # idle with an empty queue: trimmed, more than once
     assert first.probabilities.tolist() == second.probabilities.tolist()
+
+
+def test_heap_allocator_reads_the_loaded_libraries(tmp_path):
+    maps = tmp_path / "maps"
+    maps.write_text("7f00-7f01 r-xp 0 08:01 1 /usr/lib/x86_64-linux-gnu/libc.so.6\n")
+    assert heap_allocator(maps) == "glibc"
+    maps.write_text(maps.read_text() + "7f02-7f03 r-xp 0 08:01 2 /opt/venv/lib/libjemalloc.so.2\n")
+    assert heap_allocator(maps) == "jemalloc"
+    assert heap_allocator(tmp_path / "missing") == "unknown"
