@@ -1,16 +1,15 @@
 """Giving freed heap back to the OS: glibc keeps it otherwise, and the service's heap would only grow.
 
-Two moments free a lot: loading (unpacking and dequantizing the checkpoint allocates about
-twice the model in temporaries; without a trim the shipped model's process stayed 42 MiB larger
-through a soak) and clips of many different lengths. Each length allocates activations of its
-own sizes; glibc raises its mmap threshold to the largest block freed, so these come from the
-heap, which fragments and is not returned. A forward over 750 lengths between 0.2 and 30 s grew
-the process's heap from 0.3 to 2.1 GiB, all but 0.5 GiB of it free (``bench/load_test.py
---soak --lengths``). A fixed mmap threshold (``mallopt``) bounded it only at 128 KiB, where the
-3-s forward got 23% slower. ``malloc_trim`` in idle moments returns it once traffic pauses, but
-under sustained traffic of many lengths glibc's heap still swung between 1.1 and 2.2 GiB. jemalloc
-(preloaded: the Docker image sets ``LD_PRELOAD``) held the same loop at 0.5 GiB, at the same
-speed; the service logs which allocator it runs on (``heap_allocator``).
+Two moments free a lot. Loading unpacks and dequantizes the checkpoint, which allocates about
+twice the model in temporaries; without a trim, the shipped model's process stayed 42 MiB larger
+through a soak. Clips of many different lengths are the other: each length allocates
+activations of its own sizes, and glibc raises its mmap threshold to the largest block freed, so
+they come from the heap, which fragments. A soak over 300 lengths (``bench/load_test.py --soak
+3000 --lengths 300``) ended at 2.2 GiB resident. ``malloc_trim`` in idle moments returns that once
+traffic pauses; under sustained traffic glibc's heap still swung between 1.1 and 2.2 GiB. With
+jemalloc preloaded (the Docker image sets ``LD_PRELOAD``) the same soak stayed at or under 808 MiB.
+A fixed mmap threshold (``mallopt``) was tried too: it bounded the heap only at thresholds that
+slowed every forward. The service logs which allocator it runs on (``heap_allocator``).
 """
 
 from __future__ import annotations
@@ -44,9 +43,8 @@ def return_freed_heap() -> None:
 class IdleHeapTrimmer:
     """Trims the heap when the engine is idle, at most once every ``interval`` seconds.
 
-    A trim after a burst of varied lengths took 18-34 ms, one in steady state 2 ms, and the next
-    forward runs about 2 ms slower while it faults the pages back in. So it runs only when no
-    request is waiting, and rarely.
+    A trim after a burst of varied lengths takes tens of milliseconds, and the next forward runs
+    slower while it faults the pages back in. So it runs only when no request is waiting, and rarely.
     """
 
     def __init__(self, interval: float = 10.0, trim=return_freed_heap, clock=time.monotonic):

@@ -1,8 +1,8 @@
 """The compute dtypes the engine offers, and how each prepares the model and runs it.
 
 * ``float32``: the model as loaded, its linear weights pre-packed for oneDNN
-  (``service.onednn_linear``: 1.8x faster than torch's default MKL kernels on the AMD host);
-  float32 results, within rounding of the unpacked model.
+  (``service.onednn_linear``: 1.9x faster than torch's default MKL kernels on the AMD host,
+  ``bench/bench_engines.py``); float32 results, within rounding of the unpacked model.
 * ``bfloat16``: matrix products in bfloat16 (linear and conv weights cast once, the linear ones
   pre-packed; torch autocast keeps LayerNorm, softmax and the pooling in float32). Faster only
   on CPUs with AMX or AVX512-BF16 (``core.cpu_features.native_bfloat16``).

@@ -48,3 +48,18 @@ def served_checkpoint(checkpoint_path) -> Checkpoint:
     """A fresh load of ``checkpoint_path`` for an ``InferenceEngine``, which prepares its model in
     place for the compute dtype (``service.precision``); ``checkpoint`` stays the plain reference."""
     return load_checkpoint(checkpoint_path)
+
+
+class FakeClock:
+    """A ``time.monotonic`` stand-in that moves only when a test sets ``now``."""
+
+    def __init__(self, now: float = 100.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def fake_clock() -> FakeClock:
+    return FakeClock()

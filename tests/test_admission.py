@@ -11,16 +11,8 @@ from service.admission import GATED_PATH, AdmissionGate, RefusalPacer
 from service.metrics import ServiceMetrics
 
 
-class FakeClock:
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_pacer_spaces_refusals_and_never_waits_past_its_bound():
-    clock = FakeClock()
+def test_pacer_spaces_refusals_and_never_waits_past_its_bound(fake_clock):
+    clock = fake_clock
     pacer = RefusalPacer(rate=10, max_delay=0.35, clock=clock)
     assert [round(pacer.delay(), 3) for _ in range(4)] == [0.0, 0.1, 0.2, 0.3]
     assert pacer.delay() == 0.35  # every slot within the bound is taken: wait the bound

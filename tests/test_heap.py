@@ -8,16 +8,9 @@ from service.engine import InferenceEngine
 from service.heap import IdleHeapTrimmer, heap_allocator, return_freed_heap
 
 
-class FakeClock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_trims_only_after_the_interval():
-    clock, trims = FakeClock(), []
+def test_trims_only_after_the_interval(fake_clock):
+    clock, trims = fake_clock, []
+    clock.now = 0.0
     trimmer = IdleHeapTrimmer(interval=10, trim=lambda: trims.append(clock.now), clock=clock)
     assert not trimmer.idle()
     clock.now = 9.9
