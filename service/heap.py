@@ -6,7 +6,7 @@ through a soak. Clips of many different lengths are the other: each length alloc
 activations of its own sizes, and glibc raises its mmap threshold to the largest block freed, so
 they come from the heap, which fragments. A soak over 300 lengths (``bench/load_test.py --soak
 3000 --lengths 300``) ended at 2.2 GiB resident. ``malloc_trim`` in idle moments returns that once
-traffic pauses; under sustained traffic glibc's heap still swung between 1.1 and 2.2 GiB. With
+traffic pauses; under sustained traffic the process still swung between 1.4 and 2.2 GiB. With
 jemalloc preloaded (the Docker image sets ``LD_PRELOAD``) the same soak stayed at or under 808 MiB.
 A fixed mmap threshold (``mallopt``) was tried too: it bounded the heap only at thresholds that
 slowed every forward. The service logs which allocator it runs on (``heap_allocator``).

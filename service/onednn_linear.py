@@ -2,8 +2,8 @@
 
 Why not ``nn.Linear``: torch's float32 ``F.linear`` calls MKL's sgemm, and MKL takes a generic
 code path on AMD CPUs. On the development host (AMD EPYC, AVX512, 2 cores) a 2048^3 product ran
-at 214 GFLOP/s through MKL and 490 GFLOP/s through oneDNN with the weight packed once in its
-blocked layout, and the 3-s forward took 8.2 ms against 15.3 ms (``bench/bench_engines.py`` times
+at 199 GFLOP/s through MKL and 483 GFLOP/s through oneDNN with the weight packed once in its
+blocked layout, and the 3-s forward took 8.9 ms against 16.5 ms (``bench/bench_engines.py`` times
 both side by side). In bfloat16, torch already uses oneDNN; packing once saves the per-call reorder.
 
 ``torch.ops.mkldnn._linear_pointwise`` and ``_reorder_linear_weight`` are the ops torch's own
