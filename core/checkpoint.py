@@ -50,10 +50,7 @@ class Checkpoint:
     sha256: str = ""
     path: Path | None = None
     file_bytes: int = 0
-
-    @property
-    def n_params(self) -> int:
-        return sum(t.numel() for t in self._weights())
+    n_params: int = 0  # the file's parameter count (the served model may add a few: service.served_attention)
 
     @property
     def memory_bytes(self) -> int:
@@ -209,7 +206,10 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(f"{path}: unexpected tensors {sorted(extra)[:5]}")
     model.load_state_dict(state)
     model.eval()
-    return Checkpoint(model, labels, bits, dims, provenance, metadata["content_sha256"], path, path.stat().st_size)
+    return Checkpoint(
+        model, labels, bits, dims, provenance, metadata["content_sha256"], path, path.stat().st_size,
+        n_params=sum(t.numel() for t in state.values()),
+    )
 
 
 def _dequantize(path: Path, name: str, tensors: dict[str, Tensor], entry: dict, shape: torch.Size) -> Tensor:

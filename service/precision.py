@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from service.onednn_linear import pack_linear_layers
+from service.served_attention import fuse_attention_projections
 
 COMPUTE_DTYPES = ("float32", "bfloat16", "int8")
 
@@ -34,6 +35,7 @@ def check_compute_dtype(compute_dtype: str) -> str:
 
 def prepare_model(model: nn.Module, compute_dtype: str) -> None:
     """Make ``model`` compute in ``compute_dtype``, in place, once (call it in the compute thread)."""
+    fuse_attention_projections(model)
     if compute_dtype == "float32":
         pack_linear_layers(model)
     elif compute_dtype == "bfloat16":

@@ -4,13 +4,14 @@ Everything lives on ``app.state``, set by ``service.main.create_app`` and its li
 import-time singletons, so tests can build several apps side by side.
 
 The dependencies are ``async def`` although they never await: FastAPI runs a plain ``def``
-dependency in its thread pool, a thread hop per dependency per request. ``POST /intent`` made
-several, which cost more than the rest of its HTTP handling.
+dependency in its thread pool, a thread hop per dependency per request. Each dependency also
+costs FastAPI's dependency solving on every request, so ``POST /intent``, the hot path, takes
+one (``IntentServingDep``) and reads its body with a plain call (``read_audio``).
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 from fastapi import Depends, Request
 from starlette.datastructures import UploadFile
@@ -50,20 +51,36 @@ async def get_model_info(request: Request, engine: Annotated[InferenceEngine, De
     return request.app.state.model_info
 
 
+class IntentServing(NamedTuple):
+    """What ``POST /intent`` needs, as one dependency."""
+
+    engine: InferenceEngine
+    model: ModelInfo
+    metrics: ServiceMetrics
+    max_body_bytes: int
+
+
+async def get_intent_serving(request: Request) -> IntentServing:
+    """The engine, model identity, metrics and body limit; 503 like ``get_engine``."""
+    state = request.app.state
+    return IntentServing(await get_engine(request), state.model_info, state.metrics, state.settings.max_body_bytes)
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
 EngineDep = Annotated[InferenceEngine, Depends(get_engine)]
 ModelInfoDep = Annotated[ModelInfo, Depends(get_model_info)]
+IntentServingDep = Annotated[IntentServing, Depends(get_intent_serving)]
 
 
-async def read_audio(request: Request, settings: SettingsDep) -> bytes:
+async def read_audio(request: Request, max_bytes: int) -> bytes:
     """The uploaded audio: multipart field ``file``, or the whole body for ``audio/*`` content.
 
-    The body-limit middleware has already bounded the size, so reading it whole is safe.
+    The body-limit middleware has already bounded the size to ``max_bytes``, so reading it whole is safe.
     """
     media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if media_type == "multipart/form-data":
-        return await _read_multipart_file(request, settings.max_body_bytes)
+        return await _read_multipart_file(request, max_bytes)
     if media_type.startswith("audio/") or media_type == "application/octet-stream":
         return await request.body()
     raise ProblemError(
@@ -99,5 +116,3 @@ async def _read_multipart_file(request: Request, max_bytes: int) -> bytes:
     finally:
         await form.close()
 
-
-AudioBytesDep = Annotated[bytes, Depends(read_audio)]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request, Response
 
-from service.api.deps import FILE_FIELD, AudioBytesDep, EngineDep, MetricsDep, ModelInfoDep
+from service.api.deps import FILE_FIELD, IntentServingDep, read_audio
 from service.api.schemas import IntentResponse, IntentScore, StageTimings
 from service.problems import problem_responses
 
@@ -36,13 +36,13 @@ _REQUEST_BODY = {
     openapi_extra={"requestBody": _REQUEST_BODY},
 )
 async def classify_intent(
-    engine: EngineDep,
-    model: ModelInfoDep,
-    metrics: MetricsDep,
-    audio: AudioBytesDep,
+    request: Request,
+    serving: IntentServingDep,
     top_k: Annotated[int, Query(ge=1, le=1000, description="How many intents to list (at most the label count).")] = 3,
-) -> IntentResponse:
+) -> Response:
     """Classify a spoken command (any sample rate and channel count, at most 30 s)."""
+    engine, model, metrics, max_body_bytes = serving
+    audio = await read_audio(request, max_body_bytes)
     with metrics.in_flight.track_inprogress():
         start = time.perf_counter()
         prediction = await engine.predict(audio)
@@ -64,7 +64,7 @@ async def classify_intent(
     probabilities = prediction.probabilities.tolist()
     ranked = sorted(range(len(labels)), key=probabilities.__getitem__, reverse=True)[:top_k]
     scores = [IntentScore(intent=labels[i], confidence=probabilities[i]) for i in ranked]
-    return IntentResponse(
+    answer = IntentResponse(
         intent=scores[0].intent,
         confidence=scores[0].confidence,
         top_k=scores,
@@ -77,3 +77,5 @@ async def classify_intent(
             total=total * 1000,
         ),
     )
+    # Serialized here: returned as a model, FastAPI would validate it again against response_model.
+    return Response(answer.model_dump_json(), media_type="application/json")
