@@ -224,6 +224,32 @@ def wrk_throughput(url: str, clip: bytes, clients: int, seconds: float, repeats:
     return statistics.median((run.requests - run.non_2xx) / run.seconds for run in runs)
 
 
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) each thread of process ``pid`` has used, by thread id (Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        cpu[int(task.name)] = (int(fields[11]) + int(fields[12])) / ticks
+    return cpu
+
+
+def server_cpu_per_request(server: "Server", clip: bytes, seconds: float = WRK_SECONDS) -> tuple[float, float] | None:
+    """(event-loop thread, whole process) CPU ms per answer while one wrk connection posts ``clip``
+    back to back; None without wrk or /proc. The event loop runs in the process's main thread."""
+    if not wrk_available() or not Path(f"/proc/{server.process.pid}/task").exists():
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        script = write_post_script(clip, Path(tmp))
+        before = thread_cpu_seconds(server.process.pid)
+        run = run_wrk(server.url, script, 1, seconds)
+        after = thread_cpu_seconds(server.process.pid)
+    answers = run.requests - run.non_2xx
+    loop = after[server.process.pid] - before[server.process.pid]
+    process = sum(after[t] - before.get(t, 0.0) for t in after)
+    return 1000 * loop / answers, 1000 * process / answers
+
+
 def bare_forward_ms(checkpoint, clip: bytes, threads: int, repeats: int = 200) -> float:
     """Median ms of the model alone on the clip's log-mel, in this process with ``threads`` threads,
     prepared as the float32 service prepares it (``service.precision``: oneDNN-packed linear layers)."""
@@ -267,6 +293,7 @@ def report(args, model_path: Path, clip: bytes) -> str:
             for c in args.clients
         }
         wrk_load = {c: wrk_throughput(real_length.url, clip, c, WRK_SECONDS, args.repeats) for c in args.clients}
+        cpu = server_cpu_per_request(real_length, clip)
         bare = bare_forward_ms(checkpoint, clip, args.threads)  # the servers are idle now
         cold_start = real_length.cold_start_seconds  # started first, alone
     real, padded = latency["real"], latency["padded"]
@@ -316,6 +343,9 @@ def report(args, model_path: Path, clip: bytes) -> str:
         f"Cold start of the first server (started alone): {cold_start:.2f} s from process start to `/readyz` 200, "
         "polled every 50 ms.",
     ]
+    if cpu is not None:
+        lines += ["", f"Server CPU per answer (float32, one wrk connection, {WRK_SECONDS:g} s): {cpu[0]:.2f} ms in the "
+                  f"event loop's thread (HTTP, routing, the route), {cpu[1]:.2f} ms in the whole process (both cores)."]
     lines += [
         "",
         f"### Sustained throughput, closed-loop clients ({args.per_level} requests per level; median of {args.repeats} runs)",

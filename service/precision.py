@@ -10,7 +10,9 @@
   activations quantized per call; torch's fbgemm/x86 kernels, which use AVX512-VNNI where the CPU
   has it). The convolutions, LayerNorms and attention stay float32.
 
-``bench/check_precision.py`` measures how many held-out intents each path changes.
+Every path first stacks each attention layer's q, k, v projections into one layer
+(``service.served_attention``). ``bench/check_precision.py`` measures how many held-out intents
+each path changes.
 """
 
 from __future__ import annotations
