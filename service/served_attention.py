@@ -6,12 +6,13 @@ are one ``nn.Linear`` of three times the width: one matrix product instead of th
 input, which ``service.precision`` then packs for oneDNN or quantizes to int8 like any other
 linear layer. Whisper's key projection has no bias, so the fused bias is zero there.
 
-The attention itself is torch's ``scaled_dot_product_attention``, as in the model, except for
-bfloat16 inputs of at most ``SHORT_ATTENTION_POSITIONS`` positions (clips up to about 7 s). There,
-two batched matrix products with a float32 softmax between them are about twice as fast as the
-fused kernel, which is built for long sequences (``bench/bench_engines.py`` reports the forward).
-In float32 the fused kernel is kept: torch's float32 batched products fall off a cliff on some
-shapes on the AMD host, where the fused kernel does not.
+The attention itself runs as two batched matrix products with a float32 softmax between them
+(``short_attention``) for clips of at most ``SHORT_ATTENTION_POSITIONS`` encoder positions (4 s
+of audio), and as torch's ``scaled_dot_product_attention`` beyond. torch's fused kernel is built
+for long sequences: on the AMD development host, at 2-4 s, the two products took 0.46-0.60x its
+time in bfloat16 and 0.79-0.95x in float32, batched or not; from 250 positions on they took
+2-3x (``bench/bench_attention.py``, whose table is in docs/benchmarks.md). Below 1 s in bfloat16
+they are slower by a few microseconds a layer, which is not worth a second threshold.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from torch import Tensor, nn
 
 from core.model import MultiHeadAttention
 
-SHORT_ATTENTION_POSITIONS = 384
+SHORT_ATTENTION_POSITIONS = 200
 
 
 class FusedQkvAttention(nn.Module):
@@ -43,7 +44,7 @@ class FusedQkvAttention(nn.Module):
         """x: (B, T, n_state); attn_mask: (B, 1, 1, T) bool, True where a key may be attended."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, D)
-        if q.dtype == torch.bfloat16 and T <= SHORT_ATTENTION_POSITIONS:
+        if T <= SHORT_ATTENTION_POSITIONS:
             y = short_attention(q, k, v, attn_mask)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)

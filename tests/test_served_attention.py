@@ -1,4 +1,4 @@
-"""The served attention (one q/k/v projection, a short-clip bfloat16 kernel) against the model's own."""
+"""The served attention (one q/k/v projection, a short-clip kernel) against the model's own."""
 
 from __future__ import annotations
 
@@ -23,8 +23,9 @@ def _attention_and_mask(T: int = 40, n_state: int = 64, n_head: int = 4):
 
 
 @pytest.mark.parametrize("masked", [False, True])
-def test_fused_projection_matches_the_model_attention(masked):
-    attention, x, mask = _attention_and_mask()
+@pytest.mark.parametrize("T", [40, SHORT_ATTENTION_POSITIONS + 1], ids=["short-kernel", "sdpa"])
+def test_fused_projection_matches_the_model_attention(masked, T):
+    attention, x, mask = _attention_and_mask(T)
     mask = mask if masked else None
     with torch.inference_mode():
         got, expected = FusedQkvAttention(attention)(x, mask), attention(x, mask)
