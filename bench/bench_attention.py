@@ -32,7 +32,7 @@ from core.cpu_features import native_bfloat16
 from service.served_attention import SHORT_ATTENTION_POSITIONS, short_attention
 
 # (clips, encoder positions): 50 positions per second of audio; batches carry a padding mask.
-SHAPES = [(1, t) for t in (25, 50, 100, 150, 200, 250, 300, 384, 500)] + [(4, 50), (4, 100), (4, 150), (8, 50), (8, 100)]
+SHAPES = [(1, t) for t in (25, 50, 100, 150, 175, 200, 250, 300, 384, 500)] + [(4, 50), (4, 100), (4, 150), (8, 50), (8, 100)]
 N_HEAD, D_HEAD = 6, 64
 
 
@@ -63,11 +63,11 @@ def report(threads: int, repeats: int) -> str:
     torch.set_num_threads(threads)
     dtypes = [torch.float32] + ([torch.bfloat16] if native_bfloat16() else [])
     lines = [
-        "## Attention kernels: one layer, whisper-tiny dims, one clip (median us)",
+        "## Attention kernels: one layer, whisper-tiny dims (median us)",
         "",
         f"- Host: {platform.machine()}, {os.cpu_count()} CPUs visible, torch threads {threads}, torch {torch.__version__}; "
         f"bfloat16 hardware: {'yes' if native_bfloat16() else 'no (float32 only)'}.",
-        f"- The service uses `short_attention` for bfloat16 at <= {SHORT_ATTENTION_POSITIONS} positions, SDPA otherwise.",
+        f"- The service uses `short_attention` at <= {SHORT_ATTENTION_POSITIONS} positions, SDPA beyond.",
         "",
         "| clips x positions (s of audio) | " + " | ".join(f"{str(d).removeprefix('torch.')}: SDPA | short | short / SDPA" for d in dtypes) + " |",
         "| ---: | " + " | ".join("---: | ---: | ---:" for _ in dtypes) + " |",

@@ -7,12 +7,13 @@ input, which ``service.precision`` then packs for oneDNN or quantizes to int8 li
 linear layer. Whisper's key projection has no bias, so the fused bias is zero there.
 
 The attention itself runs as two batched matrix products with a float32 softmax between them
-(``short_attention``) for clips of at most ``SHORT_ATTENTION_POSITIONS`` encoder positions (4 s
-of audio), and as torch's ``scaled_dot_product_attention`` beyond. torch's fused kernel is built
-for long sequences: on the AMD development host, at 2-4 s, the two products took 0.46-0.60x its
-time in bfloat16 and 0.79-0.95x in float32, batched or not; from 250 positions on they took
-2-3x (``bench/bench_attention.py``, whose table is in docs/benchmarks.md). Below 1 s in bfloat16
-they are slower by a few microseconds a layer, which is not worth a second threshold.
+(``short_attention``) for clips of at most ``SHORT_ATTENTION_POSITIONS`` encoder positions
+(3.6 s of audio), and as torch's ``scaled_dot_product_attention`` beyond. torch's fused kernel
+is built for long sequences. On the AMD development host, from 2 to 3.5 s, the two products took
+0.37-0.63x its time in bfloat16 and 0.76-0.84x in float32, and batches of 4 and 8 clips gained
+as much; at 4 s and beyond they often took 2x or more (``bench/bench_attention.py``, table in
+docs/benchmarks.md). Below 2 s in bfloat16 they lose a few microseconds a layer, which is not
+worth a second threshold.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from torch import Tensor, nn
 
 from core.model import MultiHeadAttention
 
-SHORT_ATTENTION_POSITIONS = 200
+SHORT_ATTENTION_POSITIONS = 180
 
 
 class FusedQkvAttention(nn.Module):

@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(0.0, ge=0, description="How long a batch waits to fill; 0 = take what is queued.")
     max_queue: int = Field(32, ge=1, description="Requests waiting for the model before 503 overloaded.")
     refusals_per_second: float = Field(
-        100.0, gt=0, description="Pace of 503 overloaded answers; beyond it a refusal waits (up to 2 s, no CPU) for its turn."
+        100.0, gt=0, description="Pace of 503 overloaded answers; beyond it a refusal waits (up to 1 s, no CPU) for its turn."
     )
     drain_seconds: float = Field(0.0, ge=0, description="After SIGTERM, keep serving this long while /readyz says 503.")
     shutdown_timeout_seconds: float = Field(20.0, gt=0, description="After the drain, how long in-flight requests may finish.")
