@@ -223,8 +223,10 @@ class InferenceEngine:
         with torch.inference_mode(), compute_context(self.compute_dtype):
             for group in groups:
                 padded, lengths = pad_mels(group)
-                # A lone clip needs no masks: they would change nothing and cost time.
-                logits.append(self.checkpoint.model(padded, lengths if len(group) > 1 else None)[1])
+                # Clips of one length (a lone clip, or clients that send fixed windows) need no
+                # masks: they would change nothing and cost time.
+                same_length = len({mel.shape[-1] for mel in group}) == 1
+                logits.append(self.checkpoint.model(padded, None if same_length else lengths)[1])
         return torch.cat(logits)
 
     def _run_batch(self, batch: list[_Job]) -> None:

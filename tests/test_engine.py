@@ -60,6 +60,37 @@ def test_batched_answers_equal_answers_alone(checkpoint, clips, served_checkpoin
         torch.testing.assert_close(prediction.probabilities, alone, atol=1e-5, rtol=0)
 
 
+def test_a_batch_of_one_length_runs_without_masks(checkpoint, speech, served_checkpoint, monkeypatch):
+    """Masks change nothing when no clip is padded, so such a batch skips them; a mixed batch keeps them."""
+    samples = [speech[phrase][0] for phrase in PHRASES]
+    rate = speech[PHRASES[0]][1]
+    n = min(len(s) for s in samples)
+    same = [wav_bytes(s[:n], rate) for s in samples]
+    mixed = [wav_bytes(s[: n - 800 * i], rate) for i, s in enumerate(samples)]
+    model = served_checkpoint.model
+    masked = []
+    original_forward = model.forward
+
+    def recording_forward(mel, mel_lengths=None):
+        masked.append(mel_lengths is not None)
+        return original_forward(mel, mel_lengths)
+
+    monkeypatch.setattr(model, "forward", recording_forward)
+    engine = InferenceEngine(served_checkpoint, max_batch_size=3, max_wait_ms=2000).start()
+    try:
+        answers = {}
+        for name, batch in (("same", same), ("mixed", mixed)):
+            futures = [engine.submit(clip) for clip in batch]
+            answers[name] = [f.result(timeout=30) for f in futures]
+    finally:
+        engine.close()
+    assert masked == [False, True]
+    for name, batch in (("same", same), ("mixed", mixed)):
+        assert {p.batch_size for p in answers[name]} == {3}
+        for clip, prediction in zip(batch, answers[name]):
+            torch.testing.assert_close(prediction.probabilities, reference_probabilities(checkpoint, clip), atol=1e-5, rtol=0)
+
+
 @pytest.mark.skipif(not native_bfloat16(), reason="this CPU has no bfloat16 matrix hardware")
 def test_bfloat16_answers_stay_close_to_float32(checkpoint, checkpoint_path, clips):
     from core.checkpoint import load_checkpoint
