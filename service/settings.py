@@ -42,7 +42,10 @@ class Settings(BaseSettings):
     body_timeout_seconds: float = Field(30.0, gt=0, description="Time allowed to upload a request body.")
     max_audio_seconds: float = Field(30.0, gt=0, description="Longest clip accepted (the model takes at most 30 s).")
     max_batch_size: int = Field(8, ge=1, description="Largest micro-batch; 1 disables batching.")
-    max_wait_ms: float = Field(0.0, ge=0, description="How long a batch waits to fill; 0 = take what is queued.")
+    max_wait_ms: float = Field(
+        2.0, ge=0,
+        description="How long a batch waits to fill, except right after a batch of one clip; 0 = take what is queued.",
+    )
     max_queue: int = Field(32, ge=1, description="Requests waiting for the model before 503 overloaded.")
     refusals_per_second: float = Field(
         100.0, gt=0, description="Pace of 503 overloaded answers; beyond it a refusal waits (up to 1 s, no CPU) for its turn."

@@ -211,6 +211,38 @@ def test_predict_does_not_block_the_event_loop(clips, served_checkpoint):
     assert batch_size == 1 and ticks >= 5  # the loop kept running during the 200-ms batch wait
 
 
+def batch_sizes(engine: InferenceEngine, clips: list[bytes], gap: float = 0.1) -> list[int]:
+    """Submit ``clips`` ``gap`` seconds apart; the batch size each was answered in."""
+    futures = []
+    for i, clip in enumerate(clips):
+        if i:
+            time.sleep(gap)
+        futures.append(engine.submit(clip))
+    return [f.result(timeout=30).batch_size for f in futures]
+
+
+def test_a_batch_waits_to_fill_unless_the_last_one_held_a_lone_clip(clips, served_checkpoint):
+    engine = InferenceEngine(served_checkpoint, max_batch_size=2, max_wait_ms=500).start()
+    try:
+        assert batch_sizes(engine, clips[:2]) == [2, 2]  # the second came 0.1 s later, within the wait
+        assert batch_sizes(engine, clips[:2]) == [2, 2]  # after a batch of two, the next waits again
+        assert batch_sizes(engine, clips[:1]) == [1]  # nobody came: the wait ran out
+        # After a lone clip, the next batch takes only what is queued: the clip 0.1 s later runs on its own.
+        assert batch_sizes(engine, clips[:2]) == [1, 1]
+    finally:
+        engine.close()
+
+
+def test_int8_batches_never_wait(clips, served_checkpoint):
+    """int8 runs a batch's clips one by one (service.precision.batches_exactly): waiting would save nothing."""
+    engine = InferenceEngine(served_checkpoint, compute_dtype="int8", max_batch_size=2, max_wait_ms=500).start()
+    try:
+        assert engine.max_wait == 0.0
+        assert batch_sizes(engine, clips[:2]) == [1, 1]
+    finally:
+        engine.close()
+
+
 def test_worker_runs_torch_with_the_configured_threads(clips, monkeypatch, served_checkpoint):
     seen = []
     original = engine_module.log_mel_spectrogram
