@@ -161,6 +161,8 @@ def interleaved_latency(urls: dict[str, str], clip: bytes, requests: dict[str, i
             "p95": percentile(latencies, 95),
             "server_total": statistics.median(r["timing_ms"]["total"] for _, r in results),
             "inference": statistics.median(r["timing_ms"]["inference"] for _, r in results),
+            "decode": statistics.median(r["timing_ms"]["decode"] for _, r in results),
+            "features": statistics.median(r["timing_ms"]["features"] for _, r in results),
         }
     return stats
 
@@ -339,6 +341,9 @@ def report(args, model_path: Path, clip: bytes) -> str:
         f"Model call inside the service (median, float32): {real['inference']:.1f} ms; a bare forward of the same model "
         f"on the same clip in the benchmark's process, with the same threads: {bare:.1f} ms "
         f"({real['inference'] / bare:.2f}x).",
+        "",
+        f"Stages inside the server (median ms, float32, 3-s clip): decoding {real['decode']:.2f}, log-mel "
+        f"{real['features']:.2f}, model {real['inference']:.2f}, the route's total {real['server_total']:.2f}.",
         "",
         f"Cold start of the first server (started alone): {cold_start:.2f} s from process start to `/readyz` 200, "
         "polled every 50 ms.",

@@ -78,7 +78,7 @@ def decode_audio(data: bytes, max_seconds: float | None = CHUNK_LENGTH) -> torch
         raise AudioDecodeError(
             f"the audio holds samples beyond ±{MAX_SAMPLE_MAGNITUDE:.0e}; float samples should lie within ±1"
         )
-    mono = torch.from_numpy(wave[:, 0] if wave.shape[1] == 1 else wave.mean(axis=1, dtype=np.float32))
+    mono = torch.from_numpy(wave.mean(axis=1, dtype=np.float32))
     if max_seconds is not None and mono.numel() / sample_rate > max_seconds:
         raise AudioTooLongError(f"audio is {mono.numel() / sample_rate:.1f} s long; the limit is {max_seconds:g} s")
     return resample(mono, sample_rate)
