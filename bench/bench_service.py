@@ -21,7 +21,6 @@ os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 import argparse
 import contextlib
-import copy
 import io
 import platform
 import shutil
@@ -40,17 +39,17 @@ import numpy as np
 import soundfile
 import torch
 
-from core.audio import SAMPLE_RATE, decode_audio, log_mel_spectrogram, resample
+from core.audio import SAMPLE_RATE, resample
 from core.checkpoint import load_checkpoint, save_checkpoint
 from core.compute import forward_gmacs
 from core.cpu_features import native_bfloat16
 from core.model import WHISPER_TINY, IntentClassifier
 from service.cpu import resolve_threads
-from service.precision import prepare_model
 from training.quantize import quantize_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: bench.* imports
 from bench.report_output import publish
+from bench.server_measures import paired_model_call, paired_share, server_cpu_per_request
 from bench.wrk import run_wrk, wrk_available, write_post_script
 
 CLIP_SECONDS = 3.0
@@ -226,51 +225,6 @@ def wrk_throughput(url: str, clip: bytes, clients: int, seconds: float, repeats:
     return statistics.median((run.requests - run.non_2xx) / run.seconds for run in runs)
 
 
-def thread_cpu_seconds(pid: int) -> dict[int, float]:
-    """CPU seconds (user + system) each thread of process ``pid`` has used, by thread id (Linux /proc)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    cpu = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        cpu[int(task.name)] = (int(fields[11]) + int(fields[12])) / ticks
-    return cpu
-
-
-def server_cpu_per_request(server: "Server", clip: bytes, seconds: float = WRK_SECONDS) -> tuple[float, float] | None:
-    """(event-loop thread, whole process) CPU ms per answer while one wrk connection posts ``clip``
-    back to back; None without wrk or /proc. The event loop runs in the process's main thread."""
-    if not wrk_available() or not Path(f"/proc/{server.process.pid}/task").exists():
-        return None
-    with tempfile.TemporaryDirectory() as tmp:
-        script = write_post_script(clip, Path(tmp))
-        before = thread_cpu_seconds(server.process.pid)
-        run = run_wrk(server.url, script, 1, seconds)
-        after = thread_cpu_seconds(server.process.pid)
-    answers = run.requests - run.non_2xx
-    loop = after[server.process.pid] - before[server.process.pid]
-    process = sum(after[t] - before.get(t, 0.0) for t in after)
-    return 1000 * loop / answers, 1000 * process / answers
-
-
-def bare_forward_ms(checkpoint, clip: bytes, threads: int, repeats: int = 200) -> float:
-    """Median ms of the model alone on the clip's log-mel, in this process with ``threads`` threads,
-    prepared as the float32 service prepares it (``service.precision``: oneDNN-packed linear layers)."""
-    torch.set_num_threads(threads)
-    checkpoint = copy.copy(checkpoint)
-    checkpoint.model = copy.deepcopy(checkpoint.model)
-    prepare_model(checkpoint.model, "float32")
-    mel = log_mel_spectrogram(decode_audio(clip), checkpoint.dims.n_mels)[None]
-    seconds = []
-    with torch.inference_mode():
-        for i in range(repeats + 10):
-            start = time.perf_counter()
-            checkpoint.model(mel)
-            if i >= 10:
-                seconds.append(time.perf_counter() - start)
-            time.sleep(0.005)  # the gap between sequential requests, as the service sees them
-    return 1000 * statistics.median(seconds)
-
-
 def report(args, model_path: Path, clip: bytes) -> str:
     checkpoint = load_checkpoint(model_path)
     gmacs_clip = forward_gmacs(checkpoint.model, seconds=CLIP_SECONDS)
@@ -295,8 +249,9 @@ def report(args, model_path: Path, clip: bytes) -> str:
             for c in args.clients
         }
         wrk_load = {c: wrk_throughput(real_length.url, clip, c, WRK_SECONDS, args.repeats) for c in args.clients}
-        cpu = server_cpu_per_request(real_length, clip)
-        bare = bare_forward_ms(checkpoint, clip, args.threads)  # the servers are idle now
+        cpu = server_cpu_per_request(real_length.process.pid, real_length.url, clip, WRK_SECONDS)
+        four = paired_share(real_length.url, clip, 4, WRK_SECONDS, args.repeats) if 4 in args.clients else None
+        call = paired_model_call(real_length.url, checkpoint, clip, args.threads)  # the other servers are idle now
         cold_start = real_length.cold_start_seconds  # started first, alone
     real, padded = latency["real"], latency["padded"]
 
@@ -338,9 +293,9 @@ def report(args, model_path: Path, clip: bytes) -> str:
         lines += ["", "(This CPU has no bfloat16 matrix hardware, so `QUADS_PRECISION=bfloat16` was not measured.)"]
     lines += [
         "",
-        f"Model call inside the service (median, float32): {real['inference']:.1f} ms; a bare forward of the same model "
-        f"on the same clip in the benchmark's process, with the same threads: {bare:.1f} ms "
-        f"({real['inference'] / bare:.2f}x).",
+        f"Model call inside the service (median, float32): {call['service']:.1f} ms; a bare forward of the same model "
+        f"on the same clip in the benchmark's process, with the same threads: {call['bare']:.1f} ms "
+        f"({call['ratio']:.2f}x, the median of 5 alternating blocks' ratios).",
         "",
         f"Stages inside the server (median ms, float32, 3-s clip): decoding {real['decode']:.2f}, log-mel "
         f"{real['features']:.2f}, model {real['inference']:.2f}, the route's total {real['server_total']:.2f}.",
@@ -368,8 +323,10 @@ def report(args, model_path: Path, clip: bytes) -> str:
     if 4 in load:
         ideal = 1000 / real["inference"]
         lines += ["", f"With 4 clients: {load[4]['batched']['rps']:.1f} answers/s (httpx clients), {load[4]['batched']['rps'] / ideal:.0%} of "
-                  f"1 / (the single-clip model call, {real['inference']:.1f} ms) = {ideal:.1f}/s"
-                  + ("." if wrk_load[4] is None else f"; {wrk_load[4]:.1f} answers/s with wrk, {wrk_load[4] / ideal:.0%}.")]
+                  f"1 / (the single-clip model call of the latency table, {real['inference']:.1f} ms) = {ideal:.1f}/s."]
+    if four is not None:
+        lines += ["", f"With 4 wrk connections, each run paired with a 1-connection run just before it ({args.repeats} pairs, "
+                  f"medians): {four['rps']:.1f} answers/s, {four['share']:.0%} of 1 / the single-clip model call of its pair."]
     return "\n".join(lines) + "\n"
 
 
