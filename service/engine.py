@@ -14,8 +14,8 @@ more that arrive within ``max_wait_ms`` (0 = only those already queued), and run
 once on the batch. Clips of different lengths are padded and masked (``pad_mels`` +
 ``mel_lengths``), so each answer equals the one the clip gets alone. The wait is skipped right
 after a batch of one clip: a lone client's next request would wait for nobody, while clients
-that arrived together tend to come back together (answered, they send again within a
-millisecond or two), and a fuller batch costs less per clip. int8 never waits: its clips run
+answered together tend to send again together, and a fuller batch costs less per clip
+(``bench/bench_overload.py`` with and without the wait: docs/benchmarks.md). int8 never waits: its clips run
 one by one (``service.precision.batches_exactly``), so a fuller batch would save nothing.
 
 When no request is waiting, the worker returns freed heap to the OS, at most every 10 s
