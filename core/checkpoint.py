@@ -8,8 +8,9 @@ Layout of a file (all safetensors, so loading executes nothing):
   at 32 bits as float32;
 * biases and LayerNorms are float32; the sinusoidal positional table is recomputed from dims;
 * metadata: ``format``, ``format_version``, ``dims``, ``labels``, ``bits``, ``provenance``,
-  ``quantization`` (the map name -> shape/bits the loader rebuilds from) and
-  ``content_sha256``, a hash of every tensor and every other metadata field, so a tampered or
+  ``quantization`` (the map name -> shape/bits the loader rebuilds from), ``threshold`` (the
+  refusal threshold calibrated on validation data, ``core.refusal``; absent in files of models
+  that cannot refuse, read as 0) and ``content_sha256``, a hash of every tensor and every other metadata field, so a tampered or
   mismatched file is refused.
 """
 
@@ -28,6 +29,7 @@ from torch import Tensor
 
 from core.codebook import Codebook, check_bits, is_quantizable, pack_codes, storage, unpack_codes
 from core.model import IntentClassifier, ModelDims
+from core.refusal import REFUSAL_LABEL, refusal_index
 from core.tensor_files import TensorFileError, read_tensors, write_tensors
 
 FORMAT = "quads-intent"
@@ -51,6 +53,17 @@ class Checkpoint:
     path: Path | None = None
     file_bytes: int = 0
     n_params: int = 0  # the file's parameter count (the served model may add a few: service.served_attention)
+    threshold: float = 0.0  # refuse an intent whose probability is below this (core.refusal)
+
+    @property
+    def refusal_index(self) -> int | None:
+        """Index of ``REFUSAL_LABEL`` among the labels; None for a model that cannot refuse."""
+        return refusal_index(self.labels)
+
+    @property
+    def intents(self) -> list[str]:
+        """The labels a client can be answered with: every label but ``REFUSAL_LABEL``."""
+        return [label for label in self.labels if label != REFUSAL_LABEL]
 
     @property
     def memory_bytes(self) -> int:
@@ -86,16 +99,21 @@ def save_checkpoint(
     bits: int,
     provenance: dict | None = None,
     codebooks: Mapping[str, Codebook] | None = None,
+    threshold: float = 0.0,
 ) -> Path:
     """Write ``model`` at ``bits`` bits and return the path written.
 
     At <= 8 bits each weight matrix is stored as its codebook: ``codebooks[name]`` (a
     ``KMeansQuantizer``'s own), or, when not given, read off a weight already snapped to at most
     2**bits values. The codebook must reproduce the weight exactly, so a stale one is refused.
+    ``threshold``: the refusal threshold (``core.refusal``), for a model whose labels include
+    ``REFUSAL_LABEL``.
     """
     check_bits(bits)
     if len(labels) != model.head.out_features:
         raise ValueError(f"{len(labels)} labels for a head of {model.head.out_features} outputs")
+    if not 0.0 <= threshold <= 1.0 or (threshold and REFUSAL_LABEL not in labels):
+        raise ValueError(f"threshold {threshold}: must be in [0, 1], and above 0 only with a {REFUSAL_LABEL!r} label")
     kind = storage(bits)
     tensors: dict[str, Tensor] = {}
     qmap: dict[str, dict] = {}
@@ -119,6 +137,8 @@ def save_checkpoint(
         "provenance": json.dumps(provenance or {}, default=str),
         "quantization": json.dumps(qmap),
     }
+    if REFUSAL_LABEL in labels:
+        metadata["threshold"] = repr(float(threshold))
     metadata["content_sha256"] = _content_hash(tensors, metadata)
     path = Path(path)
     write_tensors(path, tensors, metadata)
@@ -180,6 +200,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         bits = int(metadata["bits"])
         qmap = json.loads(metadata["quantization"])
         provenance = json.loads(metadata.get("provenance", "{}"))
+        threshold = float(metadata.get("threshold", "0"))
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: invalid metadata ({e})") from None
 
@@ -208,7 +229,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     model.eval()
     return Checkpoint(
         model, labels, bits, dims, provenance, metadata["content_sha256"], path, path.stat().st_size,
-        n_params=sum(t.numel() for t in state.values()),
+        n_params=sum(t.numel() for t in state.values()), threshold=threshold,
     )
 
 

@@ -25,6 +25,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.refusal import REFUSAL_LABEL
+
 # The 31 Fluent Speech Commands intents, f"{action}_{object}_{location}". The service returns
 # these exact strings, so keep the spelling (including the space in "change language").
 FSC_INTENTS: list[str] = [
@@ -260,11 +262,14 @@ def load_samples(source: str | os.PathLike, split: str, **kw) -> list[Sample]:
 
 
 def label_set(samples: Iterable[Sample]) -> list[str]:
-    """The distinct labels: in ``FSC_INTENTS`` order if all are FSC intents, else sorted."""
+    """The distinct labels: in ``FSC_INTENTS`` order if all are FSC intents, else sorted;
+    ``REFUSAL_LABEL`` (speech and sounds that are no command) last either way."""
     labels = {s.label for s in samples}
+    refusal = [REFUSAL_LABEL] if REFUSAL_LABEL in labels else []
+    labels.discard(REFUSAL_LABEL)
     if labels <= set(FSC_INTENTS):
-        return [label for label in FSC_INTENTS if label in labels]
-    return sorted(labels)
+        return [label for label in FSC_INTENTS if label in labels] + refusal
+    return sorted(labels) + refusal
 
 
 # ------------------------------------------------------------------------------------ readers

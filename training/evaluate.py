@@ -18,11 +18,18 @@ from tqdm import tqdm
 from core.audio import N_FRAMES
 from core.checkpoint import Checkpoint
 from core.compute import count_parameters, forward_gmacs
+from core.refusal import decide, refusal_index
 from core.tensor_files import atomic_write
 from training.datasets import load_samples
 from training.features import MelDataset, collate
 
 log = logging.getLogger(__name__)
+
+# Calibration: the threshold refuses at most 1% of validation commands (the target on held-out
+# voices is 2%, so half of it is margin), and never exceeds 0.95, so a very confident model does
+# not end with a threshold that only its validation voices reach.
+MAX_REFUSED = 0.01
+MAX_THRESHOLD = 0.95
 
 
 @torch.no_grad()
@@ -30,7 +37,7 @@ def predict(
     model: nn.Module, dataset: MelDataset, *, batch_size: int = 32, device: str | torch.device = "cpu",
     progress: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """(predicted label indices (N,), true label indices (N,)) over ``dataset`` at real lengths.
+    """(softmax probabilities (N, n_labels), true label indices (N,)) over ``dataset`` at real lengths.
 
     Batches hold clips of similar length (sorted), so little of each batch is padding, which in
     file order is computed for every short clip batched with a long one. The answers do not
@@ -41,13 +48,55 @@ def predict(
     by_length = sorted(range(len(dataset)), key=lambda i: dataset[i][0].shape[-1])
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, by_length), batch_size=batch_size,
                                          shuffle=False, collate_fn=collate)  # fmt: skip
-    preds, targets = torch.empty(len(dataset), dtype=torch.long), torch.empty(len(dataset), dtype=torch.long)
+    probs = torch.empty(len(dataset), len(dataset.labels))
+    targets = torch.empty(len(dataset), dtype=torch.long)
     for mels, lengths, labels, indices in tqdm(loader, desc="evaluating", unit="batch", disable=not progress, leave=False):
         _, logits = model(mels.to(device), lengths.to(device))
-        preds[indices] = logits.argmax(dim=-1).cpu()
+        probs[indices] = logits.float().softmax(dim=-1).cpu()
         targets[indices] = labels
     model.train(was_training)
-    return preds, targets
+    return probs, targets
+
+
+def answers(probs: Tensor, labels: list[str], threshold: float) -> Tensor:
+    """The label index each clip is answered with: its intent, or the refusal class when
+    ``core.refusal.decide`` refuses it (the service's rule). Without a refusal class: the argmax."""
+    refusal = refusal_index(labels)
+    if refusal is None:
+        return probs.argmax(dim=-1)
+    decided = [decide(row, refusal, threshold) for row in probs.tolist()]
+    return torch.tensor([best if understood else refusal for best, understood in decided], dtype=torch.long)
+
+
+def refusal_metrics(answered: Tensor, targets: Tensor, labels: list[str]) -> dict:
+    """Share of commands refused, of non-commands accepted, and accuracy on the commands alone."""
+    refusal = refusal_index(labels)
+    if refusal is None:
+        return {}
+    commands, others = targets != refusal, targets == refusal
+    return {
+        "commands": int(commands.sum()),
+        "not_commands": int(others.sum()),
+        "command_accuracy": float((answered[commands] == targets[commands]).float().mean()) if commands.any() else 0.0,
+        "refused": float((answered[commands] == refusal).float().mean()) if commands.any() else 0.0,
+        "false_accepts": float((answered[others] != refusal).float().mean()) if others.any() else 0.0,
+    }
+
+
+def calibrate_threshold(probs: Tensor, targets: Tensor, labels: list[str], max_refused: float = MAX_REFUSED) -> float:
+    """The highest threshold that refuses at most ``max_refused`` of the commands in (probs, targets):
+    validation data. Commands the refusal class already outvotes count against that budget."""
+    refusal = refusal_index(labels)
+    if refusal is None:
+        return 0.0
+    scores = sorted(
+        probs_row[best] if understood else 0.0
+        for probs_row, (best, understood) in ((row, decide(row, refusal, 0.0)) for row, t in
+                                               zip(probs.tolist(), targets.tolist()) if t != refusal)
+    )
+    if not scores:
+        return 0.0
+    return float(min(scores[int(max_refused * len(scores))], MAX_THRESHOLD))
 
 
 def classification_metrics(preds: Tensor, targets: Tensor, labels: list[str]) -> dict:
@@ -123,22 +172,27 @@ def frame_counts(dataset: MelDataset) -> list[int]:
 
 
 def evaluate_model(model: nn.Module, dataset: MelDataset, *, batch_size: int = 32, device: str | torch.device = "cpu",
-                   progress: bool = False) -> dict:
-    """Accuracy, macro F1, confusion matrix and per-class scores of ``model`` on ``dataset``, and
-    ``correct``: (N,) whether each clip was classified right."""
-    preds, targets = predict(model, dataset, batch_size=batch_size, device=device, progress=progress)
-    return {**classification_metrics(preds, targets, dataset.labels), "correct": preds == targets}
+                   progress: bool = False, threshold: float = 0.0) -> dict:
+    """Accuracy, macro F1, confusion matrix and per-class scores of ``model``'s answers on
+    ``dataset`` (refusing below ``threshold`` when it has a refusal class), the refusal rates,
+    and ``correct``: (N,) whether each clip was answered right."""
+    probs, targets = predict(model, dataset, batch_size=batch_size, device=device, progress=progress)
+    preds = answers(probs, dataset.labels, threshold)
+    return {**classification_metrics(preds, targets, dataset.labels), **refusal_metrics(preds, targets, dataset.labels),
+            "correct": preds == targets, "probabilities": probs, "targets": targets}
 
 
 def evaluate_checkpoint(checkpoint: Checkpoint, dataset: MelDataset, split: str, *, batch_size: int = 32,
-                        device: str | torch.device = "cpu", progress: bool = False) -> dict:
+                        device: str | torch.device = "cpu", progress: bool = False,
+                        threshold: float | None = None) -> dict:
     """A loaded checkpoint on ``dataset`` (its ``split``): the scores, and the file's size and compute.
 
     The one evaluation of a written model: ``quads-eval``, the end of ``quads-train`` and the demo
     all use it, so that every report reads the file as the service loads it.
     """
     model = checkpoint.model.to(device)
-    metrics = evaluate_model(model, dataset, batch_size=batch_size, device=device, progress=progress)
+    threshold = checkpoint.threshold if threshold is None else threshold
+    metrics = evaluate_model(model, dataset, batch_size=batch_size, device=device, progress=progress, threshold=threshold)
     model.cpu()
     lengths = frame_counts(dataset)
     return {
@@ -148,6 +202,9 @@ def evaluate_checkpoint(checkpoint: Checkpoint, dataset: MelDataset, split: str,
         "macro_f1": metrics["macro_f1"],
         "polarity_error_share": polarity_error_share(metrics["confusion"], checkpoint.labels),
         "n": metrics["n"],
+        "threshold": threshold,
+        **{k: metrics[k] for k in ("commands", "not_commands", "command_accuracy", "refused", "false_accepts")
+           if k in metrics},
         "skipped": len(dataset.skipped),
         "params": count_parameters(checkpoint.model),
         "file_bytes": checkpoint.file_bytes,

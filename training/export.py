@@ -9,7 +9,10 @@ from pathlib import Path
 from core.checkpoint import save_checkpoint
 from core.codebook import storage
 from core.model import IntentClassifier
+from core.refusal import REFUSAL_LABEL
 from training.config import Config
+from training.evaluate import calibrate_threshold, predict
+from training.features import MelDataset
 from training.quantize import KMeansQuantizer, quantize_model
 from training.schedule import Branch, Plan
 
@@ -29,11 +32,12 @@ def exported_paths(cfg: Config, plan: Plan) -> list[Path]:
 
 
 def export_branch(cfg: Config, model: IntentClassifier, labels: list[str], branch: Branch,
-                  quantizer: KMeansQuantizer | None, provenance: dict) -> list[Path]:
+                  quantizer: KMeansQuantizer | None, provenance: dict, valid_ds: MelDataset | None = None) -> list[Path]:
     """Write the branch's checkpoints and return their paths.
 
     The width the branch trained at is written with ``quantizer``'s own codebooks; other widths
     <= 8 bits are k-means quantized post hoc (QaD) from a copy; 16 and 32 bits are the float weights.
+    A model with a refusal class gets its threshold calibrated on ``valid_ds``, file by file.
     """
     post_hoc = cfg.train.post_hoc_bits if branch.train_bits == 32 and cfg.train.strategy == "mct" else []
     written = []
@@ -46,6 +50,17 @@ def export_branch(cfg: Config, model: IntentClassifier, labels: list[str], branc
             target = copy.deepcopy(model).cpu()
             codebooks, how = quantize_model(target, bits, cfg.quant.kmeans_iters).codebooks(), "post-hoc k-means"
         prov = {**provenance, "bits": bits, "branch": branch.name, "quantization": how}
-        written.append(save_checkpoint(path, target, labels, bits, provenance=prov, codebooks=codebooks))
-        log.info("wrote %s (%s)", path, how)
+        threshold = refusal_threshold(target, labels, valid_ds)
+        written.append(save_checkpoint(path, target, labels, bits, provenance=prov, codebooks=codebooks,
+                                       threshold=threshold))
+        log.info("wrote %s (%s)%s", path, how, f", refusal threshold {threshold:.3f}" if threshold else "")
     return written
+
+
+def refusal_threshold(model: IntentClassifier, labels: list[str], valid_ds: MelDataset | None) -> float:
+    """The threshold ``calibrate_threshold`` picks on the validation split; 0 for a model that cannot
+    refuse, or when there is no validation split (then only the refusal class refuses)."""
+    if REFUSAL_LABEL not in labels or valid_ds is None:
+        return 0.0
+    probs, targets = predict(model, valid_ds, device=next(model.parameters()).device)
+    return calibrate_threshold(probs, targets, labels)

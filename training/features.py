@@ -181,8 +181,23 @@ class MelDataset(torch.utils.data.Dataset):
             return self._features[i], self._targets[i], i
         rng = np.random.default_rng([self.seed, self.epoch, i])
         wave = augment_waveform(self._features[i], rng)
+        wave = self._background_talker(wave, np.random.default_rng([self.seed, self.epoch, i, 1]))
         mel = log_mel_spectrogram(wave, self.n_mels, pad_to_30s=self.pad_to_30s)
         return spec_augment(mel, rng), self._targets[i], i
+
+    def _background_talker(self, wave: Tensor, rng: np.random.Generator) -> Tensor:
+        """Sometimes another clip of the split under this one, 8-25 dB lower: a person or a TV in the
+        room. Its own generator, so the other augmentation draws are those of a run without it."""
+        if rng.random() >= BACKGROUND_TALKER_SHARE:
+            return wave
+        other = self._features[int(rng.integers(len(self._features)))]
+        if other is None or other.numel() == 0:
+            return wave
+        other = other.numpy()
+        start = int(rng.integers(0, other.size))
+        background = np.take(other, np.arange(start, start + wave.numel()), mode="wrap")
+        speech = wave.numpy()
+        return torch.from_numpy(mix_at_snr(speech, background, rng.uniform(8.0, 25.0), signal_rms=active_rms(speech)))
 
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation draw: the same (seed, epoch) always gives the same items."""
@@ -277,6 +292,7 @@ def noise_bank(seconds: int = 64) -> dict[str, np.ndarray]:
 
 
 MAX_TIME_MASK_FRAMES = 8  # 80 ms
+BACKGROUND_TALKER_SHARE = 0.25  # of training items that get another clip mixed under them
 
 
 def spec_augment(mel: Tensor, rng: np.random.Generator, n_masks: int = 2) -> Tensor:

@@ -1,8 +1,12 @@
 """``quads-synth``: a synthetic spoken-command corpus in the Fluent Speech Commands layout.
 
-Every FSC intent is spoken in several natural phrasings (``PHRASINGS``) by espeak-ng voices:
-an English accent combined with a voice variant (``en-gb-scotland+klatt2``), each voice with its
-own rate, pitch, amplitude and word gap, jittered per utterance. Each clip then gets random
+Every intent of a context (``training.context``; by default the FSC one, ``contexts/fsc.yaml``)
+is spoken in sentences sampled from its expansions, by espeak-ng voices: an English accent
+combined with a voice variant (``en-gb-scotland+klatt2``), each voice with its own rate, pitch,
+amplitude and word gap, jittered per utterance. Optionally each voice also says non-commands
+(``contexts/not-commands.yaml``) and each split gets non-speech sounds (``training.nonspeech``:
+silence, noise, tones, music, clicks, hum, and babble of several voices at once), all labelled
+``REFUSAL_LABEL``, so a model learns to answer "not understood". Each clip then gets random
 leading/trailing silence, optionally room reverberation and white/pink/brown background noise at
 a random SNR, and a random gain. Train, valid and test use disjoint variants, hence disjoint
 voices, so test accuracy measures generalisation to unheard voices.
@@ -37,8 +41,10 @@ import torch
 from tqdm import tqdm
 
 from core.audio import SAMPLE_RATE, resample
+from core.refusal import REFUSAL_LABEL
 from core.tensor_files import atomic_write
-from training.datasets import FSC_COLUMNS, FSC_INTENTS, FSC_SPLITS
+from training.context import Context, Phrase, load_context, shared_sentences
+from training.datasets import FSC_COLUMNS, FSC_SPLITS
 from training.espeak_voices import (
     DEFAULT_VOICES_PER_SPLIT,
     Voice,
@@ -48,8 +54,13 @@ from training.espeak_voices import (
     stable_int,
 )
 from training.features import NOISE_COLORS, colored_noise, mix_at_snr
-from training.phrasings import PHRASINGS, phrasings_of
+from training.nonspeech import SOUND_KINDS, babble, nonspeech
 
+# A sentence is drawn by template first (each template of an intent equally likely), then, this
+# often, as the template's plain form ("turn on the lights"), else any expansion ("could you
+# please turn on the lighting now"): plain forms are what people say most.
+PLAIN_SHARE = 0.35
+BABBLE_VOICES = (3, 6)  # how many voices talk at once in a babble clip
 
 
 class SynthError(RuntimeError):
@@ -68,6 +79,8 @@ class Utterance:
     intent: str
     repetition: int
     text: str
+    sound: str = ""  # a non-speech kind of training.nonspeech; "" for speech
+    others: tuple[Voice, ...] = ()  # babble: the voices that say ``text``'s " | "-separated sentences
 
     @property
     def utterance_id(self) -> str:
@@ -93,22 +106,36 @@ def espeak_command(voice: Voice, text: str, out_wav: Path, rng: np.random.Genera
     ]  # fmt: skip
 
 
-def render(utt: Utterance, seed: int, noise: bool, tmp_dir: Path, data_path: Path | None = None) -> np.ndarray:
-    """The utterance as a float32 16 kHz waveform: espeak-ng speech, silence, reverb, noise, gain."""
-    rng = np.random.default_rng(
-        [seed, FSC_SPLITS.index(utt.split), stable_int(utt.voice.spec), stable_int(utt.intent), utt.repetition]
-    )
-    text = utt.text + str(rng.choice(["", ".", "!", "?"], p=[0.4, 0.35, 0.1, 0.15]))  # sets the intonation
+def speak(voice: Voice, text: str, rng: np.random.Generator, tmp_dir: Path, data_path: Path | None = None) -> np.ndarray:
+    """espeak-ng saying ``text`` in ``voice``, float32 at 16 kHz."""
+    text = text + str(rng.choice(["", ".", "!", "?"], p=[0.4, 0.35, 0.1, 0.15]))  # sets the intonation
     with tempfile.NamedTemporaryFile(suffix=".wav", dir=tmp_dir) as tmp:
-        cmd = espeak_command(utt.voice, text, Path(tmp.name), rng, data_path)
+        cmd = espeak_command(voice, text, Path(tmp.name), rng, data_path)
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
             raise SynthError(f"espeak-ng failed ({result.returncode}): {' '.join(cmd)}\n{result.stderr.strip()}")
         speech, rate = soundfile.read(tmp.name, dtype="float32", always_2d=True)
     speech = resample(torch.from_numpy(speech.mean(axis=1)), rate).numpy()
     if speech.size == 0 or not np.any(speech):
-        raise SynthError(f"espeak-ng produced no audio for {text!r} with voice {utt.voice.spec}")
-    speech_rms = float(np.sqrt(np.mean(speech.astype(np.float64) ** 2)))
+        raise SynthError(f"espeak-ng produced no audio for {text!r} with voice {voice.spec}")
+    return speech
+
+
+def render(utt: Utterance, seed: int, noise: bool, tmp_dir: Path, data_path: Path | None = None) -> np.ndarray:
+    """The utterance as a float32 16 kHz waveform: speech (or a sound), silence, reverb, noise, gain."""
+    rng = np.random.default_rng(
+        [seed, FSC_SPLITS.index(utt.split), stable_int(utt.voice.spec), stable_int(utt.intent), utt.repetition]
+    )
+    if utt.sound == "babble":
+        voices = [speak(v, t, rng, tmp_dir, data_path) for v, t in zip(utt.others, utt.text.split(" | "))]
+        speech = babble(voices, rng, seconds=rng.uniform(1.0, 4.0))
+    elif utt.sound:
+        speech = nonspeech(utt.sound, rng, seconds=rng.uniform(0.5, 4.0))
+        if utt.sound == "silence":  # kept at its own tiny level: no noise, no gain
+            return speech
+    else:
+        speech = speak(utt.voice, utt.text, rng, tmp_dir, data_path)
+    speech_rms = max(float(np.sqrt(np.mean(speech.astype(np.float64) ** 2))), 1e-9)
 
     lead, trail = (int(rng.uniform(0.05, 0.7) * SAMPLE_RATE) for _ in range(2))
     wave = np.concatenate([np.zeros(lead, np.float32), speech, np.zeros(trail, np.float32)])
@@ -133,7 +160,7 @@ def reverberate(wave: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return wet.astype(np.float32)
 
 
-def _write_wav(path: Path, wave: np.ndarray) -> None:
+def write_wav(path: Path, wave: np.ndarray) -> None:
     """PCM-16 WAV via temp file + rename (no fsync: a half-written corpus is regenerated anyway)."""
     buffer = io.BytesIO()
     soundfile.write(buffer, wave, SAMPLE_RATE, subtype="PCM_16", format="WAV")
@@ -148,11 +175,13 @@ def _write_wav(path: Path, wave: np.ndarray) -> None:
 def synthesize_corpus(
     root: Path,
     *,
+    context: Context | None = None,
     intents: list[str] | None = None,
     voices: dict[str, list[str]] | None = None,
     utterances_per_voice: int = 1,
-    phrasings: int | None = None,
-    phrasing_set: str = "seen",
+    not_commands: Context | None = None,
+    not_commands_per_voice: int = 0,
+    nonspeech_per_voice: int = 0,
     seed: int = 0,
     noise: bool = True,
     workers: int = 2,
@@ -160,36 +189,47 @@ def synthesize_corpus(
 ) -> Path:
     """Write a synthetic corpus in the FSC layout under ``root`` and return ``root``.
 
-    intents: FSC intents to cover (default: all 31). voices: split -> espeak-ng voice specs
-    (default: ``default_voices(DEFAULT_VOICES_PER_SPLIT, seed)``); they must not repeat across
-    splits. Each voice says each intent ``utterances_per_voice`` times, cycling through the
-    first ``phrasings`` phrasings of the intent (default: all) in ``phrasing_set`` ("seen": every
-    phrasing but the last, which "held-out" reserves for testing paraphrases). ``noise=False`` writes clean
-    speech (silence padding and gain only). ``workers`` espeak-ng processes run at once.
+    context: the commands (default: ``contexts/fsc.yaml``); intents: those of its intents to
+    speak (default: all). voices: split -> espeak-ng voice specs (default:
+    ``default_voices(DEFAULT_VOICES_PER_SPLIT, seed)``); they must not repeat across splits.
+    Each voice says each intent ``utterances_per_voice`` times, each time a sentence drawn from
+    the intent's expansions (``choose_phrase``), and ``not_commands_per_voice`` sentences of
+    ``not_commands`` (those the context does not itself say), and each voice's folder gets
+    ``nonspeech_per_voice`` sounds, cycling through ``SOUND_KINDS``; both labelled
+    ``REFUSAL_LABEL``. ``noise=False`` writes clean speech (silence padding and gain only).
+    ``workers`` espeak-ng processes run at once.
     """
     root = Path(root)
-    intents = list(FSC_INTENTS if intents is None else intents)
+    context = load_context("fsc") if context is None else context
+    intents = list(context.names if intents is None else intents)
     voices = default_voices(DEFAULT_VOICES_PER_SPLIT, seed) if voices is None else voices
-    _check_arguments(intents, voices, utterances_per_voice, phrasings, workers)
-    phrasings_of("change language_none_none", phrasing_set)  # checks the name
+    _check_arguments(context, intents, voices, utterances_per_voice, not_commands_per_voice + nonspeech_per_voice, workers)
+    if not_commands_per_voice and not_commands is None:
+        raise ValueError("not_commands_per_voice needs a not_commands context")
     if shutil.which("espeak-ng") is None:
         raise SynthError("espeak-ng is not installed (apt-get install espeak-ng)")
     _prepare_root(root)
 
     voice_objects = {split: [Voice.from_spec(spec, seed) for spec in specs] for split, specs in voices.items()}
-    utterances = plan_utterances(voice_objects, intents, utterances_per_voice, phrasings, phrasing_set)
+    refusals = refusal_phrases(context, not_commands) if not_commands_per_voice else []
+    utterances = plan_utterances(voice_objects, context, intents, utterances_per_voice, seed)
+    babble_phrases = refusals or [p for phrases in context.intents.values() for p in phrases]
+    utterances += plan_refusals(voice_objects, refusals, not_commands_per_voice, nonspeech_per_voice, seed, babble_phrases)
     metadata = {
         "generator": "quads-synth",
         "seed": seed,
         "espeak_ng": subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True).stdout.strip(),
         "sample_rate": SAMPLE_RATE,
+        "context": {"path": str(context.path), "sha256": context.sha256},
+        "not_commands": {"path": str(not_commands.path), "sha256": not_commands.sha256} if refusals else None,
         "intents": intents,
+        "refusal_label": REFUSAL_LABEL,
         "utterances_per_voice": utterances_per_voice,
-        "phrasings": phrasings,
-        "phrasing_set": phrasing_set,
+        "not_commands_per_voice": not_commands_per_voice,
+        "nonspeech_per_voice": nonspeech_per_voice,
         "noise": noise,
         "voices": {split: [asdict(v) for v in vs] for split, vs in voice_objects.items()},
-        "clips": {split: len(vs) * len(intents) * utterances_per_voice for split, vs in voice_objects.items()},
+        "clips": {split: sum(u.split == split for u in utterances) for split in voice_objects},
     }
     _write_text(root / "synth.json", json.dumps(metadata, indent=2) + "\n")
     _write_text(root / "README.txt", _readme(metadata))
@@ -203,19 +243,60 @@ def synthesize_corpus(
     return root
 
 
-def plan_utterances(voices: dict[str, list[Voice]], intents: list[str], utterances_per_voice: int,
-                    phrasings: int | None, phrasing_set: str) -> list[Utterance]:
-    """Every clip of the corpus: each voice says each intent ``utterances_per_voice`` times,
-    cycling through the intent's first ``phrasings`` phrasings (voice by voice, so that the
-    phrasings spread evenly over the voices)."""
+def choose_phrase(phrases: list[Phrase], rng: np.random.Generator) -> Phrase:
+    """A template of the intent uniformly, then its plain form (``PLAIN_SHARE``) or any of its expansions."""
+    templates = sorted({p.template for p in phrases})
+    template = templates[int(rng.integers(len(templates)))]
+    pool = [p for p in phrases if p.template == template]
+    plain = [p for p in pool if p.plain]
+    if plain and rng.random() < PLAIN_SHARE:
+        pool = plain
+    return pool[int(rng.integers(len(pool)))]
+
+
+def plan_utterances(voices: dict[str, list[Voice]], context: Context, intents: list[str], utterances_per_voice: int,
+                    seed: int) -> list[Utterance]:
+    """Every command clip: each voice says each intent ``utterances_per_voice`` times, a sentence
+    drawn for each (voice, intent, repetition) from its own seeded generator."""
+    utterances = []
+    for split, split_voices in voices.items():
+        for voice in split_voices:
+            for intent in intents:
+                for r in range(utterances_per_voice):
+                    rng = np.random.default_rng([seed, stable_int(voice.spec), stable_int(intent), r, 1])
+                    utterances.append(Utterance(split, voice, intent, r, choose_phrase(context.intents[intent], rng).text))
+    return utterances
+
+
+def refusal_phrases(context: Context, not_commands: Context) -> list[Phrase]:
+    """The non-commands' sentences that the context does not say itself (those stay commands)."""
+    own = {text for text, _, _ in shared_sentences(context, not_commands)}
+    # Templates renumbered across the not-commands' intents, so choose_phrase weighs them all alike.
+    phrases, offset = [], 0
+    for intent_phrases in not_commands.intents.values():
+        phrases += [Phrase(p.text, {}, offset + p.template, p.plain) for p in intent_phrases if p.text not in own]
+        offset += max((p.template for p in intent_phrases), default=0) + 1
+    return phrases
+
+
+def plan_refusals(voices: dict[str, list[Voice]], phrases: list[Phrase], per_voice: int, sounds_per_voice: int,
+                  seed: int, babble_phrases: list[Phrase]) -> list[Utterance]:
+    """Each voice's non-command sentences, then its folder's non-speech sounds (kinds in turn
+    across the split); a babble clip is voices of the split saying ``babble_phrases`` at once."""
     utterances = []
     for split, split_voices in voices.items():
         for v, voice in enumerate(split_voices):
-            for intent in intents:
-                choices = phrasings_of(intent, phrasing_set)[:phrasings]
-                for r in range(utterances_per_voice):
-                    text = choices[(v * utterances_per_voice + r) % len(choices)]
-                    utterances.append(Utterance(split, voice, intent, r, text))
+            for r in range(per_voice):
+                rng = np.random.default_rng([seed, stable_int(voice.spec), r, 2])
+                utterances.append(Utterance(split, voice, REFUSAL_LABEL, r, choose_phrase(phrases, rng).text))
+            for k in range(sounds_per_voice):
+                kind = SOUND_KINDS[(v * sounds_per_voice + k) % len(SOUND_KINDS)]
+                text, others = f"<{kind}>", ()
+                if kind == "babble":
+                    rng = np.random.default_rng([seed, stable_int(voice.spec), k, 3])
+                    talkers = [split_voices[int(i)] for i in rng.integers(len(split_voices), size=rng.integers(*BABBLE_VOICES))]
+                    text, others = " | ".join(choose_phrase(babble_phrases, rng).text for _ in talkers), tuple(talkers)
+                utterances.append(Utterance(split, voice, REFUSAL_LABEL, per_voice + k, text, kind, others))
     return utterances
 
 
@@ -233,7 +314,7 @@ def render_all(root: Path, utterances: list[Utterance], seed: int, noise: bool, 
             data_path = build_variant_data_dir(Path(tmp), generated, seed) if generated else None
 
             def make_clip(utt: Utterance) -> None:
-                _write_wav(root / utt.relative_path, render(utt, seed, noise, Path(tmp), data_path))
+                write_wav(root / utt.relative_path, render(utt, seed, noise, Path(tmp), data_path))
 
             clips = pool.map(make_clip, utterances)
             for _ in tqdm(clips, total=len(utterances), desc="synthesising", unit="clip", disable=not progress):
@@ -242,10 +323,10 @@ def render_all(root: Path, utterances: list[Utterance], seed: int, noise: bool, 
         torch.set_num_threads(torch_threads)
 
 
-def _check_arguments(intents, voices, utterances_per_voice, phrasings, workers) -> None:
-    unknown = [i for i in intents if i not in PHRASINGS]
+def _check_arguments(context, intents, voices, utterances_per_voice, refusals_per_voice, workers) -> None:
+    unknown = [i for i in intents if i not in context.intents]
     if unknown or not intents:
-        raise ValueError(f"no phrasings for intent(s) {unknown}; known intents: {list(PHRASINGS)}")
+        raise ValueError(f"no sentences for intent(s) {unknown} in {context.path}; its intents: {context.names}")
     if len(set(intents)) != len(intents):
         raise ValueError("intents repeat")
     if set(voices) - set(FSC_SPLITS) or not voices:
@@ -260,8 +341,9 @@ def _check_arguments(intents, voices, utterances_per_voice, phrasings, workers) 
             if spec in seen:
                 raise ValueError(f"voice {spec!r} is in both {seen[spec]} and {split}: splits must not share voices")
             seen[spec] = split
-    if utterances_per_voice < 1 or (phrasings is not None and phrasings < 1) or workers < 1:
-        raise ValueError("utterances_per_voice, phrasings and workers must be at least 1")
+    if utterances_per_voice < 0 or refusals_per_voice < 0 or workers < 1 or utterances_per_voice + refusals_per_voice < 1:
+        raise ValueError("utterances_per_voice and the refusals must not be negative, some clips must be asked for, "
+                         "and workers must be at least 1")
 
 
 def _prepare_root(root: Path) -> None:
@@ -281,10 +363,20 @@ def _fsc_csv(rows: list[Utterance]) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["", *FSC_COLUMNS])
     for index, utt in enumerate(rows):
-        action, obj, location = utt.intent.split("_")
+        action, obj, location = fsc_fields(utt.intent)
         transcription = utt.text[0].upper() + utt.text[1:]
+        if utt.sound == "babble":
+            transcription = f"<babble> {utt.text}"
         writer.writerow([index, utt.relative_path, utt.voice.spec, transcription, action, obj, location])
     return buffer.getvalue()
+
+
+def fsc_fields(label: str) -> tuple[str, str, str]:
+    """FSC's action, object and location columns for a label (``fsc_label``'s inverse)."""
+    parts = label.split("_")
+    if len(parts) != 3 or not all(parts):
+        raise ValueError(f"label {label!r} is not action_object_location, so it cannot be written in the FSC layout")
+    return parts[0], parts[1], parts[2]
 
 
 def _readme(metadata: dict) -> str:
@@ -293,6 +385,9 @@ def _readme(metadata: dict) -> str:
         "Speech: espeak-ng voices (accent+variant; speakerId is the voice spec), 16 kHz mono PCM-16.",
         f"Seed {metadata['seed']}; noise {'on' if metadata['noise'] else 'off'}; "
         f"{metadata['utterances_per_voice']} utterance(s) per voice and intent; {metadata['espeak_ng']}.",
+        f"Context {metadata['context']['path']} (sha256 {metadata['context']['sha256'][:12]}); "
+        f"{metadata['not_commands_per_voice']} non-command(s) and {metadata['nonspeech_per_voice']} non-speech "
+        f"sound(s) per voice, labelled {metadata['refusal_label']}.",
         "Splits have disjoint voices. See synth.json for every voice's prosody.",
         "",
     ]

@@ -116,7 +116,7 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
             record = run_epoch(cfg, plan, epoch, phase, model, loader, match, valid_ds, run)
             history.append(record)
 
-            end_epoch(cfg, run, plan, i, model, labels, phase, kept, match, history, provenance)
+            end_epoch(cfg, run, plan, i, model, labels, phase, kept, match, history, provenance, valid_ds)
             epoch_bar.update(1)
     epoch_bar.close()
 
@@ -300,13 +300,14 @@ def run_epoch(cfg: Config, plan: Plan, epoch: Epoch, phase: Phase, model: Intent
 
 
 def end_epoch(cfg: Config, run: Run, plan: Plan, i: int, model: IntentClassifier, labels: list[str], phase: Phase,
-              kept: KMeansQuantizer | None, match: WidthMatch, history: list[dict], provenance: dict) -> None:
+              kept: KMeansQuantizer | None, match: WidthMatch, history: list[dict], provenance: dict,
+              valid_ds: MelDataset | None) -> None:
     """Rank 0 writes the branch's checkpoints if it ends here, then the resume state that says this
     epoch is done: a kill between the two repeats the epoch and rewrites the same files."""
     if run.procs.main:
         branch = plan.branches[plan.epochs[i].branch]
         if plan.ends_branch(i) and not branch.shared:
-            export_branch(cfg, model, labels, branch, phase.quantizer, provenance)
+            export_branch(cfg, model, labels, branch, phase.quantizer, provenance, valid_ds)
         save_state(run.state_path, RunState(
             i + 1, model.state_dict(), phase.optimizer.state_dict(),
             kept.state_dict() if kept is not None else None,  # the branch's codebooks, in D epochs too

@@ -1,0 +1,72 @@
+"""Noisy copies of a corpus's test split: every clip mixed with noise or speech babble at a fixed SNR.
+
+For measuring how much accuracy a room costs: the copy has the same clips, labels and index
+file, so the same ``quads-eval`` command reads it. The noise is pink (``colored_noise``) or
+babble made from the speech clips of another corpus (``babble_from``: voices and sentences
+the model never trained on), mixed at ``snr_db`` below each clip's speech level.
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import soundfile
+from tqdm import tqdm
+
+from core.audio import SAMPLE_RATE
+from core.refusal import REFUSAL_LABEL
+from training.datasets import load_fsc
+from training.espeak_voices import stable_int
+from training.features import colored_noise, mix_at_snr
+from training.nonspeech import babble
+from training.synth import write_wav
+
+NOISE_KINDS = ("pink", "babble")
+
+
+def noisy_copy(src: Path, dst: Path, kind: str, snr_db: float, *, seed: int = 0, split: str = "test",
+               babble_from: Path | None = None, progress: bool = True) -> Path:
+    """Write ``src``'s ``split`` mixed with ``kind`` noise at ``snr_db`` dB into ``dst`` (FSC layout)."""
+    if kind not in NOISE_KINDS:
+        raise ValueError(f"noise kind must be one of {NOISE_KINDS}, got {kind!r}")
+    if kind == "babble" and babble_from is None:
+        raise ValueError("babble noise needs babble_from: a corpus whose speech clips make the babble")
+    samples = load_fsc(src, split)
+    talkers = _speech_clips(babble_from) if kind == "babble" else []
+    dst.mkdir(parents=True, exist_ok=True)
+    for sample in tqdm(samples, desc=f"{kind} {snr_db:g} dB", unit="clip", disable=not progress):
+        wave, rate = soundfile.read(sample.path, dtype="float32")
+        rng = np.random.default_rng([seed, stable_int(str(sample.path.relative_to(src))), int(snr_db * 10), len(kind)])
+        if kind == "pink":
+            noise = colored_noise(rng, wave.size, "pink")
+        else:
+            picks = [talkers[int(i)] for i in rng.integers(len(talkers), size=4)]
+            noise = babble([soundfile.read(p, dtype="float32")[0] for p in picks], rng, wave.size / SAMPLE_RATE)
+        out = dst / sample.path.relative_to(src)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        mixed = mix_at_snr(wave, noise, snr_db, signal_rms=_speech_rms(wave))
+        write_wav(out, np.clip(mixed / max(1.0, float(np.abs(mixed).max())), -1, 1))
+    (dst / "data").mkdir(exist_ok=True)
+    shutil.copyfile(src / "data" / f"{split}_data.csv", dst / "data" / f"{split}_data.csv")
+    return dst
+
+
+def _speech_clips(root: Path) -> list[Path]:
+    """The speech clips of a corpus's test split that are not commands (sounds have "<kind>" transcriptions)."""
+    with open(root / "data" / "test_data.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    clips = [root / r["path"] for r in rows if "_".join((r["action"], r["object"], r["location"])) == REFUSAL_LABEL
+             and not r["transcription"].startswith("<")]
+    if not clips:
+        raise ValueError(f"{root}: no non-command speech clips to make babble from")
+    return clips
+
+
+def _speech_rms(wave: np.ndarray) -> float:
+    """The level of the speech itself: the RMS over the loudest half of 10-ms frames (not the silence around it)."""
+    frames = wave[: wave.size // 160 * 160].reshape(-1, 160).astype(np.float64)
+    energy = np.sort((frames**2).mean(axis=1))[::-1]
+    return float(np.sqrt(energy[: max(1, energy.size // 2)].mean()))
