@@ -18,7 +18,7 @@ from core.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from core.version import package_version
 from service.api import api_router
 from service.api.routes import docs, try_page
-from service.api.schemas import ModelInfo
+from service.api.schemas import ModelInfo, document_null_intent
 from service.admission import AdmissionGate
 from service.body import BodyLimitMiddleware
 from service.cpu import resolve_threads
@@ -82,7 +82,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics=app.state.metrics,
         compute=compute,
     ).start()
-    app.state.model_info = ModelInfo.of(engine)
+    app.state.model_info = ModelInfo.of(engine, settings.confidence_threshold)
     app.state.metrics.set_model(app.state.model_info)
     app.state.engine = engine
     logger.info(
@@ -117,6 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         generate_unique_id_function=lambda route: route.name,  # operationId: the route function's name
     )
     document_problems(app)
+    document_null_intent(app)
     app.state.settings = settings
     app.state.metrics = ServiceMetrics()
     app.state.engine = None

@@ -67,6 +67,10 @@ class ServiceMetrics:
         self.audio_duration = Histogram(
             "quads_audio_duration_seconds", "Seconds of audio per /intent request.", buckets=AUDIO_SECONDS_BUCKETS, registry=r
         )
+        self.answers = Counter(
+            "quads_intent_answers", "POST /intent answers, by whether the clip was understood as a command.",
+            ["understood"], registry=r,
+        )
         self.in_flight = Gauge("quads_requests_in_flight", "POST /intent requests being handled.", registry=r)
         self.batch_size = Histogram("quads_batch_size", "Clips per model call (micro-batch size).", buckets=BATCH_SIZE_BUCKETS, registry=r)
         self.queue_depth = Gauge("quads_queue_depth", "Requests waiting for the model.", registry=r)
@@ -81,6 +85,8 @@ class ServiceMetrics:
             self.stage_duration.labels(stage)
         for reason in REJECT_REASONS:
             self.rejected.labels(reason)
+        for understood in ("true", "false"):
+            self.answers.labels(understood)
 
     def set_model(self, info: ModelInfo) -> None:
         self.model_file_bytes.set(info.file_bytes)

@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     )
     drain_seconds: float = Field(0.0, ge=0, description="After SIGTERM, keep serving this long while /readyz says 503.")
     shutdown_timeout_seconds: float = Field(20.0, gt=0, description="After the drain, how long in-flight requests may finish.")
+    confidence_threshold: float | None = Field(
+        None, ge=0, le=1,
+        description="Answer understood=false when the best intent's probability is below this; unset = the "
+        "threshold calibrated on validation data and stored in the checkpoint (0 for models that cannot refuse).",
+    )
     pad_to_30s: bool = Field(False, description="Pad every clip to 30 s as Whisper does (only to benchmark that cost).")
     log_format: Literal["text", "json"] = Field("text", description="Log lines as text, or one JSON object per line.")
     precision: Literal["float32", "bfloat16", "int8", "auto"] = Field(

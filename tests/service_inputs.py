@@ -16,6 +16,7 @@ import torchaudio.functional as AF
 from core.audio import decode_audio, log_mel_spectrogram
 from core.checkpoint import Checkpoint, save_checkpoint
 from core.model import IntentClassifier, ModelDims
+from core.refusal import REFUSAL_LABEL
 from tests.speech import encode as encode_samples
 from tests.speech import espeak_wav_bytes
 from training.quantize import quantize_model
@@ -37,12 +38,22 @@ ENCODINGS = [
 MEDIA_TYPES = {"WAV": "audio/wav", "FLAC": "audio/flac", "OGG": "audio/ogg", "MP3": "audio/mpeg"}
 
 
-def write_tiny_checkpoint(path: Path, bits: int = 4, seed: int = 0) -> Path:
-    """A random IntentClassifier with TINY_DIMS, k-means quantized to ``bits`` and saved at ``path``."""
+def write_tiny_checkpoint(path: Path, bits: int = 4, seed: int = 0, refusal_bias: float | None = None,
+                          threshold: float = 0.0) -> Path:
+    """A random IntentClassifier with TINY_DIMS, k-means quantized to ``bits`` and saved at ``path``.
+
+    ``refusal_bias``: give it a refusal class (``REFUSAL_LABEL`` after ``LABELS``) whose logit is
+    pushed by that much, so that it always (large) or never (very negative) wins; ``threshold``
+    is then stored as its calibrated threshold."""
     torch.manual_seed(seed)
-    model = IntentClassifier(TINY_DIMS, len(LABELS))
+    labels = LABELS if refusal_bias is None else [*LABELS, REFUSAL_LABEL]
+    model = IntentClassifier(TINY_DIMS, len(labels))
+    if refusal_bias is not None:
+        with torch.no_grad():
+            model.head.bias[-1] += refusal_bias
     codebooks = quantize_model(model, bits).codebooks()
-    return save_checkpoint(path, model.eval(), LABELS, bits, provenance={"purpose": "tests"}, codebooks=codebooks)
+    return save_checkpoint(path, model.eval(), labels, bits, provenance={"purpose": "tests"}, codebooks=codebooks,
+                           threshold=threshold)
 
 
 def espeak(text: str) -> tuple[np.ndarray, int]:

@@ -125,6 +125,8 @@ def test_model_metadata(client, checkpoint):
     assert info == {
         "name": "quads-fsc-4bit",
         "labels": LABELS,
+        "can_refuse": False,
+        "confidence_threshold": 0.0,
         "bits": 4,
         "params": checkpoint.n_params,
         "file_bytes": checkpoint.file_bytes,
@@ -170,8 +172,9 @@ def test_openapi_shares_one_problem_schema_names_operations_and_gives_examples(c
     operation_ids = [op["operationId"] for path in schema["paths"].values() for op in path.values()]
     assert len(operation_ids) == len(set(operation_ids))
     assert schema["paths"]["/intent"]["post"]["operationId"] == "classify_intent"
-    (example,) = schema["components"]["schemas"]["IntentResponse"]["examples"]
-    assert IntentResponse.model_validate(example).intent == "activate_lights_none"
+    understood, refused = schema["components"]["schemas"]["IntentResponse"]["examples"]
+    assert IntentResponse.model_validate(understood).intent == "activate_lights_none"
+    assert IntentResponse.model_validate(refused).understood is False and refused["intent"] is None
 
 
 # --- errors: one test per status ---------------------------------------------------------

@@ -1,4 +1,4 @@
-"""quads-synth: the phrasing table, disjoint voices, the FSC layout it writes, determinism."""
+"""quads-synth: sentences drawn from a context, refusal clips, disjoint voices, the FSC layout it writes, determinism."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import soundfile
 
+from core.refusal import REFUSAL_LABEL
+from training.context import load_context
 from training.datasets import FSC_INTENTS, label_set, load_fsc, load_samples
 from training.espeak_voices import (
     ACCENTS,
@@ -21,7 +23,6 @@ from training.espeak_voices import (
     is_generated,
     variant_file,
 )
-from training.phrasings import PHRASINGS, phrasings_of
 from training.synth import SynthError, synthesize_corpus
 from training.synth_cli import cli
 
@@ -42,39 +43,8 @@ def corpus(tmp_path_factory) -> Path:
     return tiny_corpus(tmp_path_factory.mktemp("synth") / "corpus")
 
 
-# ------------------------------------------------------------------------------ phrasings
-
-
-def test_every_fsc_intent_has_at_least_six_distinct_phrasings():
-    assert list(PHRASINGS) == FSC_INTENTS or set(PHRASINGS) == set(FSC_INTENTS)
-    for intent in FSC_INTENTS:
-        phrases = PHRASINGS[intent]
-        assert len(set(phrases)) == len(phrases) >= 6, intent
-        assert all(p == p.strip() and p and "{" not in p for p in phrases), intent
-
-
-def test_no_phrasing_is_shared_by_two_intents():
-    owner = {}
-    for intent, phrases in PHRASINGS.items():
-        for phrase in phrases:
-            assert phrase.lower() not in owner, f"{phrase!r} is in {owner.get(phrase.lower())} and {intent}"
-            owner[phrase.lower()] = intent
-
-
-def test_phrasings_name_the_location_object_and_language_they_stand_for():
-    for intent, phrases in PHRASINGS.items():
-        action, obj, location = intent.split("_")
-        for phrase in phrases:
-            words = phrase.lower()
-            if location != "none":
-                assert location in words, (intent, phrase)
-            if action == "change language" and obj != "none":
-                assert obj.lower() in words, (intent, phrase)
-            if action == "bring":
-                assert obj in words or (obj == "newspaper" and "paper" in words), (intent, phrase)
-            for other in ("kitchen", "bedroom", "washroom"):
-                if other != location:
-                    assert other not in words, (intent, phrase)
+FSC = load_context("fsc")
+FOUR_COMMANDS = Path(__file__).resolve().parent / "contexts" / "four-commands.yaml"
 
 
 # --------------------------------------------------------------------------------- voices
@@ -146,20 +116,13 @@ def test_a_generated_variant_changes_the_voice(tmp_path):
     assert plain.size != generated.size or not np.allclose(plain, generated)
 
 
-def test_held_out_phrasings_never_reach_train_or_valid():
-    for intent in PHRASINGS:
-        seen, held_out = phrasings_of(intent, "seen"), phrasings_of(intent, "held-out")
-        assert len(held_out) == 1 and held_out[0] not in seen and len(seen) >= 5
-    with pytest.raises(ValueError, match="phrasing_set"):
-        phrasings_of(INTENTS[0], "other")
-
-
-def test_held_out_corpus_speaks_only_the_reserved_phrasings(tmp_path):
-    root = synthesize_corpus(tmp_path / "p", intents=INTENTS, voices={"test": ["en-gb+f5"]}, seed=0, noise=False,
-                             phrasing_set="held-out", progress=False)  # fmt: skip
-    with open(root / "data" / "test_data.csv") as f:
-        texts = {row["transcription"].lower() for row in csv.DictReader(f)}
-    assert texts == {phrasings_of(i, "held-out")[0].lower() for i in INTENTS}
+def test_held_out_corpus_speaks_only_the_held_out_expressions(tmp_path):
+    held_out = load_context("fsc-held-out")
+    root = synthesize_corpus(tmp_path / "p", context=held_out, intents=INTENTS, voices={"test": ["en-gb+f5", "en-us+m2"]},
+                             seed=0, noise=False, progress=False)
+    for s in load_fsc(root, "test"):
+        assert s.text in transcriptions(held_out.sentences(s.label))
+        assert s.text not in transcriptions(FSC.sentences(s.label))
 
 
 # --------------------------------------------------------------------------------- corpus
@@ -180,7 +143,7 @@ def test_corpus_is_in_the_fsc_layout_and_loads(corpus):
         assert label_set(samples) == [i for i in FSC_INTENTS if i in INTENTS]
         for s in samples:
             assert s.path.is_file() and s.path.parent.name == s.speaker
-            assert s.text in transcriptions(PHRASINGS[s.label])
+            assert s.text in transcriptions(FSC.sentences(s.label))
     assert load_samples(corpus, "test") == load_fsc(corpus, "test")
     with open(corpus / "data" / "valid_data.csv", newline="") as f:
         rows = list(csv.reader(f))
@@ -188,11 +151,55 @@ def test_corpus_is_in_the_fsc_layout_and_loads(corpus):
     assert ["change language", "Chinese", "none"] in [r[4:] for r in rows]
 
 
-def test_each_voice_cycles_through_the_phrasings(corpus):
+def test_voices_draw_different_sentences_and_plain_forms_often(corpus):
     samples = load_fsc(corpus, "train")
     texts = {(s.speaker, s.label): s.text for s in samples}
-    for intent in INTENTS:
-        assert len({texts[(v, intent)] for v in VOICES["train"]}) == 3  # three voices, three phrasings
+    assert sum(len({texts[(v, intent)] for v in VOICES["train"]}) for intent in INTENTS) >= 2 * len(INTENTS)
+
+
+def test_choose_phrase_weighs_templates_alike_and_prefers_plain_forms():
+    from training.synth import PLAIN_SHARE, choose_phrase
+
+    phrases = FSC.intents["activate_lights_none"]
+    rng = np.random.default_rng(0)
+    drawn = [choose_phrase(phrases, rng) for _ in range(4000)]
+    templates = {p.template for p in phrases}
+    counts = [sum(d.template == t for d in drawn) for t in templates]
+    assert min(counts) > 0.6 * 4000 / len(templates)  # a template of 4 sentences as likely as one of 700
+    plain = sum(d.plain for d in drawn) / len(drawn)
+    assert PLAIN_SHARE <= plain < PLAIN_SHARE + 0.2  # plain forms also come up among all expansions
+
+
+def test_refusal_clips_are_non_commands_and_sounds(tmp_path):
+    from training.nonspeech import SOUND_KINDS
+
+    not_commands = load_context("not-commands")
+    root = synthesize_corpus(tmp_path / "r", intents=INTENTS[:1], voices={"train": ["en-us+f2", "en-gb+m3"]},
+                             not_commands=not_commands, not_commands_per_voice=2,
+                             nonspeech_per_voice=len(SOUND_KINDS), progress=False)
+    samples = load_fsc(root, "train")
+    assert label_set(samples) == [INTENTS[0], REFUSAL_LABEL]  # refusal last
+    refusals = [s for s in samples if s.label == REFUSAL_LABEL]
+    said = {p.text for phrases in not_commands.intents.values() for p in phrases}
+    speech = [s for s in refusals if not s.text.startswith("<")]
+    assert len(speech) == 4 and all(s.text[0].lower() + s.text[1:] in said for s in speech)
+    sounds = sorted(s.text.split(">")[0].lstrip("<") for s in refusals if s.text.startswith("<"))
+    assert sounds == sorted(SOUND_KINDS * 2)
+    for s in refusals:
+        audio, _ = soundfile.read(s.path, dtype="float32")
+        if s.text == "<silence>":  # a quiet room's hiss, at least 45 dB below full scale
+            assert np.sqrt(np.mean(audio.astype(np.float64) ** 2)) < 10 ** (-44 / 20)
+        else:
+            assert np.abs(audio).max() > 10 ** (-27 / 20)
+
+
+def test_non_commands_that_the_context_says_stay_commands():
+    from training.synth import refusal_phrases
+
+    context = load_context(FOUR_COMMANDS)
+    kept = {p.text for p in refusal_phrases(context, load_context(FOUR_COMMANDS))}
+    assert kept == set()  # every sentence is the context's own, so none is spoken as a refusal
+    assert len(refusal_phrases(context, load_context("not-commands"))) == len(load_context("not-commands"))
 
 
 def test_clips_are_16khz_mono_pcm16_speech_with_silence_and_noise(corpus):
@@ -242,7 +249,7 @@ def test_same_seed_gives_byte_identical_corpus_other_seed_does_not(corpus, tmp_p
 
 
 def test_bad_arguments_are_refused(tmp_path):
-    with pytest.raises(ValueError, match="no phrasings for intent"):
+    with pytest.raises(ValueError, match="no sentences for intent"):
         synthesize_corpus(tmp_path / "a", intents=["make_coffee_none"], voices=VOICES, progress=False)
     with pytest.raises(ValueError, match="in both train and test"):
         synthesize_corpus(tmp_path / "b", intents=INTENTS, voices={"train": ["en-us+f3"], "test": ["en-us+f3"]})
@@ -266,12 +273,13 @@ def test_an_earlier_corpus_is_replaced(tmp_path):
 
 def test_cli_writes_a_corpus_and_reports_bad_arguments(tmp_path, capsys):
     out = tmp_path / "demo"
-    cli([str(out), "--seed", "5", "--intents", "bring_socks_none", "increase_volume_none",
-         "--voices-per-split", "train=2,valid=1,test=1", "--phrasings", "2", "--no-noise", "--quiet"])  # fmt: skip
+    cli([str(out), "--seed", "5", "--context", str(FOUR_COMMANDS), "--intents", "bring_newspaper_none",
+         "increase_volume_none", "--voices-per-split", "train=2,valid=1,test=1", "--no-noise", "--quiet"])  # fmt: skip
     assert re.search(r"wrote 8 clips \(train 4, valid 2, test 2\)", capsys.readouterr().err)
     train = load_fsc(out, "train")
-    assert {s.label for s in train} == {"bring_socks_none", "increase_volume_none"}
-    assert all(s.text in transcriptions(PHRASINGS[s.label][:2]) for s in train)
+    four = load_context(FOUR_COMMANDS)
+    assert {s.label for s in train} == {"bring_newspaper_none", "increase_volume_none"}
+    assert all(s.text in transcriptions(four.sentences(s.label)) for s in train)
     assert json.loads((out / "synth.json").read_text())["seed"] == 5
 
     with pytest.raises(SystemExit) as exit_info:
@@ -280,14 +288,20 @@ def test_cli_writes_a_corpus_and_reports_bad_arguments(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli([str(tmp_path / "y"), "--intents", "fly_to_mars", "--quiet"])
     assert exit_info.value.code == 2
-    assert "no phrasings for intent" in capsys.readouterr().err
+    assert "no sentences for intent" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("language: en\nintents:\n  A:\n    data:\n      - sentences: ['turn on {missing}']\n")
+    with pytest.raises(SystemExit) as exit_info:
+        cli([str(tmp_path / "z"), "--context", str(bad), "--quiet"])
+    assert exit_info.value.code == 2 and not (tmp_path / "z").exists()
+    assert f"{bad}:5: intent 'A', sentence 'turn on {{missing}}': unknown list" in capsys.readouterr().err
 
 
-def test_cli_writes_the_held_out_family_and_phrasings(tmp_path, capsys):
+def test_cli_writes_the_held_out_family_and_expressions(tmp_path, capsys):
     out = tmp_path / "klatt"
-    cli([str(out), "--held-out-family", "2", "--phrasing-set", "held-out", "--intents", "bring_socks_none",
+    cli([str(out), "--held-out-family", "2", "--context", "fsc-held-out", "--intents", "bring_socks_none",
          "--no-noise", "--quiet"])  # fmt: skip
     assert re.search(r"wrote 2 clips \(test 2\)", capsys.readouterr().err)
     test = load_fsc(out, "test")
     assert all(s.speaker.split("+")[1].startswith("klatt") for s in test)
-    assert {s.text for s in test} == transcriptions(phrasings_of("bring_socks_none", "held-out"))
+    assert {s.text for s in test} <= transcriptions(load_context("fsc-held-out").sentences("bring_socks_none"))

@@ -16,10 +16,12 @@ import torch
 
 from core.checkpoint import save_checkpoint
 from core.model import AudioEncoder, IntentClassifier, ModelDims
+from training.context import load_context
 from training.espeak_voices import default_voices
 from training.synth import synthesize_corpus
 
 INTENTS = ["change language_none_none", "activate_music_none", "increase_volume_none", "bring_newspaper_none"]
+CONTEXT = Path(__file__).resolve().parent / "contexts" / "four-commands.yaml"  # INTENTS, two sentences each
 VOICES = {"train": 8, "valid": 2, "test": 3}
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,8 +30,8 @@ def tiny_corpus(tmp_path_factory) -> Path:
     """The shared corpus: 64 train, 16 valid, 24 test clips of 4 intents (made on first use)."""
     root = tmp_path_factory.getbasetemp() / "quads-tiny-corpus"
     if not (root / "data" / "test_data.csv").is_file():  # the CSVs are written last
-        synthesize_corpus(root, intents=INTENTS, voices=default_voices(VOICES, seed=1), utterances_per_voice=2,
-                          phrasings=2, seed=1, noise=False, workers=2, progress=False)
+        synthesize_corpus(root, context=load_context(CONTEXT), voices=default_voices(VOICES, seed=1),
+                          utterances_per_voice=2, seed=1, noise=False, workers=2, progress=False)
     return root
 
 

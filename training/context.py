@@ -206,23 +206,23 @@ class _Lines:
     def __init__(self, path: Path, root):
         self.path, self.root = path, root
 
-    def _child(self, node, key):
-        if node is None:
-            return None
+    @staticmethod
+    def _child(node, key):
+        """(the node that names ``key``: a mapping's key, or the sequence item; the value), or None."""
         if isinstance(node, yaml.MappingNode):
-            return next((v for k, v in node.value if k.value == key), None)
+            return next(((k, v) for k, v in node.value if k.value == key), None)
         if isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
-            return node.value[key]
+            return node.value[key], node.value[key]
         return None
 
     def _line(self, *keys) -> str:
-        node, found = self.root, self.root
+        node, named = self.root, self.root
         for key in keys:
-            node = self._child(node, key)
-            if node is None:
+            found = self._child(node, key)
+            if found is None:
                 break
-            found = node
-        return f"{self.path}:{found.start_mark.line + 1}" if found is not None else str(self.path)
+            named, node = found
+        return f"{self.path}:{named.start_mark.line + 1}" if named is not None else str(self.path)
 
     def of_key(self, *keys) -> str:
         return self._line(*keys)

@@ -1,6 +1,11 @@
 """``quads-synth``: write a synthetic spoken-command corpus (``training.synth``) from the command line.
 
     quads-synth runs/corpus --voices-per-split train=60,valid=15,test=15 --seed 0
+    quads-synth runs/corpus --context my_commands.yaml --not-commands-per-voice 6 --nonspeech-per-voice 5
+
+``--context`` takes a Home Assistant intent file (``training.context``) or the name of one in
+``contexts/`` (default ``fsc``); a context error names the file, line, intent and sentence, and
+nothing is written.
 """
 
 from __future__ import annotations
@@ -15,7 +20,6 @@ from pathlib import Path
 from core.version import package_version
 from training.datasets import FSC_SPLITS
 from training.espeak_voices import DEFAULT_VOICES_PER_SPLIT, HELD_OUT_FAMILY, default_voices, family_voices
-from training.phrasings import PHRASING_SETS
 
 DEFAULT_UTTERANCES_PER_VOICE = 1
 
@@ -37,8 +41,10 @@ def cli(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("out_dir", type=Path, help="corpus folder (created; an earlier corpus there is replaced)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--context", default="fsc",
+                        help="the commands: a Home Assistant intent file, or a name in contexts/ (default: fsc)")
     parser.add_argument(
-        "--intents", nargs="+", metavar="INTENT", help="FSC intents (default: all 31); quote 'change language_...'"
+        "--intents", nargs="+", metavar="INTENT", help="intents of the context (default: all); quote 'change language_...'"
     )
     parser.add_argument(
         "--voices-per-split",
@@ -49,9 +55,13 @@ def cli(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--utterances-per-voice", type=int, default=DEFAULT_UTTERANCES_PER_VOICE,
                         help="utterances of each intent per voice (default: %(default)s)")  # fmt: skip
-    parser.add_argument("--phrasings", type=int, help="use only the first N phrasings of each intent")
-    parser.add_argument("--phrasing-set", choices=PHRASING_SETS, default="seen",
-                        help="seen: the phrasings training may use; held-out: the one per intent reserved for testing")
+    parser.add_argument("--not-commands", default="not-commands",
+                        help="speech to refuse: an intent file or a name in contexts/ (default: not-commands)")
+    parser.add_argument("--not-commands-per-voice", type=int, default=0,
+                        help="sentences of --not-commands per voice, labelled none_none_none (default: 0)")
+    parser.add_argument("--nonspeech-per-voice", type=int, default=0,
+                        help="non-speech sounds per voice (silence, noise, tones, music, clicks, hum, babble), "
+                             "labelled none_none_none (default: 0)")
     parser.add_argument("--held-out-family", type=int, metavar="K",
                         help=f"instead of --voices-per-split: a test split of K voices of the held-out "
                              f"{HELD_OUT_FAMILY} family (an unseen-engine proxy)")  # fmt: skip
@@ -61,27 +71,32 @@ def cli(argv: list[str] | None = None) -> None:
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     args = parser.parse_args(argv)
 
+    from training.context import ContextError, load_context
     from training.synth import SynthError, synthesize_corpus  # torch loads here, after --help
 
     start = time.monotonic()
     try:
+        context = load_context(args.context)
+        not_commands = load_context(args.not_commands) if args.not_commands_per_voice else None
         if args.held_out_family:
             voices = {"test": family_voices(args.held_out_family, args.seed)}
         else:
             voices = default_voices(args.voices_per_split, args.seed)
         root = synthesize_corpus(
             args.out_dir,
+            context=context,
             intents=args.intents,
             voices=voices,
             utterances_per_voice=args.utterances_per_voice,
-            phrasings=args.phrasings,
-            phrasing_set=args.phrasing_set,
+            not_commands=not_commands,
+            not_commands_per_voice=args.not_commands_per_voice,
+            nonspeech_per_voice=args.nonspeech_per_voice,
             seed=args.seed,
             noise=not args.no_noise,
             workers=args.workers,
             progress=not args.quiet,
         )
-    except (ValueError, SynthError) as e:
+    except (ContextError, ValueError, SynthError) as e:
         parser.exit(2, f"quads-synth: error: {e}\n")
     clips = json.loads((root / "synth.json").read_text())["clips"]
     counts = ", ".join(f"{split} {n}" for split, n in clips.items())

@@ -5,15 +5,32 @@ from __future__ import annotations
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
 
 if TYPE_CHECKING:
     from service.engine import InferenceEngine
 
 
 class IntentScore(BaseModel):
-    intent: str = Field(description="An intent label of the model.", examples=["activate_lights"])
+    intent: str = Field(description="An intent label of the model.", examples=["activate_lights_none"])
     confidence: float = Field(ge=0, le=1, description="Softmax probability of this intent.")
+
+
+def document_null_intent(app) -> None:
+    """FastAPI drops None values from the OpenAPI document (``exclude_none``), so the refused
+    example would lose its ``"intent": null``, the one field a client must handle: put it back."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = build()
+            for example in schema["components"]["schemas"]["IntentResponse"].get("examples", []):
+                example.setdefault("intent", None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 class ModelSummary(BaseModel):
@@ -33,19 +50,39 @@ class StageTimings(BaseModel):
 
 class IntentResponse(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{
+        "understood": True,
         "intent": "activate_lights_none",
         "confidence": 0.949,
+        "slots": {},
         "top_k": [{"intent": "activate_lights_none", "confidence": 0.949},
                   {"intent": "activate_lights_bedroom", "confidence": 0.033},
                   {"intent": "deactivate_lights_none", "confidence": 0.006}],
         "audio_seconds": 1.196,
         "model": {"name": "quads-fsc-4bit", "bits": 4, "file_bytes": 3906564},
         "timing_ms": {"decode": 1.3, "features": 0.9, "inference": 10.3, "total": 12.9},
-    }]})  # the README's quickstart answer
+    }, {
+        "understood": False,
+        "intent": None,
+        "confidence": 0.081,
+        "slots": {},
+        "top_k": [{"intent": "activate_music_none", "confidence": 0.081},
+                  {"intent": "bring_newspaper_none", "confidence": 0.012},
+                  {"intent": "change language_none_none", "confidence": 0.004}],
+        "audio_seconds": 1.402,
+        "model": {"name": "quads-fsc-4bit", "bits": 4, "file_bytes": 3906564},
+        "timing_ms": {"decode": 1.2, "features": 0.9, "inference": 10.1, "total": 12.5},
+    }]})  # the README's quickstart answer, then a question ("what time is it?") the model refuses
 
-    intent: str = Field(description="The most probable intent.", examples=["activate_lights"])
-    confidence: float = Field(ge=0, le=1, description="Its softmax probability.")
-    top_k: list[IntentScore] = Field(description="The top_k most probable intents, most probable first.")
+    understood: bool = Field(description="False when the clip is none of the model's commands (speech or a sound "
+                             "that is not a command, or a command heard too unsure): then `intent` is null.")
+    intent: str | None = Field(description="The command understood; null when `understood` is false.",
+                               examples=["activate_lights_none"])
+    confidence: float = Field(ge=0, le=1, description="Softmax probability of the most probable intent "
+                              "(given also when it is not understood).")
+    slots: dict[str, str] = Field(default_factory=dict, description="Slot values of the intent; empty when not "
+                                  "understood, and for models whose labels name every slot (the FSC models).")
+    top_k: list[IntentScore] = Field(description="The top_k most probable intents, most probable first (given also "
+                                     "when not understood, for debugging).")
     audio_seconds: float = Field(description="Duration of the decoded audio.")
     model: ModelSummary
     timing_ms: StageTimings
@@ -53,7 +90,10 @@ class IntentResponse(BaseModel):
 
 class ModelInfo(BaseModel):
     name: str
-    labels: list[str]
+    labels: list[str] = Field(description="The intents an answer can name (the refusal class is not one).")
+    can_refuse: bool = Field(description="Whether the model was trained to refuse non-commands and sounds.")
+    confidence_threshold: float = Field(description="Below this probability the best intent is not understood "
+                                        "(QUADS_CONFIDENCE_THRESHOLD, else the checkpoint's calibrated value).")
     bits: int
     params: int = Field(description="Number of parameters.")
     file_bytes: int = Field(description="Size of the checkpoint file (packed codes).")
@@ -62,16 +102,33 @@ class ModelInfo(BaseModel):
     sha256: str = Field(description="Content hash stored in the checkpoint.")
     max_audio_seconds: float = Field(description="Longest clip accepted.")
     precision: str = Field(description="The matrix products' precision: float32, bfloat16 or int8 (QUADS_PRECISION).")
+    # The head's outputs, refusal class included, and where it is: what answers are decided on.
+    _outputs: list[str] = PrivateAttr(default_factory=list)
+    _refusal_index: int | None = PrivateAttr(None)
 
     @classmethod
-    def of(cls, engine: InferenceEngine) -> ModelInfo:
-        """The identity of the engine's model: built once when it is loaded, then served as is."""
+    def of(cls, engine: InferenceEngine, threshold: float | None = None) -> ModelInfo:
+        """The identity of the engine's model: built once when it is loaded, then served as is.
+        ``threshold``: QUADS_CONFIDENCE_THRESHOLD (None: the checkpoint's)."""
         checkpoint = engine.checkpoint
-        return cls(
-            name=engine.model_name, labels=checkpoint.labels, bits=checkpoint.bits, params=checkpoint.n_params,
+        info = cls(
+            name=engine.model_name, labels=checkpoint.intents, can_refuse=checkpoint.refusal_index is not None,
+            confidence_threshold=checkpoint.threshold if threshold is None else threshold,
+            bits=checkpoint.bits, params=checkpoint.n_params,
             file_bytes=checkpoint.file_bytes, memory_bytes=checkpoint.memory_bytes, dims=checkpoint.dims.to_dict(),
             sha256=checkpoint.sha256, max_audio_seconds=engine.max_audio_seconds, precision=engine.compute_dtype,
         )
+        info._outputs, info._refusal_index = list(checkpoint.labels), checkpoint.refusal_index
+        return info
+
+    @property
+    def outputs(self) -> list[str]:
+        """Every label of the model's head, in its order (``labels`` plus the refusal class, if any)."""
+        return self._outputs
+
+    @property
+    def refusal_index(self) -> int | None:
+        return self._refusal_index
 
     @cached_property
     def summary(self) -> ModelSummary:

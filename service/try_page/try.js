@@ -12,8 +12,13 @@ function show(id, text) {
 
 function showAnswer(answer) {
   $("error").hidden = true;
-  show("intent", answer.intent);
+  // Not understood: the clip is none of the model's commands; top_k still shows its best guesses.
+  show("intent", answer.understood ? answer.intent : "Not a command I know");
+  $("intent").className = answer.understood ? "" : "refused";
   show("confidence", `(${(100 * answer.confidence).toFixed(1)}%)`);
+  const slots = Object.entries(answer.slots || {});
+  show("slots", slots.map(([name, value]) => `${name}: ${value}`).join(", "));
+  $("slots").hidden = slots.length === 0;
   const top = $("top");
   top.replaceChildren(...answer.top_k.map((k) => {
     const li = document.createElement("li");

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
+from core.refusal import decide
 from service.api.deps import FILE_FIELD, IntentServingDep, read_audio
 from service.api.schemas import IntentResponse, IntentScore, StageTimings
 from service.problems import problem_responses
@@ -40,7 +41,8 @@ async def classify_intent(
     serving: IntentServingDep,
     top_k: Annotated[int, Query(ge=1, le=1000, description="How many intents to list (at most the label count).")] = 3,
 ) -> Response:
-    """Classify a spoken command (any sample rate and channel count, at most 30 s)."""
+    """Classify a spoken command (any sample rate and channel count, at most 30 s), or answer
+    `understood: false` when the clip is none of the model's commands."""
     engine, model, metrics, max_body_bytes = serving
     audio = await read_audio(request, max_body_bytes)
     with metrics.in_flight.track_inprogress():
@@ -58,15 +60,19 @@ async def classify_intent(
     )
     metrics.audio_duration.observe(prediction.audio_seconds)
 
-    labels = model.labels
+    labels, refusal = model.outputs, model.refusal_index
     # Ranked in Python, not with torch.topk: a torch op on the event loop's thread would start a
     # second OpenMP team there, whose threads contend with the engine's for the same cores.
     probabilities = prediction.probabilities.tolist()
-    ranked = sorted(range(len(labels)), key=probabilities.__getitem__, reverse=True)[:top_k]
+    best, understood = decide(probabilities, refusal, model.confidence_threshold)
+    intents = (i for i in range(len(labels)) if i != refusal)
+    ranked = sorted(intents, key=probabilities.__getitem__, reverse=True)[:top_k]
     scores = [IntentScore(intent=labels[i], confidence=probabilities[i]) for i in ranked]
+    metrics.answers.labels("true" if understood else "false").inc()
     answer = IntentResponse(
-        intent=scores[0].intent,
-        confidence=scores[0].confidence,
+        understood=understood,
+        intent=labels[best] if understood else None,
+        confidence=probabilities[best],
         top_k=scores,
         audio_seconds=prediction.audio_seconds,
         model=model.summary,
