@@ -5,6 +5,10 @@
 
 prints one JSON object (``accuracy``, ``macro_f1``, ``n``, ``params``, ``file_bytes``, ``bits``,
 ``gmacs_per_clip``: the mean over the split at each clip's real length, ``gmacs_30s``, ...).
+Answers are decided as the service decides them: a model that can refuse answers "not
+understood" below its calibrated threshold (``--threshold`` sets another), and the object adds
+``command_accuracy`` (commands answered with the right intent), ``refused`` (share of commands
+refused) and ``false_accepts`` (share of non-commands and sounds answered with an intent).
 ``--confusion FILE`` also writes the confusion matrix and a per-class report (``.json``, or
 Markdown for any other suffix).
 """
@@ -31,10 +35,13 @@ def cli(argv: list[str] | None = None) -> int:
                         help="pad clips to 30 s as the paper does (default: as the checkpoint was trained)")
     parser.add_argument("--on-error", choices=("skip", "raise"), default="skip", help="a bad sample: skip it or stop")
     parser.add_argument("--no-slurp-headset", action="store_true", help="SLURP: leave out *-headset.flac recordings")
+    parser.add_argument("--threshold", type=float, help="refusal threshold in [0, 1] (default: the checkpoint's)")
     parser.add_argument("--confusion", help="write the confusion matrix and per-class report here (.json or .md)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     args = parser.parse_args(argv)
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        parser.error(f"--threshold must be in [0, 1], got {args.threshold}")
     import torch  # loaded here, after --help
 
     from core.checkpoint import CheckpointError, load_checkpoint
@@ -51,7 +58,7 @@ def cli(argv: list[str] | None = None) -> int:
                                    on_error=args.on_error, slurp_headset=not args.no_slurp_headset,
                                    progress=not args.no_progress)
         result = evaluate_checkpoint(checkpoint, dataset, args.split, batch_size=args.batch_size, device=args.device,
-                                     progress=not args.no_progress)
+                                     progress=not args.no_progress, threshold=args.threshold)
     except (CheckpointError, DatasetError, BadSampleError) as e:
         print(f"quads-eval: error: {e}", file=sys.stderr)
         return 2

@@ -45,6 +45,7 @@ def noisy_copy(src: Path, dst: Path, kind: str, snr_db: float, *, seed: int = 0,
         else:
             picks = [talkers[int(i)] for i in rng.integers(len(talkers), size=4)]
             noise = babble([soundfile.read(p, dtype="float32")[0] for p in picks], rng, wave.size / SAMPLE_RATE)
+            noise = np.pad(noise, (0, max(0, wave.size - noise.size)))[: wave.size]  # seconds -> samples rounds
         out = dst / sample.path.relative_to(src)
         out.parent.mkdir(parents=True, exist_ok=True)
         mixed = mix_at_snr(wave, noise, snr_db, signal_rms=_speech_rms(wave))
