@@ -1,12 +1,16 @@
-"""Admission control for ``POST /intent``: refuse before the body is read, and pace the refusals.
+"""Admission control for ``POST /intent``: uploads apart from the model's slots, refusals from the head, paced.
 
 The engine's queue bounds the requests that reached the model, but a request costs the event
 loop most of its work before that: its body is received and parsed, and it goes through
-FastAPI's routing and dependencies. ``AdmissionGate`` counts the requests admitted to
-``/intent`` from the moment their head arrives until their answer is sent, and answers the
-rest with 503 ``overloaded`` and ``Retry-After`` from the head alone: no body parsing, no
-routing, one small answer. The limit is the engine's queue plus one running batch, so an
-admitted request never finds the queue full, and its wait stays bounded by the queue.
+FastAPI's routing and dependencies. ``AdmissionGate`` admits a request to the model only once
+its body is complete, and counts it from then until its answer is sent: a request still
+uploading holds no model slot, so clients that trickle their bodies (slowloris) cannot lock
+the others out. Uploads in progress are bounded apart (``max_uploads``), and the body-limit
+middleware cuts one that arrives slower than its minimum rate (``service.body``). When the
+model's slots are full as a head arrives, the request is answered 503 ``overloaded`` with
+``Retry-After`` from the head alone: no body read, no routing, one small answer; a body that
+completes while they are full gets the same answer. The limit is the engine's queue plus one
+running batch, so an admitted request never finds the queue full, and its wait stays bounded.
 
 Cheap refusals are not enough when clients send again as soon as they are answered (load
 generators, naive retry loops, a client on the same host): the faster the 503s, the more
@@ -26,9 +30,10 @@ import asyncio
 import json
 import time
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.asgi import HttpMiddleware
+from service.body import carries_audio, media_type
 from service.metrics import ServiceMetrics
 from service.problems import PROBLEM_MEDIA_TYPE, RETRY_AFTER_SECONDS
 
@@ -57,34 +62,51 @@ class RefusalPacer:
 
 
 class AdmissionGate(HttpMiddleware):
-    """Admits at most ``limit`` concurrent ``POST /intent`` requests; refuses the rest from their head."""
+    """Admits at most ``limit`` concurrent ``POST /intent`` requests with complete bodies, and at most
+    ``max_uploads`` uploading; refuses the rest with 503."""
 
-    def __init__(self, app: ASGIApp, limit: int, refusals_per_second: float = 100.0, metrics: ServiceMetrics | None = None):
+    def __init__(self, app: ASGIApp, limit: int, refusals_per_second: float = 100.0, metrics: ServiceMetrics | None = None,
+                 max_uploads: int = 512):
         super().__init__(app)
-        if limit < 1:
-            raise ValueError(f"the admission limit must be at least 1, got {limit}")
-        self.limit = limit
+        if limit < 1 or max_uploads < 1:
+            raise ValueError(f"the admission and upload limits must be at least 1, got {limit} and {max_uploads}")
+        self.limit, self.max_uploads = limit, max_uploads
         self.pacer = RefusalPacer(refusals_per_second)
         self.metrics = metrics
-        self.admitted = 0
+        self.admitted = 0  # requests with a complete body, until their answer is sent
+        self.uploading = 0  # requests past the gate whose body is still arriving
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["path"] != GATED_PATH or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
+        # For the HTTP metrics: a refusal here, or a body cut before routing, is still /intent's.
+        scope.setdefault("state", {})["route_template"] = GATED_PATH
         if self.admitted >= self.limit:
-            await self._refuse(scope, send)
+            await self._refuse(scope, send, "overloaded", f"{self.limit} requests are already being answered")
             return
+        if carries_audio(media_type(scope)):  # else the route answers 415 without reading the body
+            if self.uploading >= self.max_uploads:
+                await self._refuse(scope, send, "uploads", f"{self.max_uploads} uploads are already in progress")
+                return
+            self.uploading += 1
+            try:
+                messages = await read_body_messages(receive)  # a body-limit violation propagates from here
+            finally:
+                self.uploading -= 1
+            if self.admitted >= self.limit:
+                await self._refuse(scope, send, "overloaded", f"{self.limit} requests are already being answered")
+                return
+            receive = replay(messages, receive)
         self.admitted += 1
         try:
             await self.app(scope, receive, send)
         finally:
             self.admitted -= 1
 
-    async def _refuse(self, scope: Scope, send: Send) -> None:
+    async def _refuse(self, scope: Scope, send: Send, reason: str, why: str) -> None:
         if self.metrics is not None:
-            self.metrics.rejected.labels("overloaded").inc()
-        scope.setdefault("state", {})["route_template"] = GATED_PATH  # for the HTTP metrics: the router never saw it
+            self.metrics.rejected.labels(reason).inc()
         delay = self.pacer.delay()
         if delay > 0:
             await asyncio.sleep(delay)
@@ -92,7 +114,7 @@ class AdmissionGate(HttpMiddleware):
             "type": "urn:quads:problem:overloaded",
             "title": "Service Unavailable",
             "status": 503,
-            "detail": f"{self.limit} requests are already being answered; retry after {RETRY_AFTER_SECONDS} s",
+            "detail": f"{why}; retry after {RETRY_AFTER_SECONDS} s",
             "instance": scope["path"],
         }
         request_id = scope.get("state", {}).get("request_id")
@@ -106,3 +128,23 @@ class AdmissionGate(HttpMiddleware):
         ]
         await send({"type": "http.response.start", "status": 503, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+async def read_body_messages(receive: Receive) -> list[Message]:
+    """Every message up to the body's last (or the client's disconnect), as they arrived."""
+    messages = []
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return messages
+
+
+def replay(messages: list[Message], receive: Receive) -> Receive:
+    """A ``receive`` that gives ``messages`` again, then what the connection sends next (a disconnect)."""
+    pending = list(messages)
+
+    async def replayed() -> Message:
+        return pending.pop(0) if pending else await receive()
+
+    return replayed

@@ -5,7 +5,11 @@ upload) or wrong, so the bytes are counted as they arrive: the request is cut of
 passes ``max_bytes``, whatever its headers said. A declared Content-Length over the limit is
 refused at the app's first read, before any byte is read; the route is known by then, so the
 refusal is counted under it. A client that uploads too slowly (or stalls) is cut off after
-``timeout_seconds``, so it cannot hold a connection and its buffer forever.
+``timeout_seconds``, so it cannot hold a connection and its buffer forever; and earlier, as
+Apache's ``mod_reqtimeout`` ``MinRate`` does, one whose body arrives slower than
+``min_bytes_per_second`` once ``grace_seconds`` have passed (the deadline moves on by a second
+for every ``min_bytes_per_second`` bytes received): a client trickling a byte a second is cut
+after the grace, not after 30 s.
 """
 
 from __future__ import annotations
@@ -37,35 +41,57 @@ class BodyTimeout(ProblemError):
         )
 
 
+class BodyTooSlow(ProblemError):
+    def __init__(self, min_bytes_per_second: float, grace_seconds: float):
+        super().__init__(
+            408, "body-too-slow",
+            f"the request body arrived slower than {min_bytes_per_second:g} bytes/s after the first "
+            f"{grace_seconds:g} s; upload it in one go",
+            headers={"Connection": "close"},
+        )
+
+
 class BodyLimitMiddleware(HttpMiddleware):
     """Answers 413/408 problem+json when a body breaks the limits."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, timeout_seconds: float):
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_seconds: float, min_bytes_per_second: float = 0.0,
+                 grace_seconds: float = 5.0):
         super().__init__(app)
         self.max_bytes = max_bytes
         self.timeout_seconds = timeout_seconds
+        self.min_bytes_per_second, self.grace_seconds = min_bytes_per_second, grace_seconds
+
+    def _deadlines(self, start: float, received: int) -> tuple[float, float]:
+        """(the upload's hard deadline, the one its minimum rate sets so far: ``inf`` without one)."""
+        rate_bound = float("inf")
+        if self.min_bytes_per_second > 0:
+            rate_bound = start + self.grace_seconds + received / self.min_bytes_per_second
+        return start + self.timeout_seconds, rate_bound
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = _content_length(scope)
         received = 0
-        deadline: float | None = None
+        start: float | None = None
         violation: ProblemError | None = None
         response_started = False
 
         async def limited_receive() -> Message:
-            nonlocal received, deadline, violation
+            nonlocal received, start, violation
             if violation is not None:
                 raise violation
             if declared is not None and declared > self.max_bytes:
                 violation = BodyTooLarge(self.max_bytes)  # refuse before reading (nor sending 100 Continue)
                 raise violation
-            if deadline is None:
-                deadline = anyio.current_time() + self.timeout_seconds
+            if start is None:
+                start = anyio.current_time()
+            deadline, rate_bound = self._deadlines(start, received)
             try:
-                with anyio.fail_after(max(deadline - anyio.current_time(), 0.0)):
+                with anyio.fail_after(max(min(deadline, rate_bound) - anyio.current_time(), 0.0)):
                     message = await receive()
             except TimeoutError:
-                violation = BodyTimeout(self.timeout_seconds)
+                too_slow = rate_bound < deadline
+                violation = (BodyTooSlow(self.min_bytes_per_second, self.grace_seconds) if too_slow
+                             else BodyTimeout(self.timeout_seconds))
                 raise violation from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
@@ -96,6 +122,16 @@ class BodyLimitMiddleware(HttpMiddleware):
         headers = {"Connection": "close", **(problem.headers or {})}
         response = problem_response(request, problem.status, problem.slug, problem.detail, headers)
         await response(scope, receive, send)
+
+
+def media_type(scope: Scope) -> str:
+    """The request's content type without parameters, lower case ("" when it has none)."""
+    return Headers(scope=scope).get("content-type", "").partition(";")[0].strip().lower()
+
+
+def carries_audio(media: str) -> bool:
+    """Whether ``POST /intent`` reads a body of this media type: multipart, ``audio/*`` or raw bytes."""
+    return media == "multipart/form-data" or media.startswith("audio/") or media == "application/octet-stream"
 
 
 def _content_length(scope: Scope) -> int | None:

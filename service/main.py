@@ -127,11 +127,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_problem_handlers(app, ERROR_PROBLEMS)
     # The last added is the outermost: metrics see the body limiter's 413/408 answers too.
     app.add_middleware(ShutdownCutoffMiddleware, state=app.state)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_seconds=settings.body_timeout_seconds)
-    # Before the body is read, so that under overload a refusal costs next to nothing (service.admission).
+    # Inside the body limits: the gate reads the body through them before it admits a request to
+    # the model, and refuses from the head alone when the model's slots are full (service.admission).
     app.add_middleware(
-        AdmissionGate, limit=admission_limit(settings),
-        refusals_per_second=settings.refusals_per_second, metrics=app.state.metrics,
+        AdmissionGate, limit=admission_limit(settings), refusals_per_second=settings.refusals_per_second,
+        metrics=app.state.metrics, max_uploads=settings.max_uploads,
+    )
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_seconds=settings.body_timeout_seconds,
+        min_bytes_per_second=settings.min_upload_bytes_per_second, grace_seconds=settings.upload_grace_seconds,
     )
     app.add_middleware(HttpMetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(RequestIdMiddleware)  # outermost: every response carries the id

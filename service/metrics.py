@@ -41,7 +41,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 
 AUDIO_SECONDS_BUCKETS = (0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 STAGES = ("decode", "features", "inference", "total")
-REJECT_REASONS = ("overloaded", "draining")
+REJECT_REASONS = ("overloaded", "uploads", "draining")
 UNMATCHED_ROUTE = "unmatched"
 
 

@@ -40,6 +40,14 @@ class Settings(BaseSettings):
     threads: int = Field(0, ge=0, description="Torch intra-op threads; 0 = the container's CPU limit.")
     max_body_bytes: int = Field(10 * MiB, gt=0, description="Largest request body, counted while streaming.")
     body_timeout_seconds: float = Field(30.0, gt=0, description="Time allowed to upload a request body.")
+    min_upload_bytes_per_second: float = Field(
+        1000.0, ge=0,
+        description="After QUADS_UPLOAD_GRACE_SECONDS, a body arriving slower than this is cut with 408; 0 = no minimum.",
+    )
+    upload_grace_seconds: float = Field(5.0, ge=0, description="Time before the minimum upload rate applies.")
+    max_uploads: int = Field(
+        512, ge=1, description="Concurrent POST /intent uploads in progress (they hold no model slot) before 503."
+    )
     max_audio_seconds: float = Field(30.0, gt=0, description="Longest clip accepted (the model takes at most 30 s).")
     max_batch_size: int = Field(8, ge=1, description="Largest micro-batch; 1 disables batching.")
     max_wait_ms: float = Field(

@@ -156,7 +156,8 @@ def test_sigterm_with_requests_in_flight_and_a_stalled_upload(tmp_path, checkpoi
         tmp_path, checkpoint_path,
         QUADS_DRAIN_SECONDS=str(drain), QUADS_SHUTDOWN_TIMEOUT_SECONDS=str(shutdown_timeout),
         QUADS_MAX_BATCH_SIZE="8", QUADS_MAX_WAIT_MS="2500",  # a batch of fewer than 8 waits 2.5 s to fill
-        QUADS_BODY_TIMEOUT_SECONDS="60",  # the stalled upload outlives the grace period
+        QUADS_BODY_TIMEOUT_SECONDS="60",  # the stalled upload outlives the grace period ...
+        QUADS_MIN_UPLOAD_BYTES_PER_SECOND="0",  # ... and no minimum upload rate cuts it first
     )
     answers: dict[int, httpx.Response] = {}
 
@@ -205,3 +206,67 @@ def test_sigterm_with_requests_in_flight_and_a_stalled_upload(tmp_path, checkpoi
     assert_problem_bytes(response, 503, "draining")
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{server.url}/healthz")
+
+
+async def slow_uploads_and_normal_requests(server: Server, clip: bytes, slow: int, normal: int, grace: float):
+    """``slow`` connections send a complete head and then a byte a second of their body; after a
+    second, ``normal`` requests go one after the other. Returns (the normal requests' (status,
+    seconds), what each slow connection was answered, seconds until it was closed)."""
+    head = (b"POST /intent HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav\r\nContent-Length: %d\r\n\r\n" % len(clip))
+
+    async def trickler():
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        start = time.monotonic()
+        writer.write(head)
+        answer = b""
+        try:
+            for i in range(int(grace) + 20):
+                writer.write(clip[i : i + 1])
+                try:
+                    answer += await asyncio.wait_for(reader.read(65536), timeout=1.0)
+                    if answer and reader.at_eof():
+                        break
+                except asyncio.TimeoutError:
+                    continue
+                if not answer:  # closed without an answer
+                    break
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+        return answer, time.monotonic() - start
+
+    async def normal_requests():
+        await asyncio.sleep(1.0)  # every slow upload is connected and trickling
+        timings = []
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            for _ in range(normal):
+                t = time.monotonic()
+                r = await client.post("/intent", content=clip, headers={"Content-Type": "audio/wav"})
+                timings.append((r.status_code, time.monotonic() - t))
+        return timings
+
+    *slow_outcomes, timings = await asyncio.gather(*(trickler() for _ in range(slow)), normal_requests())
+    return timings, slow_outcomes
+
+
+@pytest.mark.parametrize("slow", [100, 500])
+def test_slow_uploads_hold_no_model_slot_and_are_cut_at_the_minimum_rate(tmp_path, checkpoint_path, speech_wav, slow):
+    """The slowloris shape: hundreds of clients trickle their bodies at a byte a second. They hold no
+    admission slot (only complete bodies count), so everyone else is answered 200 as usual, and
+    each is cut with 408 body-too-slow soon after the grace, not at the 30-s deadline."""
+    grace = 2.0
+    server = start(tmp_path, checkpoint_path, QUADS_UPLOAD_GRACE_SECONDS=str(grace))
+    try:
+        timings, slow_outcomes = asyncio.run(slow_uploads_and_normal_requests(server, speech_wav, slow, 10, grace))
+        with httpx.Client(base_url=server.url) as client:
+            metrics = metric_samples(client)
+    finally:
+        server.stop()
+    assert [status for status, _ in timings] == [200] * 10
+    assert max(seconds for _, seconds in timings) < 2.0, timings  # a 2-core host busy with the uploads
+    for answer, seconds in slow_outcomes:
+        (response,) = read_responses(answer)
+        assert_problem_bytes(response, 408, "body-too-slow")
+        assert grace <= seconds < grace + 6, seconds
+    assert metrics[("quads_http_requests_total", (("route", "/intent"), ("status", "408")))] == slow

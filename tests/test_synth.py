@@ -305,3 +305,13 @@ def test_cli_writes_the_held_out_family_and_expressions(tmp_path, capsys):
     test = load_fsc(out, "test")
     assert all(s.speaker.split("+")[1].startswith("klatt") for s in test)
     assert {s.text for s in test} <= transcriptions(load_context("fsc-held-out").sentences("bring_socks_none"))
+
+
+def test_cli_writes_only_the_splits_asked_for_with_the_full_corpus_voices(tmp_path, capsys):
+    out = tmp_path / "held-out"
+    cli([str(out), "--context", "fsc-held-out", "--intents", "bring_socks_none", "--voices-per-split",
+         "train=3,valid=1,test=2", "--splits", "test", "--no-noise", "--quiet"])  # fmt: skip
+    assert re.search(r"wrote 2 clips \(test 2\)", capsys.readouterr().err)
+    assert {s.speaker for s in load_fsc(out, "test")} == set(default_voices({"train": 3, "valid": 1, "test": 2})["test"])
+    with pytest.raises(SystemExit):
+        cli([str(tmp_path / "x"), "--voices-per-split", "train=3,test=2", "--splits", "valid", "--quiet"])

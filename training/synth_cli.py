@@ -62,6 +62,10 @@ def cli(argv: list[str] | None = None) -> None:
     parser.add_argument("--nonspeech-per-voice", type=int, default=0,
                         help="non-speech sounds per voice (silence, noise, tones, music, clicks, hum, babble), "
                              "labelled none_none_none (default: 0)")
+    parser.add_argument("--splits", type=lambda t: [x.strip() for x in t.split(",") if x.strip()],
+                        metavar="test[,valid...]",
+                        help="write only these splits, with the voices --voices-per-split gives them (so a test corpus "
+                             "of held-out wordings has the test voices of a full corpus, never its training voices)")
     parser.add_argument("--held-out-family", type=int, metavar="K",
                         help=f"instead of --voices-per-split: a test split of K voices of the held-out "
                              f"{HELD_OUT_FAMILY} family (an unseen-engine proxy)")  # fmt: skip
@@ -82,6 +86,10 @@ def cli(argv: list[str] | None = None) -> None:
             voices = {"test": family_voices(args.held_out_family, args.seed)}
         else:
             voices = default_voices(args.voices_per_split, args.seed)
+            if args.splits:
+                if unknown := set(args.splits) - set(voices):
+                    raise ValueError(f"--splits {sorted(unknown)}: not among the splits of --voices-per-split")
+                voices = {split: voices[split] for split in args.splits}
         root = synthesize_corpus(
             args.out_dir,
             context=context,

@@ -19,6 +19,8 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
 from service.api.schemas import ModelInfo
+from service.body import carries_audio
+from service.body import media_type as body_media_type
 from service.engine import InferenceEngine
 from service.metrics import ServiceMetrics
 from service.problems import ProblemError
@@ -78,10 +80,10 @@ async def read_audio(request: Request, max_bytes: int) -> bytes:
 
     The body-limit middleware has already bounded the size to ``max_bytes``, so reading it whole is safe.
     """
-    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    media_type = body_media_type(request.scope)
     if media_type == "multipart/form-data":
         return await _read_multipart_file(request, max_bytes)
-    if media_type.startswith("audio/") or media_type == "application/octet-stream":
+    if carries_audio(media_type):
         return await request.body()
     raise ProblemError(
         415, "unsupported-media-type",
