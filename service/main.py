@@ -126,7 +126,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.startup_error = None
     install_problem_handlers(app, ERROR_PROBLEMS)
     # The last added is the outermost: metrics see the body limiter's 413/408 answers too.
-    app.add_middleware(ShutdownCutoffMiddleware, state=app.state)
     # Inside the body limits: the gate reads the body through them before it admits a request to
     # the model, and refuses from the head alone when the model's slots are full (service.admission).
     app.add_middleware(
@@ -137,6 +136,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_seconds=settings.body_timeout_seconds,
         min_bytes_per_second=settings.min_upload_bytes_per_second, grace_seconds=settings.upload_grace_seconds,
     )
+    app.add_middleware(ShutdownCutoffMiddleware, state=app.state)  # around the gate: an upload it holds is cut too
     app.add_middleware(HttpMetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(RequestIdMiddleware)  # outermost: every response carries the id
     app.include_router(api_router)
