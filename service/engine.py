@@ -47,6 +47,7 @@ from core.audio import (
 from core.checkpoint import Checkpoint
 from service.heap import IdleHeapTrimmer
 from service.metrics import ServiceMetrics
+from service.compute_path import ComputePath
 from service.precision import batches_exactly, check_compute_dtype, compute_context, prepare_model
 
 
@@ -97,6 +98,7 @@ class InferenceEngine:
         max_audio_seconds: float = 30.0,
         pad_to_30s: bool = False,
         compute_dtype: str = "float32",
+        onednn: bool = True,
         metrics: ServiceMetrics | None = None,
         compute: ThreadPoolExecutor | None = None,
     ):
@@ -106,6 +108,7 @@ class InferenceEngine:
         self.threads = threads
         self.max_batch_size = max_batch_size
         self.compute_dtype = check_compute_dtype(compute_dtype)
+        self.onednn = onednn and compute_dtype != "int8"
         self.max_wait = max_wait_ms / 1000 if batches_exactly(self.compute_dtype) else 0.0
         self.max_queue = max_queue
         # The encoder has n_ctx positions, two mel frames each: 1500 positions = 30 s.
@@ -129,12 +132,17 @@ class InferenceEngine:
         return self.checkpoint.path.stem if self.checkpoint.path is not None else "model"
 
     @property
+    def compute_path(self) -> str:
+        """The compute path's name (``service.compute_path.ComputePath.name``), e.g. ``float32-onednn``."""
+        return ComputePath(self.compute_dtype, self.onednn).name
+
+    @property
     def queue_depth(self) -> int:
         return self._queue.qsize()
 
     def start(self) -> "InferenceEngine":
         """Prepare the model for the compute dtype (``service.precision``, in the compute thread), then start the worker."""
-        self._compute.submit(prepare_model, self.checkpoint.model, self.compute_dtype).result()
+        self._compute.submit(prepare_model, self.checkpoint.model, self.compute_dtype, self.onednn).result()
         self._worker = self._compute.submit(self._run)
         return self
 

@@ -19,6 +19,7 @@ from core.version import package_version
 from service.api import api_router
 from service.api.routes import docs, try_page
 from service.api.schemas import ModelInfo, document_null_intent
+from service.compute_path import choose_compute_path
 from service.admission import AdmissionGate
 from service.body import BodyLimitMiddleware
 from service.cpu import resolve_threads
@@ -69,6 +70,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         compute.shutdown(wait=False)
         app.state.startup_error = e
         raise
+    # Measured on this CPU, in the compute thread, before the engine prepares the model.
+    choice = await asyncio.wrap_future(compute.submit(choose_compute_path, checkpoint.model, settings.precision))
+    logger.info("compute path: %s", choice.describe())
     engine = InferenceEngine(
         checkpoint,
         threads=threads,
@@ -78,7 +82,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         max_queue=admission_limit(settings),
         max_audio_seconds=settings.max_audio_seconds,
         pad_to_30s=settings.pad_to_30s,
-        compute_dtype=settings.compute_dtype,
+        compute_dtype=choice.path.dtype,
+        onednn=choice.path.onednn,
         metrics=app.state.metrics,
         compute=compute,
     ).start()
@@ -87,7 +92,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.engine = engine
     logger.info(
         "serving %s (%d-bit, %d labels) with %d torch threads in %s, batches of up to %d, on %s malloc",
-        checkpoint.path, checkpoint.bits, len(checkpoint.labels), threads, engine.compute_dtype, settings.max_batch_size,
+        checkpoint.path, checkpoint.bits, len(checkpoint.labels), threads, engine.compute_path, settings.max_batch_size,
         heap_allocator(),
     )
     if heap_allocator() == "glibc":

@@ -93,7 +93,8 @@ class ServiceMetrics:
         self.model_memory_bytes.set(info.memory_bytes)
         self.model_parameters.set(info.params)
         self.model_bit_width.set(info.bits)
-        self.model_info.info({"name": info.name, "bits": str(info.bits), "sha256": info.sha256})
+        self.model_info.info({"name": info.name, "bits": str(info.bits), "sha256": info.sha256,
+                              "compute_path": info.compute_path})
 
     def observe_stages(self, seconds: dict[str, float]) -> None:
         for stage, value in seconds.items():

@@ -35,18 +35,22 @@ def check_compute_dtype(compute_dtype: str) -> str:
     return compute_dtype
 
 
-def prepare_model(model: nn.Module, compute_dtype: str) -> None:
-    """Make ``model`` compute in ``compute_dtype``, in place, once (call it in the compute thread)."""
+def prepare_model(model: nn.Module, compute_dtype: str, onednn: bool = True) -> None:
+    """Make ``model`` compute in ``compute_dtype``, in place, once (call it in the compute thread);
+    ``onednn``: pre-pack the float32/bfloat16 linear layers for oneDNN (else torch's own kernels;
+    ``service.compute_path`` measures which is faster on this CPU)."""
     fuse_attention_projections(model)
     if compute_dtype == "float32":
-        pack_linear_layers(model)
+        if onednn:
+            pack_linear_layers(model)
     elif compute_dtype == "bfloat16":
         # Autocast would cast these weights on every call, to the same values: the answers are
         # the same bit for bit, without the per-call casts.
         for module in model.modules():
             if isinstance(module, (nn.Linear, nn.Conv1d)):
                 module.to(torch.bfloat16)
-        pack_linear_layers(model)
+        if onednn:
+            pack_linear_layers(model)
     elif compute_dtype == "int8":
         with warnings.catch_warnings():
             # torch 2.11 marks eager-mode quantization deprecated (in favour of torchao, whose CPU

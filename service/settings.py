@@ -68,10 +68,10 @@ class Settings(BaseSettings):
     pad_to_30s: bool = Field(False, description="Pad every clip to 30 s as Whisper does (only to benchmark that cost).")
     log_format: Literal["text", "json"] = Field("text", description="Log lines as text, or one JSON object per line.")
     precision: Literal["float32", "bfloat16", "int8", "auto"] = Field(
-        "float32",
-        description="The encoder's matrix products: float32 (exact), bfloat16 (faster on CPUs with AMX or "
-        "AVX512-BF16; probabilities move by ~1e-2), int8 (dynamic int8 linear layers; fastest), or auto "
-        "(bfloat16 where the CPU has it).",
+        "auto",
+        description="The encoder's matrix products: auto (the fastest correct path on this CPU, timed at start: "
+        "float32, or bfloat16 where the CPU has AMX or AVX512-BF16; service.compute_path), float32 (exact), "
+        "bfloat16 (probabilities move by ~1e-2), int8 (dynamic int8 linear layers).",
     )
 
     @field_validator("bits")
@@ -88,13 +88,6 @@ class Settings(BaseSettings):
             raise ValueError("QUADS_PRECISION=bfloat16 needs a CPU with AMX or AVX512-BF16, and this one has "
                              "neither (it would be slower than float32); use float32 or auto")
         return precision
-
-    @property
-    def compute_dtype(self) -> str:
-        """``precision`` with ``auto`` resolved for this CPU: "float32" or "bfloat16"."""
-        if self.precision == "auto":
-            return "bfloat16" if native_bfloat16() else "float32"
-        return self.precision
 
     @property
     def model_path(self) -> Path:

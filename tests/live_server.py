@@ -38,7 +38,9 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        environment = {**os.environ, "QUADS_THREADS": "1", **env}
+        # float32 unless a test says otherwise: tests compare answers with the float32 model
+        # (the default, auto, may pick bfloat16 on this CPU: service.compute_path).
+        environment = {**os.environ, "QUADS_THREADS": "1", "QUADS_PRECISION": "float32", **env}
         with open(log, "wb") as out:
             self.process = subprocess.Popen(
                 [*serve_command(), "--host", "127.0.0.1", "--port", str(self.port), "--log-level", log_level],

@@ -32,7 +32,8 @@ from tests.service_inputs import (
 
 
 def settings_for(path, **overrides) -> Settings:
-    return Settings(model=path, threads=1, **overrides)
+    # float32: these tests compare answers with the float32 model to 1e-5 (auto may pick bfloat16).
+    return Settings(model=path, threads=1, **{"precision": "float32", **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +136,9 @@ def test_model_metadata(client, checkpoint):
         "sha256": checkpoint.sha256,
         "max_audio_seconds": 30.0,
         "precision": "float32",
+        "compute_path": info["compute_path"],
     }
+    assert info["compute_path"] in ("float32-onednn", "float32-torch")
 
 
 def test_health_and_readiness(client, app):
@@ -326,7 +329,9 @@ def test_metrics_appear_and_change_after_requests(client, checkpoint, speech_wav
     assert after[("quads_model_memory_bytes", ())] == client.get("/v1/model").json()["memory_bytes"] > checkpoint.file_bytes
     assert after[("quads_model_parameters", ())] == checkpoint.n_params
     assert after[("quads_model_bit_width", ())] == 4
-    info = ("quads_model_info", (("bits", "4"), ("name", "quads-fsc-4bit"), ("sha256", checkpoint.sha256)))
+    path = client.get("/v1/model").json()["compute_path"]
+    info = ("quads_model_info", (("bits", "4"), ("compute_path", path), ("name", "quads-fsc-4bit"),
+                                 ("sha256", checkpoint.sha256)))
     assert after[info] == 1
 
 
@@ -393,16 +398,15 @@ def test_model_path_rules(monkeypatch, tmp_path):
         Settings()
 
 
-def test_precision_bfloat16_needs_the_hardware_and_auto_resolves(monkeypatch):
+def test_precision_bfloat16_needs_the_hardware_and_auto_is_the_default(monkeypatch):
     import service.settings as settings_module
 
     monkeypatch.setattr(settings_module, "native_bfloat16", lambda: False)
     with pytest.raises(ValidationError, match="AMX or AVX512-BF16"):
         Settings(precision="bfloat16")
-    assert Settings(precision="auto").compute_dtype == "float32"
-    assert Settings().compute_dtype == "float32"  # the default is exact everywhere
+    assert Settings().precision == "auto"  # measured at start: service.compute_path
     monkeypatch.setattr(settings_module, "native_bfloat16", lambda: True)
-    assert Settings(precision="bfloat16").compute_dtype == Settings(precision="auto").compute_dtype == "bfloat16"
+    assert Settings(precision="bfloat16").precision == "bfloat16"
     with pytest.raises(ValidationError):
         Settings(precision="float16")
 

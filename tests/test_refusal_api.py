@@ -25,7 +25,7 @@ def refusing(tmp_path_factory):
 
 
 def serve(path, **settings):
-    return TestClient(create_app(Settings(model=path, threads=1, **settings)))
+    return TestClient(create_app(Settings(model=path, threads=1, precision="float32", **settings)))
 
 
 def answer(client, wav: bytes, **params) -> dict:

@@ -101,7 +101,10 @@ class ModelInfo(BaseModel):
     dims: dict[str, int] = Field(description="Architecture (ModelDims).")
     sha256: str = Field(description="Content hash stored in the checkpoint.")
     max_audio_seconds: float = Field(description="Longest clip accepted.")
-    precision: str = Field(description="The matrix products' precision: float32, bfloat16 or int8 (QUADS_PRECISION).")
+    precision: str = Field(description="The matrix products' precision: float32, bfloat16 or int8 (QUADS_PRECISION; "
+                           "auto: chosen on this CPU at start).")
+    compute_path: str = Field(description="The precision and kernels chosen at start, e.g. float32-onednn or "
+                              "bfloat16-torch (service.compute_path).")
     # The head's outputs, refusal class included, and where it is: what answers are decided on.
     _outputs: list[str] = PrivateAttr(default_factory=list)
     _refusal_index: int | None = PrivateAttr(None)
@@ -117,6 +120,7 @@ class ModelInfo(BaseModel):
             bits=checkpoint.bits, params=checkpoint.n_params,
             file_bytes=checkpoint.file_bytes, memory_bytes=checkpoint.memory_bytes, dims=checkpoint.dims.to_dict(),
             sha256=checkpoint.sha256, max_audio_seconds=engine.max_audio_seconds, precision=engine.compute_dtype,
+            compute_path=engine.compute_path,
         )
         info._outputs, info._refusal_index = list(checkpoint.labels), checkpoint.refusal_index
         return info
