@@ -463,6 +463,10 @@ def test_alerts_fire_when_they_should_and_stay_quiet_otherwise(tmp_path):
     def rejected(reason: str) -> dict:
         return {"series": f'quads_rejected_total{{{target}, reason="{reason}"}}', "values": f"0+30x{minutes}"}
 
+    def answers(understood: str, per_minute: int) -> dict:
+        return {"series": f'quads_intent_answers_total{{{target}, understood="{understood}"}}',
+                "values": f"0+{per_minute}x{minutes}"}
+
     def fired(alertname: str, **labels: str) -> dict:
         return {"eval_time": f"{minutes - 1}m", "alertname": alertname,
                 "exp_alerts": [{"exp_labels": {"severity": severity[alertname], **labels}}]}
@@ -476,11 +480,12 @@ def test_alerts_fire_when_they_should_and_stay_quiet_otherwise(tmp_path):
             {"series": f"up{{{target}}}", "values": "1 1 " + " ".join(["0"] * minutes)},
             requests("200", 80), requests("422", 10), requests("500", 10),
             *histogram_series("quads_stage_duration_seconds", stage_total, bounds, [0, 0, 0, 10, 0], minutes),
-            rejected("overloaded"),
+            rejected("overloaded"), answers("true", 50), answers("false", 40),  # 44% not understood
         ],
         "alert_rule_test": [
             fired("QuadsServiceDown", job="quads", instance="service:8000"),
             fired("QuadsHighErrorRate"), fired("QuadsHighLatencyP95"), fired("QuadsShedding"),
+            fired("QuadsManyNotUnderstood"),
         ],
     }
     healthy = {  # up, many 4xx but no 5xx, every request under 50 ms, rejections only while draining
@@ -489,11 +494,12 @@ def test_alerts_fire_when_they_should_and_stay_quiet_otherwise(tmp_path):
             {"series": f"up{{{target}}}", "values": f"1+0x{minutes}"},
             requests("200", 80), requests("422", 20),
             *histogram_series("quads_stage_duration_seconds", stage_total, bounds, [10, 0, 0, 0, 0], minutes),
-            rejected("draining"),
+            rejected("draining"), answers("true", 90), answers("false", 10),
         ],
         "alert_rule_test": [quiet(name) for name in severity],
     }
-    assert set(severity) == {"QuadsServiceDown", "QuadsHighErrorRate", "QuadsHighLatencyP95", "QuadsShedding"}
+    assert set(severity) == {"QuadsServiceDown", "QuadsHighErrorRate", "QuadsHighLatencyP95", "QuadsShedding",
+                             "QuadsManyNotUnderstood"}
     tests = {"rule_files": ["alerts.yml"], "evaluation_interval": "1m", "tests": [broken, healthy]}
     (tmp_path / "alerts_test.yml").write_text(yaml.safe_dump(tests, sort_keys=False))
     run_tool(promtool, "test", "rules", "alerts_test.yml", cwd=tmp_path)

@@ -37,10 +37,12 @@ def test_predict_sorts_clips_by_length_and_answers_in_dataset_order():
     g = torch.Generator().manual_seed(3)
     lengths = [40, 9, 33, 12, 60, 25, 18, 51, 7, 44]
     clips = [(torch.randn(16, n, generator=g), k % 5, k) for k, n in enumerate(lengths)]
-    preds, targets = predict(model, clips, batch_size=3)  # a list is a map-style dataset
+    probs, targets = predict(model, clips, batch_size=3)  # a list is a map-style dataset
     model.eval()
     with torch.no_grad():
-        alone = [int(model(mel[None])[1].argmax()) for mel, _, _ in clips]
-    assert preds.tolist() == alone
+        alone = [model(mel[None])[1][0].softmax(-1) for mel, _, _ in clips]
+    assert torch.allclose(probs, torch.stack(alone), atol=1e-6)
+    alone = [int(p.argmax()) for p in alone]
+    assert probs.argmax(-1).tolist() == alone
     assert targets.tolist() == [k % 5 for k in range(len(lengths))]
     assert len(set(alone)) > 1  # the answers differ between clips, so a shuffled order would show

@@ -48,7 +48,7 @@ def predict(
     by_length = sorted(range(len(dataset)), key=lambda i: dataset[i][0].shape[-1])
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, by_length), batch_size=batch_size,
                                          shuffle=False, collate_fn=collate)  # fmt: skip
-    probs = torch.empty(len(dataset), len(dataset.labels))
+    probs = torch.empty(len(dataset), model.head.out_features)
     targets = torch.empty(len(dataset), dtype=torch.long)
     for mels, lengths, labels, indices in tqdm(loader, desc="evaluating", unit="batch", disable=not progress, leave=False):
         _, logits = model(mels.to(device), lengths.to(device))
