@@ -99,3 +99,18 @@ def test_a_picked_file_gets_the_same_answer_as_the_api(server, browser, command_
                         headers={"Content-Type": "audio/wav"}).json()  # fmt: skip
     assert shown["intent"] == direct["intent"]
     assert shown["top"] == [f"{k['intent']}: {100 * k['confidence']:.1f}%" for k in direct["top_k"]]
+
+
+def test_a_sound_that_is_no_command_shows_not_understood(server, browser, tmp_path):
+    from training.nonspeech import nonspeech
+
+    tone = tmp_path / "beeps.wav"
+    tone.write_bytes(wav_bytes(nonspeech("tone", np.random.default_rng(3), 2.0), 16000))
+    browser.get(server.url + "/")
+    browser.find_element("id", "file").send_keys(str(tone))
+    shown = shown_answer(browser)
+    direct = httpx.post(server.url + "/intent", content=tone.read_bytes(), headers={"Content-Type": "audio/wav"}).json()
+    assert direct["understood"] is False
+    assert shown["intent"] == "Not a command I know"
+    assert "refused" in browser.find_element("id", "intent").get_attribute("class")
+    assert shown["top"] == [f"{k['intent']}: {100 * k['confidence']:.1f}%" for k in direct["top_k"]]  # still shown
