@@ -91,7 +91,9 @@ class Server:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        environment = {**os.environ, "QUADS_MODEL": str(model), "QUADS_THREADS": str(threads), **env}
+        # float32 unless asked: the rows name their precision (the service's default, auto, picks per CPU).
+        environment = {**os.environ, "QUADS_MODEL": str(model), "QUADS_THREADS": str(threads),
+                       "QUADS_PRECISION": "float32", **env}
         script = Path(sys.executable).with_name("quads-serve")
         command = [str(script)] if script.exists() else [sys.executable, "-m", "service.cli"]
         self.started = time.monotonic()
