@@ -21,7 +21,7 @@ from training.espeak_voices import default_voices
 from training.synth import synthesize_corpus
 
 INTENTS = ["change language_none_none", "activate_music_none", "increase_volume_none", "bring_newspaper_none"]
-CONTEXT = Path(__file__).resolve().parent / "contexts" / "four-commands.yaml"  # INTENTS, two sentences each
+CONTEXT = Path(__file__).resolve().parent / "contexts" / "four-commands.yaml"  # INTENTS, one sentence each
 VOICES = {"train": 8, "valid": 2, "test": 3}
 REPO = Path(__file__).resolve().parents[1]
 
