@@ -296,5 +296,6 @@ def test_every_other_readme_command_is_checked(command, monkeypatch):
 def test_the_api_schema_s_example_is_the_readme_s_answer():
     from service.api.schemas import IntentResponse
 
-    (example,) = IntentResponse.model_json_schema()["examples"]
-    assert example == json.loads(marked("quickstart-answer").strip())
+    understood, refused = IntentResponse.model_json_schema()["examples"]
+    assert understood == json.loads(marked("quickstart-answer").strip())
+    assert refused["understood"] is False and refused["intent"] is None
