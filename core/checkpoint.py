@@ -10,7 +10,9 @@ Layout of a file (all safetensors, so loading executes nothing):
 * metadata: ``format``, ``format_version``, ``dims``, ``labels``, ``bits``, ``provenance``,
   ``quantization`` (the map name -> shape/bits the loader rebuilds from), ``threshold`` (the
   refusal threshold calibrated on validation data, ``core.refusal``; absent in files of models
-  that cannot refuse, read as 0) and ``content_sha256``, a hash of every tensor and every other metadata field, so a tampered or
+  that cannot refuse, read as 0), ``frames`` (``core.frames.FrameTable``: what each label means as
+  an intent with slots, and the context the model was built from; absent in the FSC files, whose
+  labels are their intents) and ``content_sha256``, a hash of every tensor and every other metadata field, so a tampered or
   mismatched file is refused.
 """
 
@@ -28,6 +30,7 @@ import torch
 from torch import Tensor
 
 from core.codebook import Codebook, check_bits, is_quantizable, pack_codes, storage, unpack_codes
+from core.frames import Frame, FrameTable
 from core.model import IntentClassifier, ModelDims
 from core.refusal import REFUSAL_LABEL, refusal_index
 from core.tensor_files import TensorFileError, read_tensors, write_tensors
@@ -54,6 +57,11 @@ class Checkpoint:
     file_bytes: int = 0
     n_params: int = 0  # the file's parameter count (the served model may add a few: service.served_attention)
     threshold: float = 0.0  # refuse an intent whose probability is below this (core.refusal)
+    frames: FrameTable | None = None  # what each label means (core.frames); None: each label is its intent
+
+    def frame(self, label: str) -> Frame:
+        """The intent and slots that ``label`` answers with."""
+        return self.frames.frame(label) if self.frames is not None else Frame(label)
 
     @property
     def refusal_index(self) -> int | None:
@@ -62,8 +70,9 @@ class Checkpoint:
 
     @property
     def intents(self) -> list[str]:
-        """The labels a client can be answered with: every label but ``REFUSAL_LABEL``."""
-        return [label for label in self.labels if label != REFUSAL_LABEL]
+        """The intents a client can be answered with (each once; never ``REFUSAL_LABEL``)."""
+        labels = [label for label in self.labels if label != REFUSAL_LABEL]
+        return list(dict.fromkeys(self.frame(label).intent for label in labels))
 
     @property
     def memory_bytes(self) -> int:
@@ -100,6 +109,7 @@ def save_checkpoint(
     provenance: dict | None = None,
     codebooks: Mapping[str, Codebook] | None = None,
     threshold: float = 0.0,
+    frames: FrameTable | None = None,
 ) -> Path:
     """Write ``model`` at ``bits`` bits and return the path written.
 
@@ -107,13 +117,16 @@ def save_checkpoint(
     ``KMeansQuantizer``'s own), or, when not given, read off a weight already snapped to at most
     2**bits values. The codebook must reproduce the weight exactly, so a stale one is refused.
     ``threshold``: the refusal threshold (``core.refusal``), for a model whose labels include
-    ``REFUSAL_LABEL``.
+    ``REFUSAL_LABEL``. ``frames``: the intent and slots of every label but ``REFUSAL_LABEL``, for
+    a model built from a context.
     """
     check_bits(bits)
     if len(labels) != model.head.out_features:
         raise ValueError(f"{len(labels)} labels for a head of {model.head.out_features} outputs")
     if not 0.0 <= threshold <= 1.0 or (threshold and REFUSAL_LABEL not in labels):
         raise ValueError(f"threshold {threshold}: must be in [0, 1], and above 0 only with a {REFUSAL_LABEL!r} label")
+    if frames is not None:
+        _check_frames(frames, labels, ValueError)
     kind = storage(bits)
     tensors: dict[str, Tensor] = {}
     qmap: dict[str, dict] = {}
@@ -139,6 +152,8 @@ def save_checkpoint(
     }
     if REFUSAL_LABEL in labels:
         metadata["threshold"] = repr(float(threshold))
+    if frames is not None:
+        metadata["frames"] = frames.to_json()
     metadata["content_sha256"] = _content_hash(tensors, metadata)
     path = Path(path)
     write_tensors(path, tensors, metadata)
@@ -201,9 +216,12 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         qmap = json.loads(metadata["quantization"])
         provenance = json.loads(metadata.get("provenance", "{}"))
         threshold = float(metadata.get("threshold", "0"))
+        frames = FrameTable.from_json(metadata["frames"]) if "frames" in metadata else None
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: invalid metadata ({e})") from None
 
+    if frames is not None:
+        _check_frames(frames, labels, CheckpointError, f"{path}: ")
     head_bias = tensors.get("head.bias")
     if head_bias is not None and head_bias.numel() != len(labels):
         raise CheckpointError(f"{path}: metadata lists {len(labels)} labels but the head has {head_bias.numel()} outputs")
@@ -230,7 +248,17 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     return Checkpoint(
         model, labels, bits, dims, provenance, metadata["content_sha256"], path, path.stat().st_size,
         n_params=sum(t.numel() for t in state.values()), threshold=threshold,
+        frames=frames,
     )
+
+
+def _check_frames(frames: FrameTable, labels: list[str], error: type[Exception], where: str = "") -> None:
+    """Every label but the refusal class has a frame, and every frame a label."""
+    answered = [label for label in labels if label != REFUSAL_LABEL]
+    if missing := [label for label in answered if label not in frames.frames]:
+        raise error(f"{where}labels without a frame: {missing[:5]}")
+    if extra := sorted(set(frames.frames) - set(answered)):
+        raise error(f"{where}frames for labels the model does not have: {extra[:5]}")
 
 
 def _dequantize(path: Path, name: str, tensors: dict[str, Tensor], entry: dict, shape: torch.Size) -> Tensor:

@@ -113,7 +113,7 @@ def test_top_k_query_sets_the_list_length(client, speech_wav, top_k, expected_le
     body = post_file(client, speech_wav, top_k=top_k).json()
     scores = body["top_k"]
     assert len(scores) == expected_length
-    assert scores[0] == {"intent": body["intent"], "confidence": body["confidence"]}
+    assert scores[0] == {"intent": body["intent"], "slots": body["slots"], "confidence": body["confidence"]}
     assert [s["confidence"] for s in scores] == sorted((s["confidence"] for s in scores), reverse=True)
     if top_k >= len(LABELS):
         assert sorted(s["intent"] for s in scores) == sorted(LABELS)
@@ -126,6 +126,7 @@ def test_model_metadata(client, checkpoint):
     assert info == {
         "name": "quads-fsc-4bit",
         "labels": LABELS,
+        "context": None,  # a model trained on labelled data, not built from a context
         "can_refuse": False,
         "confidence_threshold": 0.0,
         "bits": 4,

@@ -11,7 +11,8 @@ Refused: YAML that is not a mapping with ``language`` and ``intents``, a templat
 parse, a ``{list}`` or ``<rule>`` the file does not define, a wildcard list (free text cannot be
 spoken by a synthesiser), a template that expands to nothing, an intent with more than
 ``max_sentences`` expansions (``MAX_SENTENCES_PER_INTENT`` by default), and two intents that
-produce the same sentence (the model could not tell them apart).
+produce the same sentence, or one intent with two sets of slot values (the model could not tell
+them apart); a list put into two different slots of one template.
 
     context = load_context("contexts/fsc.yaml")
     context.sentences("activate_lights_kitchen")   # every expansion, in file order
@@ -23,14 +24,17 @@ import hashlib
 import itertools
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import yaml
 from hassil.errors import MissingListError, MissingRuleError
-from hassil.intents import Intents
+from hassil.intents import Intents, RangeSlotList, TextSlotList
 from hassil.parse_expression import parse_sentence
 from hassil.parser import ParseError
-from hassil.sample import sample_sentence
+from hassil.sample import sample_expression, sample_sentence
+
+from core.frames import Frame, FrameTable
 
 # Far above any real context (the FSC one has at most ~3,000 per intent) yet small enough that
 # expanding a runaway template (five optional groups of ten words each) fails in a second.
@@ -45,7 +49,8 @@ class ContextError(ValueError):
 
 @dataclass(frozen=True)
 class Phrase:
-    """One expanded sentence of an intent: the fixed slots of its block, which of the intent's
+    """One expanded sentence of an intent: its slots (its block's fixed ones and the values its
+    lists put in it, all strings), which of the intent's
     templates it came from (counted over its blocks), and whether it is ``plain``: the template
     said with every optional part left out ("turn on the lights", not "please turn on the lights now")."""
 
@@ -72,9 +77,25 @@ class Context:
         return [p.text for p in self.intents[intent]]
 
     def slots(self, intent: str) -> dict:
-        """The fixed slots of the intent's first block (``{}`` when it has none)."""
+        """The slots of the intent's first sentence (``{}`` when it has none): for an intent said
+        with fixed slots only (the FSC context's), the intent's slots."""
         phrases = self.intents[intent]
         return dict(phrases[0].slots) if phrases else {}
+
+    @cached_property
+    def frame_table(self) -> FrameTable:
+        """Every (intent, slot values) combination the context says, labelled (``core.frames``)."""
+        frames = {Frame(name, p.slots).key: Frame(name, p.slots) for name, ps in self.intents.items() for p in ps}
+        context = {"name": self.path.stem, "sha256": self.sha256, "language": self.language}
+        return FrameTable.of(list(frames.values()), context)
+
+    def frames(self, intent: str) -> dict[str, list[Phrase]]:
+        """The intent's phrases grouped by frame label (``frame_table``'s), in file order."""
+        labels = {f.key: label for label, f in self.frame_table.frames.items()}
+        grouped: dict[str, list[Phrase]] = {}
+        for p in self.intents[intent]:
+            grouped.setdefault(labels[Frame(intent, p.slots).key], []).append(p)
+        return grouped
 
     def __len__(self) -> int:
         return sum(len(p) for p in self.intents.values())
@@ -118,7 +139,7 @@ def load_context(path: str | Path, *, max_sentences: int = MAX_SENTENCES_PER_INT
         raise ContextError(f"{path}: a list or expansion rule cannot be parsed ({e or type(e).__name__})") from None
 
     expanded: dict[str, list[Phrase]] = {}
-    owner: dict[str, tuple[str, str]] = {}  # normalized sentence -> (intent, template)
+    owner: dict[str, tuple[str, dict, str]] = {}  # normalized sentence -> (intent, slots, template)
     for name, intent in intents.intents.items():
         phrases: dict[str, Phrase] = {}
         templates = 0
@@ -129,14 +150,15 @@ def load_context(path: str | Path, *, max_sentences: int = MAX_SENTENCES_PER_INT
                 where = f"{lines.of(name, b, s)}: intent {name!r}"
                 sentences, plain = _expand(template, lists, rules, block.wildcard_list_names, where,
                                            max_sentences - len(phrases) + 1)
-                for sentence in sentences:
-                    key = normalize(sentence)
-                    if key in owner and owner[key][0] != name:
-                        other, other_template = owner[key]
-                        raise ContextError(f"{where}, sentence {template!r}: {sentence!r} is also a "
-                                           f"sentence of intent {other!r} ({other_template!r}): ambiguous")
-                    owner[key] = (name, template)
-                    phrases.setdefault(key, Phrase(sentence, dict(block.slots), templates, sentence in plain))
+                for sentence, list_slots in sentences:
+                    key, slots = normalize(sentence), {**_fixed_slots(block.slots), **list_slots}
+                    if key in owner and owner[key][:2] != (name, slots):
+                        other, other_slots, other_template = owner[key]
+                        also = (f"intent {other!r}" if other != name else f"the same intent with slots {other_slots}")
+                        raise ContextError(f"{where}, sentence {template!r}: {sentence!r} (slots {slots}) is also a "
+                                           f"sentence of {also} ({other_template!r}): ambiguous")
+                    owner[key] = (name, slots, template)
+                    phrases.setdefault(key, Phrase(sentence, slots, templates, sentence in plain))
                     if len(phrases) > max_sentences:
                         raise ContextError(f"{where}, sentence {template!r}: the intent expands to more "
                                            f"than {max_sentences} sentences; split it or use fewer optional words")
@@ -146,29 +168,79 @@ def load_context(path: str | Path, *, max_sentences: int = MAX_SENTENCES_PER_INT
     return Context(path, str(data["language"]), expanded, digest)
 
 
+def _fixed_slots(slots: dict) -> dict[str, str]:
+    """A block's fixed ``slots:`` as the strings an answer carries."""
+    return {str(k): str(v) for k, v in (slots or {}).items()}
+
+
 def _expand(template: str, lists: dict, rules: dict, wildcards: set[str], where: str,
-            limit: int) -> tuple[list[str], set[str]]:
-    """Every sentence of one template (at most ``limit``), whitespace normalized, and those of
-    its plain form (optional parts left out)."""
+            limit: int) -> tuple[list[tuple[str, dict[str, str]]], set[str]]:
+    """Every sentence of one template (at most ``limit``), whitespace normalized, each with the
+    slot values its lists put in it; and the sentences of its plain form (optional parts left out).
+
+    hassil samples the template with its ``{list}`` references left in place; each reference is
+    then filled with every value of its list, so each sentence knows its values (hassil's
+    sampler yields text only)."""
     prefix = f"{where}, sentence {template!r}"
     try:
         sentence = parse_sentence(template, keep_text=True)
-        if wild := sorted(set(sentence.list_names(rules)) & wildcards):
+        refs = list(sentence.expression.list_references(rules))
+        if wild := sorted({r.list_name for r in refs} & wildcards):
             raise ContextError(f"{prefix}: wildcard list(s) {wild} hold free text, which cannot be synthesised; "
                                "give the list values")
-        texts = [" ".join(t.split()) for t in itertools.islice(sample_sentence(sentence, lists, rules), limit)]
-        plain = {" ".join(t.split()) for t in itertools.islice(
-            sample_sentence(sentence, lists, rules, skip_optionals=True), limit)}
+        slot_of = {r.list_name: r.slot_name for r in refs}
+        if len(slot_of) < len({(r.list_name, r.slot_name) for r in refs}):
+            raise ContextError(f"{prefix}: a list is put into two different slots; use one list per slot")
+        values = {name: _list_values(lists, name, prefix) for name in slot_of}
+        texts = _fill(sample_sentence(sentence, lists, rules, expand_lists=False), values, slot_of, limit)
+        plain = {t for t, _ in _fill(sample_sentence(sentence, lists, rules, expand_lists=False, skip_optionals=True),
+                                     values, slot_of, limit)}
     except MissingListError as e:
         raise ContextError(f"{prefix}: unknown list ({e}); define it under lists:") from None
     except MissingRuleError as e:
         raise ContextError(f"{prefix}: unknown rule ({e}); define it under expansion_rules:") from None
     except (ParseError, AssertionError) as e:
         raise ContextError(f"{prefix}: cannot be parsed ({e or 'empty template'})") from None
-    texts = [t for t in texts if t]
+    texts = [(t, slots) for t, slots in texts if t]
     if not texts:
         raise ContextError(f"{prefix}: expands to no sentence")
     return texts, plain
+
+
+def _list_values(lists: dict, name: str, where: str) -> list[tuple[str, str]]:
+    """(spoken text, slot value) for every value of list ``name``: each expansion of a value's
+    ``in`` form, with its ``out`` form (or, when it has none, the text itself)."""
+    if name not in lists:
+        raise MissingListError(f"Missing slot list {{{name}}}")
+    slot_list = lists[name]
+    if isinstance(slot_list, RangeSlotList):
+        return [(str(n), str(n)) for n in slot_list.get_numbers()]
+    if not isinstance(slot_list, TextSlotList) or not slot_list.values:
+        raise ContextError(f"{where}: list {name!r} has no values to say")
+    pairs = []
+    for value in slot_list.values:
+        for text in sample_expression(value.text_in, lists):
+            text = " ".join(text.split())
+            pairs.append((text, text if value.value_out is None else str(value.value_out)))
+    return pairs
+
+
+def _fill(texts, values: dict[str, list[tuple[str, str]]], slot_of: dict[str, str],
+          limit: int) -> list[tuple[str, dict[str, str]]]:
+    """Each sampled text with its ``{list}`` references replaced by every combination of the lists' values."""
+    filled = []
+    for text in texts:
+        text = " ".join(text.split())
+        names = [n for n in values if f"{{{n}}}" in text]
+        for combination in itertools.product(*(values[n] for n in names)):
+            sentence, slots = text, {}
+            for name, (spoken, value) in zip(names, combination):
+                sentence = sentence.replace(f"{{{name}}}", spoken, 1)
+                slots[slot_of[name]] = value
+            filled.append((" ".join(sentence.split()), slots))
+            if len(filled) >= limit:
+                return filled
+    return filled
 
 
 def _check_layout(data, lines: _Lines, reserved: tuple[str, ...]) -> None:

@@ -28,6 +28,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -84,7 +85,11 @@ class Utterance:
 
     @property
     def utterance_id(self) -> str:
-        return f"{self.intent.replace(' ', '-')}-{self.repetition}"
+        name = self.intent.replace(" ", "-")
+        if not re.fullmatch(r"[\w-]+", name):  # a frame label, "SetChannel(channel=four)": a file-name form
+            safe = re.sub(r"[^\w-]+", "-", name).strip("-")
+            name = f"{safe}-{stable_int(self.intent) % 16**6:06x}"
+        return f"{name}-{self.repetition}"
 
     @property
     def relative_path(self) -> str:
@@ -178,7 +183,7 @@ def synthesize_corpus(
     context: Context | None = None,
     intents: list[str] | None = None,
     voices: dict[str, list[str]] | None = None,
-    utterances_per_voice: int = 1,
+    utterances_per_voice: int | dict[str, int] = 1,
     not_commands: Context | None = None,
     not_commands_per_voice: int = 0,
     nonspeech_per_voice: int = 0,
@@ -192,8 +197,10 @@ def synthesize_corpus(
     context: the commands (default: ``contexts/fsc.yaml``); intents: those of its intents to
     speak (default: all). voices: split -> espeak-ng voice specs (default:
     ``default_voices(DEFAULT_VOICES_PER_SPLIT, seed)``); they must not repeat across splits.
-    Each voice says each intent ``utterances_per_voice`` times, each time a sentence drawn from
-    the intent's expansions (``choose_phrase``), and ``not_commands_per_voice`` sentences of
+    Each voice says each intent ``utterances_per_voice`` times (or ``utterances_per_voice[intent]``),
+    each time a frame of the intent (its slot values, ``Context.frames``), the frames in turn
+    across the split's voices, and a sentence of that frame (``choose_phrase``); and
+    ``not_commands_per_voice`` sentences of
     ``not_commands`` (those the context does not itself say), and each voice's folder gets
     ``nonspeech_per_voice`` sounds, cycling through ``SOUND_KINDS``; both labelled
     ``REFUSAL_LABEL``. ``noise=False`` writes clean speech (silence padding and gain only).
@@ -203,6 +210,8 @@ def synthesize_corpus(
     context = load_context("fsc") if context is None else context
     intents = list(context.names if intents is None else intents)
     voices = default_voices(DEFAULT_VOICES_PER_SPLIT, seed) if voices is None else voices
+    if isinstance(utterances_per_voice, int):
+        utterances_per_voice = dict.fromkeys(intents, utterances_per_voice)
     _check_arguments(context, intents, voices, utterances_per_voice, not_commands_per_voice + nonspeech_per_voice, workers)
     if not_commands_per_voice and not_commands is None:
         raise ValueError("not_commands_per_voice needs a not_commands context")
@@ -224,7 +233,8 @@ def synthesize_corpus(
         "not_commands": {"path": str(not_commands.path), "sha256": not_commands.sha256} if refusals else None,
         "intents": intents,
         "refusal_label": REFUSAL_LABEL,
-        "utterances_per_voice": utterances_per_voice,
+        "utterances_per_voice": (next(iter(set(utterances_per_voice.values()))) if len(set(utterances_per_voice.values())) == 1
+                                 else utterances_per_voice),
         "not_commands_per_voice": not_commands_per_voice,
         "nonspeech_per_voice": nonspeech_per_voice,
         "noise": noise,
@@ -237,10 +247,19 @@ def synthesize_corpus(
     for voice in {v.spec for vs in voice_objects.values() for v in vs}:
         (root / "wavs" / "speakers" / voice).mkdir(parents=True, exist_ok=True)
     render_all(root, utterances, seed, noise, workers, progress)
+    fsc_layout = all(_is_fsc_label(u.intent) for u in utterances)
     for split in voice_objects:  # the index files last: a corpus with CSVs is complete
         rows = [u for u in utterances if u.split == split]
-        _write_text(root / "data" / f"{split}_data.csv", _fsc_csv(rows))
+        if fsc_layout:
+            _write_text(root / "data" / f"{split}_data.csv", _fsc_csv(rows))
+        else:
+            _write_text(root / f"{split}.csv", _manifest_csv(rows))
     return root
+
+
+def corpus_complete(root: Path, split: str = "test") -> bool:
+    """Whether ``root`` holds a finished corpus with ``split`` (its index file is written last)."""
+    return (root / "data" / f"{split}_data.csv").is_file() or (root / f"{split}.csv").is_file()
 
 
 def choose_phrase(phrases: list[Phrase], rng: np.random.Generator) -> Phrase:
@@ -254,17 +273,24 @@ def choose_phrase(phrases: list[Phrase], rng: np.random.Generator) -> Phrase:
     return pool[int(rng.integers(len(pool)))]
 
 
-def plan_utterances(voices: dict[str, list[Voice]], context: Context, intents: list[str], utterances_per_voice: int,
-                    seed: int) -> list[Utterance]:
-    """Every command clip: each voice says each intent ``utterances_per_voice`` times, a sentence
-    drawn for each (voice, intent, repetition) from its own seeded generator."""
+def plan_utterances(voices: dict[str, list[Voice]], context: Context, intents: list[str],
+                    utterances_per_voice: dict[str, int], seed: int) -> list[Utterance]:
+    """Every command clip: each voice says each intent ``utterances_per_voice[intent]`` times.
+    Its frames (slot values) take turns across the split's clips of the intent, in an order
+    shuffled per intent, so every frame is said about equally often and by different voices; a
+    sentence of the frame is drawn for each (voice, intent, repetition) from its own generator.
+    The clip's label is the frame's (``core.frames``; an FSC intent is its own only frame)."""
+    frames = {intent: list(context.frames(intent).items()) for intent in intents}
+    order = {i: np.random.default_rng([seed, stable_int(i), 4]).permutation(len(f)) for i, f in frames.items()}
     utterances = []
     for split, split_voices in voices.items():
-        for voice in split_voices:
+        for v, voice in enumerate(split_voices):
             for intent in intents:
-                for r in range(utterances_per_voice):
+                n = utterances_per_voice[intent]
+                for r in range(n):
+                    label, phrases = frames[intent][order[intent][(v * n + r) % len(frames[intent])]]
                     rng = np.random.default_rng([seed, stable_int(voice.spec), stable_int(intent), r, 1])
-                    utterances.append(Utterance(split, voice, intent, r, choose_phrase(context.intents[intent], rng).text))
+                    utterances.append(Utterance(split, voice, label, r, choose_phrase(phrases, rng).text))
     return utterances
 
 
@@ -341,7 +367,8 @@ def _check_arguments(context, intents, voices, utterances_per_voice, refusals_pe
             if spec in seen:
                 raise ValueError(f"voice {spec!r} is in both {seen[spec]} and {split}: splits must not share voices")
             seen[spec] = split
-    if utterances_per_voice < 0 or refusals_per_voice < 0 or workers < 1 or utterances_per_voice + refusals_per_voice < 1:
+    if (set(utterances_per_voice) != set(intents) or min(utterances_per_voice.values()) < 0 or refusals_per_voice < 0
+            or workers < 1 or max(utterances_per_voice.values()) + refusals_per_voice < 1):
         raise ValueError("utterances_per_voice and the refusals must not be negative, some clips must be asked for, "
                          "and workers must be at least 1")
 
@@ -369,6 +396,22 @@ def _fsc_csv(rows: list[Utterance]) -> str:
             transcription = f"<babble> {utt.text}"
         writer.writerow([index, utt.relative_path, utt.voice.spec, transcription, action, obj, location])
     return buffer.getvalue()
+
+
+def _manifest_csv(rows: list[Utterance]) -> str:
+    """A ``training.datasets.load_manifest`` CSV, for labels that are no FSC action_object_location."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "label", "speaker", "text"])
+    for utt in rows:
+        text = f"<babble> {utt.text}" if utt.sound == "babble" else utt.text
+        writer.writerow([utt.relative_path, utt.intent, utt.voice.spec, text])
+    return buffer.getvalue()
+
+
+def _is_fsc_label(label: str) -> bool:
+    parts = label.split("_")
+    return len(parts) == 3 and all(parts)
 
 
 def fsc_fields(label: str) -> tuple[str, str, str]:

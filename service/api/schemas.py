@@ -7,13 +7,17 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from core.frames import Frame, FrameTable
+
 
 if TYPE_CHECKING:
     from service.engine import InferenceEngine
 
 
 class IntentScore(BaseModel):
-    intent: str = Field(description="An intent label of the model.", examples=["activate_lights_none"])
+    intent: str = Field(description="An intent of the model.", examples=["activate_lights_none"])
+    slots: dict[str, str] = Field(default_factory=dict, description="The slot values this intent is scored with "
+                                  "(a model built from a context scores each combination of intent and slots).")
     confidence: float = Field(ge=0, le=1, description="Softmax probability of this intent.")
 
 
@@ -54,9 +58,9 @@ class IntentResponse(BaseModel):
         "intent": "activate_lights_none",
         "confidence": 0.353,
         "slots": {},
-        "top_k": [{"intent": "activate_lights_none", "confidence": 0.353},
-                  {"intent": "deactivate_lights_none", "confidence": 0.235},
-                  {"intent": "decrease_volume_none", "confidence": 0.159}],
+        "top_k": [{"intent": "activate_lights_none", "slots": {}, "confidence": 0.353},
+                  {"intent": "deactivate_lights_none", "slots": {}, "confidence": 0.235},
+                  {"intent": "decrease_volume_none", "slots": {}, "confidence": 0.159}],
         "audio_seconds": 1.196,
         "model": {"name": "quads-fsc-4bit", "bits": 4, "file_bytes": 3906792},
         "timing_ms": {"decode": 6.3, "features": 1.6, "inference": 9.9, "total": 20.5},
@@ -65,9 +69,9 @@ class IntentResponse(BaseModel):
         "intent": None,
         "confidence": 0.001,
         "slots": {},
-        "top_k": [{"intent": "increase_heat_none", "confidence": 0.001},
-                  {"intent": "decrease_volume_none", "confidence": 0.001},
-                  {"intent": "increase_volume_none", "confidence": 0.001}],
+        "top_k": [{"intent": "increase_heat_none", "slots": {}, "confidence": 0.001},
+                  {"intent": "decrease_volume_none", "slots": {}, "confidence": 0.001},
+                  {"intent": "increase_volume_none", "slots": {}, "confidence": 0.001}],
         "audio_seconds": 1.105,
         "model": {"name": "quads-fsc-4bit", "bits": 4, "file_bytes": 3906792},
         "timing_ms": {"decode": 3.4, "features": 0.7, "inference": 9.4, "total": 14.0},
@@ -79,8 +83,11 @@ class IntentResponse(BaseModel):
                                examples=["activate_lights_none"])
     confidence: float = Field(ge=0, le=1, description="Softmax probability of the most probable intent "
                               "(given also when it is not understood).")
-    slots: dict[str, str] = Field(default_factory=dict, description="Slot values of the intent; empty when not "
-                                  "understood, and for models whose labels name every slot (the FSC models).")
+    slots: dict[str, str] = Field(default_factory=dict, description="Slot values of the intent, as the context's "
+                                  "lists give them (a value's `out` form when it has one), plus the sentence's fixed "
+                                  "slots; a slot the sentence leaves out is absent. Empty when not understood, and "
+                                  "for models whose intents name every slot (the FSC models).",
+                                  examples=[{"channel": "four"}])
     top_k: list[IntentScore] = Field(description="The top_k most probable intents, most probable first (given also "
                                      "when not understood, for debugging).")
     audio_seconds: float = Field(description="Duration of the decoded audio.")
@@ -88,9 +95,18 @@ class IntentResponse(BaseModel):
     timing_ms: StageTimings
 
 
+class ContextInfo(BaseModel):
+    name: str = Field(description="The context file the model was built from (its name, without .yaml).")
+    sha256: str = Field(description="SHA-256 of that file's bytes: check it against your copy.")
+    language: str = ""
+    slots: dict[str, list[str]] = Field(description="Every slot an answer can carry, with its values.")
+
+
 class ModelInfo(BaseModel):
     name: str
     labels: list[str] = Field(description="The intents an answer can name (the refusal class is not one).")
+    context: ContextInfo | None = Field(None, description="The context the model understands; null for a "
+                                        "model trained on labelled data (the FSC models).")
     can_refuse: bool = Field(description="Whether the model was trained to refuse non-commands and sounds.")
     confidence_threshold: float = Field(description="Below this probability the best intent is not understood "
                                         "(QUADS_CONFIDENCE_THRESHOLD, else the checkpoint's calibrated value).")
@@ -108,6 +124,7 @@ class ModelInfo(BaseModel):
     # The head's outputs, refusal class included, and where it is: what answers are decided on.
     _outputs: list[str] = PrivateAttr(default_factory=list)
     _refusal_index: int | None = PrivateAttr(None)
+    _frames: FrameTable | None = PrivateAttr(None)
 
     @classmethod
     def of(cls, engine: InferenceEngine, threshold: float | None = None) -> ModelInfo:
@@ -122,8 +139,16 @@ class ModelInfo(BaseModel):
             sha256=checkpoint.sha256, max_audio_seconds=engine.max_audio_seconds, precision=engine.compute_dtype,
             compute_path=engine.compute_path,
         )
+        if (frames := checkpoint.frames) is not None:
+            info.context = ContextInfo(name=frames.context.get("name", ""), sha256=frames.context.get("sha256", ""),
+                                       language=frames.context.get("language", ""), slots=frames.slot_values)
         info._outputs, info._refusal_index = list(checkpoint.labels), checkpoint.refusal_index
+        info._frames = checkpoint.frames
         return info
+
+    def frame(self, label: str) -> Frame:
+        """The intent and slots that the head's ``label`` answers with."""
+        return self._frames.frame(label) if self._frames is not None else Frame(label)
 
     @property
     def outputs(self) -> list[str]:

@@ -10,6 +10,10 @@ function show(id, text) {
   $(id).textContent = text;
 }
 
+function slotText(slots) {
+  return Object.entries(slots || {}).map(([name, value]) => `${name}: ${value}`).join(", ");
+}
+
 function showAnswer(answer) {
   $("error").hidden = true;
   // Not understood: the clip is none of the model's commands; top_k still shows its best guesses.
@@ -17,12 +21,13 @@ function showAnswer(answer) {
   $("intent").className = answer.understood ? "" : "refused";
   show("confidence", `(${(100 * answer.confidence).toFixed(1)}%)`);
   const slots = Object.entries(answer.slots || {});
-  show("slots", slots.map(([name, value]) => `${name}: ${value}`).join(", "));
+  show("slots", `Slots: ${slotText(answer.slots)}`);
   $("slots").hidden = slots.length === 0;
   const top = $("top");
   top.replaceChildren(...answer.top_k.map((k) => {
     const li = document.createElement("li");
-    li.textContent = `${k.intent}: ${(100 * k.confidence).toFixed(1)}%`;
+    const kSlots = Object.keys(k.slots || {}).length ? ` (${slotText(k.slots)})` : "";
+    li.textContent = `${k.intent}${kSlots}: ${(100 * k.confidence).toFixed(1)}%`;
     return li;
   }));
   const t = answer.timing_ms;

@@ -67,11 +67,14 @@ async def classify_intent(
     best, understood = decide(probabilities, refusal, model.confidence_threshold)
     intents = (i for i in range(len(labels)) if i != refusal)
     ranked = sorted(intents, key=probabilities.__getitem__, reverse=True)[:top_k]
-    scores = [IntentScore(intent=labels[i], confidence=probabilities[i]) for i in ranked]
+    frames = [model.frame(labels[i]) for i in ranked]
+    scores = [IntentScore(intent=f.intent, slots=f.slots, confidence=probabilities[i]) for f, i in zip(frames, ranked)]
     metrics.answers.labels("true" if understood else "false").inc()
+    frame = model.frame(labels[best])
     answer = IntentResponse(
         understood=understood,
-        intent=labels[best] if understood else None,
+        intent=frame.intent if understood else None,
+        slots=frame.slots if understood else {},
         confidence=probabilities[best],
         top_k=scores,
         audio_seconds=prediction.audio_seconds,
