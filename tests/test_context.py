@@ -220,3 +220,74 @@ def test_reserved_intent_name_and_missing_file(tmp_path):
         load_context(path, reserved=(REFUSAL_LABEL,))
     with pytest.raises(ContextError, match="cannot read the context file"):
         load_context(tmp_path / "missing.yaml")
+
+
+# ----------------------------------------------------------------------------- slots and frames
+
+
+@pytest.mark.parametrize("name", ["media-player", "coffee-machine"])
+def test_every_sampled_sentence_carries_the_slots_hassil_recognises(name):
+    # The reference for slot values: hassil's recogniser on the same file (a list value's out form).
+    context = load_context(name)
+    intents = Intents.from_dict(yaml.safe_load(context.path.read_text()))
+    rng = random.Random(1)
+    phrases = [(intent, p) for intent, ps in context.intents.items() for p in ps]
+    for intent, phrase in rng.sample(phrases, 150):
+        result = recognize(phrase.text, intents)
+        assert result is not None and result.intent.name == intent, phrase.text
+        assert {k: str(e.value) for k, e in result.entities.items()} == phrase.slots, phrase.text
+
+
+def test_frames_of_an_example_context():
+    context = load_context("coffee-machine")
+    table = context.frame_table
+    # 6 drinks x (3 sizes or none) + 3 strengths + 4 intents without slots.
+    assert len(table.frames) == 6 * 4 + 3 + 4
+    assert table.frames["MakeDrink(drink=latte,size=large)"].slots == {"drink": "latte", "size": "large"}
+    assert table.frames["MakeDrink(drink=double_espresso)"].slots == {"drink": "double_espresso"}  # no size said
+    assert table.frames["Descale"].slots == {}
+    frames = context.frames("MakeDrink")
+    assert "I'd like a large cafe latte thanks" in [p.text for p in frames["MakeDrink(drink=latte,size=large)"]]
+    assert sum(len(v) for v in frames.values()) == len(context.intents["MakeDrink"])
+
+
+def test_one_intent_with_two_slot_values_for_a_sentence_is_ambiguous(tmp_path):
+    path = write(tmp_path, """
+        language: en
+        lists:
+          channel:
+            values: [one, two]
+          volume:
+            values: [one, ten]
+        intents:
+          Set:
+            data:
+              - sentences: ["set {channel}", "set {volume}"]
+    """)
+    with pytest.raises(ContextError, match=r":10: intent 'Set', sentence 'set \{volume\}': 'set one' .* also a sentence "
+                                           r"of the same intent with slots \{'channel': 'one'\}"):
+        load_context(path)
+
+
+def test_a_range_list_and_a_list_put_into_two_slots(tmp_path):
+    path = write(tmp_path, """
+        language: en
+        lists:
+          level:
+            range: {from: 1, to: 3}
+          room:
+            values: [kitchen, hall]
+        intents:
+          Level:
+            data:
+              - sentences: ["level {level}"]
+          Move:
+            data:
+              - sentences: ["from {room:source} to {room:target}"]
+    """)
+    with pytest.raises(ContextError, match=r"intent 'Move', sentence .*: a list is put into two different slots"):
+        load_context(path)
+    path.write_text(path.read_text().replace("from {room:source} to {room:target}", "go to the {room}"))
+    context = load_context(path)
+    assert [(p.text, p.slots) for p in context.intents["Level"]] == [
+        ("level 1", {"level": "1"}), ("level 2", {"level": "2"}), ("level 3", {"level": "3"})]

@@ -315,3 +315,29 @@ def test_cli_writes_only_the_splits_asked_for_with_the_full_corpus_voices(tmp_pa
     assert {s.speaker for s in load_fsc(out, "test")} == set(default_voices({"train": 3, "valid": 1, "test": 2})["test"])
     with pytest.raises(SystemExit):
         cli([str(tmp_path / "x"), "--voices-per-split", "train=3,test=2", "--splits", "valid", "--quiet"])
+
+
+# ---------------------------------------------------------------------------- frames and slots
+
+CHANNELS = Path(__file__).resolve().parent / "contexts" / "channels.yaml"
+
+
+def test_a_context_with_slots_is_written_as_manifests_of_frame_labels(tmp_path):
+    voices = {"train": ["en-us+f3", "en-029+m4"], "valid": ["en-gb+f5"]}
+    root = synthesize_corpus(tmp_path / "c", context=load_context(CHANNELS), voices=voices,
+                             utterances_per_voice={"Pause": 1, "SetChannel": 2}, noise=False, progress=False)
+    assert not (root / "data").exists()  # the labels are no FSC action_object_location
+    with open(root / "train.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["path", "label", "speaker", "text"]
+    # The channel's frames take turns across the voices: each said twice in the split, by both voices.
+    by_label = {}
+    for row in rows:
+        by_label.setdefault(row["label"], []).append(row)
+        assert (root / row["path"]).is_file()
+    assert {k: len(v) for k, v in by_label.items()} == {"Pause": 2, "SetChannel(channel=1)": 2, "SetChannel(channel=10)": 2}
+    assert {r["speaker"] for r in by_label["SetChannel(channel=1)"]} == set(voices["train"])
+    assert all(r["text"] in ("channel one", "channel first") for r in by_label["SetChannel(channel=1)"])
+    assert all(r["text"] == "channel ten" for r in by_label["SetChannel(channel=10)"])
+    samples = load_samples(root, "valid")
+    assert sorted(s.label for s in samples) == ["Pause", "SetChannel(channel=1)", "SetChannel(channel=10)"]

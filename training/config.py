@@ -37,6 +37,9 @@ class Section(BaseModel):
 
 class DataConfig(Section):
     root: str = ""  # an FSC root, a SLURP root, a manifest file, or a folder of {split}.csv/.jsonl manifests
+    # The context the corpus was synthesised from (a path, or a name in contexts/): its frames (each
+    # label's intent and slots, core.frames) go into every checkpoint, so the service answers with slots.
+    context: str = ""
     train_split: str = "train"
     valid_split: str = "valid"  # SLURP's "devel" is found under this name too
     test_split: str = "test"

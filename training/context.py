@@ -316,3 +316,11 @@ def check_disjoint(a: Context, b: Context) -> None:
         text, intent_a, intent_b = shared[0]
         raise ContextError(f"{b.path}: intent {intent_b!r} says {text!r}, a sentence of intent {intent_a!r} in {a.path} "
                            f"({len(shared)} shared sentence(s) in all)")
+
+
+def combined(name: str, *contexts: Context) -> Context:
+    """Several contexts as one (sources of non-commands): their intents side by side, each named
+    ``<file stem>/<intent>`` so that no two collide."""
+    intents = {f"{c.path.stem}/{intent}": phrases for c in contexts for intent, phrases in c.intents.items()}
+    digest = hashlib.sha256("".join(c.sha256 for c in contexts).encode()).hexdigest()
+    return Context(Path(name), contexts[0].language, intents, digest)

@@ -302,7 +302,10 @@ def write_demo_report(out: Path, dest: Path, preset: DemoPreset, seed: int, prog
 
 def cli(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="quads-demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="runs/demo", help="working folder (corpus, runs, caches); default runs/demo")
+    p.add_argument("--context", metavar="FILE",
+                   help="build a model for your own commands instead: a Home Assistant intent file (or a name in "
+                        "contexts/); prints the 4-bit checkpoint's path last (training.context_build)")
+    p.add_argument("--out", help="working folder (corpus, runs, caches); default runs/demo, or runs/<context name>")
     p.add_argument("--preset", choices=sorted(PRESETS), default="full")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated subset of {','.join(STEPS)}")
@@ -317,11 +320,29 @@ def cli(argv: list[str] | None = None) -> int:
     if unknown := set(steps) - set(STEPS):
         p.error(f"unknown steps {sorted(unknown)}; choose from {', '.join(STEPS)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if args.context:
+        return build_cli(p, args)
+    args.out = args.out or "runs/demo"
     try:
         run_demo(Path(args.out), PRESETS[args.preset], args.seed, steps, not args.no_publish, not args.no_progress,
                  whisper_from=args.whisper_from)
     except WhisperFetchError as e:
         p.exit(2, f"quads-demo: error: {e}\n")
+    return 0
+
+
+def build_cli(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """``--context``: the steps of ``training.context_build``, then the 4-bit checkpoint's path on stdout."""
+    from training.context import ContextError, context_path
+    from training.context_build import BUILD_PRESETS, build
+
+    out = Path(args.out or f"runs/{context_path(args.context).stem}")
+    try:
+        path = build(args.context, out, BUILD_PRESETS[args.preset], seed=args.seed, progress=not args.no_progress,
+                     whisper_from=args.whisper_from)
+    except (ContextError, WhisperFetchError) as e:
+        p.exit(2, f"quads-demo: error: {e}\n")
+    print(path)
     return 0
 
 

@@ -8,9 +8,11 @@ from pathlib import Path
 
 from core.checkpoint import save_checkpoint
 from core.codebook import storage
+from core.frames import FrameTable
 from core.model import IntentClassifier
 from core.refusal import REFUSAL_LABEL
 from training.config import Config
+from training.context import load_context
 from training.evaluate import calibrate_threshold, predict
 from training.features import MelDataset
 from training.quantize import KMeansQuantizer, quantize_model
@@ -40,6 +42,7 @@ def export_branch(cfg: Config, model: IntentClassifier, labels: list[str], branc
     A model with a refusal class gets its threshold calibrated on ``valid_ds``, file by file.
     """
     post_hoc = cfg.train.post_hoc_bits if branch.train_bits == 32 and cfg.train.strategy == "mct" else []
+    frames = context_frames(cfg.data.context, labels) if cfg.data.context else None
     written = []
     for bits, path in [*((b, checkpoint_path(cfg, b)) for b in branch.exports),
                        *((b, checkpoint_path(cfg, b, post_hoc=True)) for b in post_hoc)]:  # fmt: skip
@@ -52,7 +55,7 @@ def export_branch(cfg: Config, model: IntentClassifier, labels: list[str], branc
         prov = {**provenance, "bits": bits, "branch": branch.name, "quantization": how}
         threshold = refusal_threshold(target, labels, valid_ds)
         written.append(save_checkpoint(path, target, labels, bits, provenance=prov, codebooks=codebooks,
-                                       threshold=threshold))
+                                       threshold=threshold, frames=frames))
         log.info("wrote %s (%s)%s", path, how, f", refusal threshold {threshold:.3f}" if threshold else "")
     return written
 
@@ -64,3 +67,13 @@ def refusal_threshold(model: IntentClassifier, labels: list[str], valid_ds: MelD
         return 0.0
     probs, targets = predict(model, valid_ds, device=next(model.parameters()).device)
     return calibrate_threshold(probs, targets, labels)
+
+
+def context_frames(context: str, labels: list[str]) -> FrameTable:
+    """The frames of ``labels`` in ``context`` (the refusal class has none); a label the context
+    does not say means the corpus came from another context, and is refused."""
+    table = load_context(context).frame_table
+    answered = [label for label in labels if label != REFUSAL_LABEL]
+    if unknown := [label for label in answered if label not in table.frames]:
+        raise ValueError(f"labels {unknown[:5]} are no frame of {context}: was the corpus made from another context?")
+    return FrameTable({label: table.frames[label] for label in answered}, table.context)

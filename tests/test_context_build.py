@@ -1,0 +1,70 @@
+"""quads-demo --context (training.context_build): a tiny context built end to end, resumed, and
+bad contexts refused before anything is written."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from core.checkpoint import load_checkpoint
+from core.frames import Frame
+from core.refusal import REFUSAL_LABEL
+from training import context_build
+from training.context import ContextError
+from training.context_build import BuildPreset, build
+from training.demo import cli
+from tests.training_corpus import random_teacher
+
+CHANNELS = Path(__file__).resolve().parent / "contexts" / "channels.yaml"
+TINY = BuildPreset(voices={"train": 3, "valid": 1, "test": 1}, clips_per_frame=2, min_utterances=1,
+                   not_commands_per_voice=1, nonspeech_per_voice=1, ood_per_voice=2, ood_sounds_per_voice=1,
+                   bits=[32, 4], schedule="DQ", student={"n_state": 64, "n_head": 2, "n_layer": 1},
+                   common={"data": {"batch_size": 4, "augment": False}, "train": {"threads": 1},
+                           "quant": {"kmeans_iters": 5}})
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("build")
+    teacher = random_teacher(root / "teacher.safetensors", n_state=96, n_layer=1)
+    path = build(CHANNELS, root / "out", TINY, progress=False, teacher=teacher, init="random")
+    return root / "out", path, teacher
+
+
+def test_the_build_writes_a_4bit_checkpoint_that_carries_the_context(built):
+    out, path, _ = built
+    assert path == out / "model" / "quads-channels-4bit.safetensors"
+    checkpoint = load_checkpoint(path)
+    assert checkpoint.bits == 4 and checkpoint.labels[-1] == REFUSAL_LABEL
+    assert checkpoint.frames.frames == {"Pause": Frame("Pause"), "SetChannel(channel=1)": Frame("SetChannel", {"channel": "1"}),
+                                        "SetChannel(channel=10)": Frame("SetChannel", {"channel": "10"})}
+    assert checkpoint.frames.context == {"name": "channels", "language": "en",
+                                         "sha256": hashlib.sha256(CHANNELS.read_bytes()).hexdigest()}
+    report = (out / "report.md").read_text()
+    assert "| quads-channels-4bit.safetensors | 4 |" in report and "3 frames" in report
+
+
+def test_a_second_run_finds_everything_done(built):
+    out, path, teacher = built
+    stamps = {p: p.stat().st_mtime_ns for p in [path, out / "corpus" / "train.csv", out / "model" / "report.json"]}
+    assert build(CHANNELS, out, TINY, progress=False, teacher=teacher, init="random") == path
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_a_bad_context_is_refused_before_anything_is_written(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("language: en\nintents:\n  Play:\n    data:\n      - sentences: ['play {song}']\n")
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["--context", str(bad), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert f"{bad}:5: intent 'Play', sentence 'play {{song}}': unknown list" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_too_many_frames_are_refused_before_anything_is_written(tmp_path, monkeypatch):
+    monkeypatch.setattr(context_build, "MAX_FRAMES", 2)
+    with pytest.raises(ContextError, match="3 combinations of intent and slot values .* more than 2"):
+        build(CHANNELS, tmp_path / "out", TINY, teacher=tmp_path / "t", init="random")
+    assert not (tmp_path / "out").exists()
