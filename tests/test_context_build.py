@@ -68,3 +68,37 @@ def test_too_many_frames_are_refused_before_anything_is_written(tmp_path, monkey
     with pytest.raises(ContextError, match="3 combinations of intent and slot values .* more than 2"):
         build(CHANNELS, tmp_path / "out", TINY, teacher=tmp_path / "t", init="random")
     assert not (tmp_path / "out").exists()
+
+
+def test_intent_accuracy_counts_a_wrong_slot_as_the_right_intent():
+    from core.frames import FrameTable
+    from training.context_report import intent_accuracy
+
+    class Checkpointish:  # what intent_accuracy asks of a checkpoint: each label's frame
+        frames = FrameTable.of([Frame("Play"), Frame("Set", {"c": "1"}), Frame("Set", {"c": "2"})])
+        frame = frames.frame
+
+    labels = ["Play", "Set(c=1)", "Set(c=2)", REFUSAL_LABEL]
+    confusion = [[3, 0, 0, 1],   # Play: 3 right, 1 refused
+                 [0, 2, 2, 0],   # Set c=1: 2 exact, 2 with the other channel (right intent)
+                 [1, 0, 1, 0],   # Set c=2: 1 exact, 1 called Play
+                 [0, 0, 0, 5]]   # non-commands: not counted
+    # By hand: right intents 3 + (2 + 2) + 1 = 8 of 4 + 4 + 2 = 10 command clips.
+    assert intent_accuracy({"label_names": labels, "confusion": confusion}, Checkpointish()) == pytest.approx(0.8)
+
+
+def test_held_out_sentences_are_a_tenth_of_each_large_frame_and_keep_its_label():
+    from training.context import load_context
+    from training.context_build import hold_out
+
+    context = load_context("coffee-machine")
+    kept, held = hold_out(context, seed=0)
+    for intent in context.names:
+        for label, phrases in context.frames(intent).items():
+            texts = {p.text for p in phrases}
+            kept_texts = {p.text for p in kept.frames(intent).get(label, [])}
+            held_texts = {p.text for p in held.frames(intent).get(label, [])} if intent in held.names else set()
+            assert kept_texts | held_texts == texts and not kept_texts & held_texts
+            assert len(held_texts) == (len(texts) // 10 if len(texts) >= 20 else 0), label
+            assert all(p.text not in held_texts for p in phrases if p.plain)  # plain forms are always trained on
+    assert held.frame_table is context.frame_table  # "MakeDrink(drink=latte,size=large)" means the same in both

@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.live_server import free_port, serve_command
+from tests.live_server import Server, free_port, serve_command
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text()
@@ -147,7 +147,7 @@ def test_quickstart_classifies_an_unseen_voice_and_the_readme_shows_the_real_ans
 def test_every_curl_line_in_the_readme_works(quickstart):
     run_here(commands(marked("quickstart"))[1], quickstart)  # makes turn_on_the_lights.wav
     for command in readme_commands():
-        if command[0] != "curl":
+        if command[0] != "curl" or command in commands(marked("own-commands")):  # that one has its own server
             continue
         out = run_here(command, quickstart)
         if "@README.md" in shlex.join(command):  # the error example
@@ -158,6 +158,35 @@ def test_every_curl_line_in_the_readme_works(quickstart):
             assert problem.keys() == shown.keys()  # request_id included; its value is new each time
         elif "/intent" in shlex.join(command):
             assert json.loads(out).get("intent") == "activate_lights_none", f"{shlex.join(command)}: {out}"
+
+
+# ------------------------------------------------------------------ your own commands
+
+
+def test_the_own_commands_section_builds_serves_and_shows_the_real_answer(tmp_path, monkeypatch):
+    """The build's arguments parse (it takes 25 minutes: the model it wrote is shipped in models/),
+    and that model, served as the README says, gives the answer the README shows."""
+    if not shutil.which("espeak-ng"):
+        pytest.skip("espeak-ng is not installed (the README's install block installs it)")
+    build, serve, say, send = commands(marked("own-commands"))
+    check_training_cli(build, monkeypatch)
+    built = Path(build[build.index("--out") + 1]) / "model" / "quads-media-player-4bit.safetensors"
+    assert serve[0] == f"QUADS_MODEL={built}" and serve[1] == "quads-serve"
+    shipped = REPO / "models" / built.name
+    server = Server(tmp_path / "server.log", QUADS_MODEL=str(shipped), QUADS_PRECISION="auto")
+    try:
+        server.wait_ready()
+        subprocess.run(say, cwd=tmp_path, check=True, timeout=60)
+        port = serve[serve.index("--port") + 1]
+        argv = [a.replace(f"localhost:{port}", f"127.0.0.1:{server.port}") for a in send]
+        answer = json.loads(subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, check=True,
+                                           timeout=60).stdout)
+    finally:
+        server.stop()
+    shown = json.loads(marked("own-commands-answer").strip())
+    assert {k: answer[k] for k in ("understood", "intent", "slots")} == {k: shown[k] for k in ("understood", "intent", "slots")}
+    assert answer["confidence"] == pytest.approx(shown["confidence"], abs=0.05)
+    assert answer["model"]["name"] == shown["model"]["name"] == built.stem
 
 
 # ------------------------------------------------------------------ every other command
@@ -279,7 +308,7 @@ def test_ci_runs_the_install_and_test_blocks():
 
 def other_commands() -> list[list[str]]:
     """README commands that neither .ci/run, the quickstart tests nor the curl test run."""
-    ran = [c for name in (*CI_BLOCKS, "quickstart") for c in commands(marked(name))]
+    ran = [c for name in (*CI_BLOCKS, "quickstart", "own-commands") for c in commands(marked(name))]
     return [c for c in readme_commands() if c not in ran and c[0] != "curl"]
 
 

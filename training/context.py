@@ -68,6 +68,15 @@ class Context:
     language: str
     intents: dict[str, list[Phrase]]
     sha256: str
+    # A subset's frames keep the labels of the whole context's (``subset``).
+    parent_table: FrameTable | None = field(default=None, repr=False)
+
+    def subset(self, keep) -> Context:
+        """The context with only the phrases for which ``keep(intent, phrase)`` holds (intents
+        left with none dropped), its frames labelled as in the whole context."""
+        intents = {name: [p for p in phrases if keep(name, p)] for name, phrases in self.intents.items()}
+        return Context(self.path, self.language, {k: v for k, v in intents.items() if v}, self.sha256,
+                       self.frame_table)
 
     @property
     def names(self) -> list[str]:
@@ -85,13 +94,15 @@ class Context:
     @cached_property
     def frame_table(self) -> FrameTable:
         """Every (intent, slot values) combination the context says, labelled (``core.frames``)."""
+        if self.parent_table is not None:
+            return self.parent_table
         frames = {Frame(name, p.slots).key: Frame(name, p.slots) for name, ps in self.intents.items() for p in ps}
         context = {"name": self.path.stem, "sha256": self.sha256, "language": self.language}
         return FrameTable.of(list(frames.values()), context)
 
     def frames(self, intent: str) -> dict[str, list[Phrase]]:
         """The intent's phrases grouped by frame label (``frame_table``'s), in file order."""
-        labels = {f.key: label for label, f in self.frame_table.frames.items()}
+        labels = {f.key: label for label, f in self.frame_table.frames.items()}  # the whole context's labels
         grouped: dict[str, list[Phrase]] = {}
         for p in self.intents[intent]:
             grouped.setdefault(labels[Frame(intent, p.slots).key], []).append(p)

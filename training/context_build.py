@@ -37,11 +37,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from core.refusal import REFUSAL_LABEL
-from training.context import Context, ContextError, combined, load_context
+from training.context import Context, ContextError, combined, load_context, normalize
 
 log = logging.getLogger("quads.build")
 
+# Sentences held out of training for the report: this share of each frame's, where it has this many.
+HELD_OUT_SHARE, HELD_OUT_MIN = 0.1, 20
 # A head row per frame costs nothing; the clips do: each frame needs its own training clips, so
 # the budget, not the model, sets this bound (docs/contexts.md says how the time scales).
 MAX_FRAMES = 500
@@ -63,8 +67,11 @@ class BuildPreset:
 
 
 BUILD_PRESETS = {
+    # A context's corpus is a tenth of the FSC demo's, so an epoch is ~100 steps: more epochs, and a
+    # larger encoder rate than the FSC recipe's 1e-5 (chosen on the validation split, docs/contexts.md).
     "full": BuildPreset(voices={"train": 60, "valid": 6, "test": 10}, clips_per_frame=30, min_utterances=2,
-                        not_commands_per_voice=4, nonspeech_per_voice=3, ood_per_voice=12, ood_sounds_per_voice=6),
+                        not_commands_per_voice=4, nonspeech_per_voice=3, ood_per_voice=12, ood_sounds_per_voice=6,
+                        schedule="DDDDDDQQ", common={"distill": {"lr_encoder": 1e-4, "warmup_steps": 50}}),
     "quick": BuildPreset(voices={"train": 8, "valid": 2, "test": 2}, clips_per_frame=4, min_utterances=1,
                          not_commands_per_voice=2, nonspeech_per_voice=1, ood_per_voice=4, ood_sounds_per_voice=2,
                          bits=[32, 4], schedule="DQ"),
@@ -93,23 +100,51 @@ def utterance_counts(context: Context, preset: BuildPreset) -> dict[str, int]:
             for intent in context.names}
 
 
+def hold_out(context: Context, seed: int) -> tuple[Context, Context | None]:
+    """(the sentences to train on, the held-out ones or None): of each frame with at least
+    ``HELD_OUT_MIN`` sentences, ``HELD_OUT_SHARE`` of those that are not a plain form, drawn at
+    random; training never says them, and the report's "held-out sentences" row is read on them."""
+    rng = np.random.default_rng([seed, 5])
+    held: set[tuple[str, str]] = set()
+    for intent in context.names:
+        for phrases in context.frames(intent).values():
+            candidates = [p.text for p in phrases if not p.plain]
+            n = min(len(candidates), int(HELD_OUT_SHARE * len(phrases))) if len(phrases) >= HELD_OUT_MIN else 0
+            held |= {(intent, candidates[i]) for i in rng.choice(len(candidates), size=n, replace=False)}
+    if not held:
+        return context, None
+    return (context.subset(lambda i, p: (i, p.text) not in held),
+            context.subset(lambda i, p: (i, p.text) in held))
+
+
 def make_corpora(out: Path, context: Context, preset: BuildPreset, seed: int, progress: bool) -> None:
     from training.espeak_voices import default_voices
     from training.synth import corpus_complete, synthesize_corpus
 
     voices = default_voices(preset.voices, seed)
+    said = {normalize(p.text) for phrases in context.intents.values() for p in phrases}
+
+    def out_of_domain(*names: str) -> Context:  # never a sentence of the context, held out or not
+        return combined("out-of-domain", *map(load_context, names)).subset(lambda _, p: normalize(p.text) not in said)
+
+    context, held_out = hold_out(context, seed)
+    if held_out is not None and not corpus_complete(out / "corpus-held-out"):
+        log.info("step corpus: corpus-held-out, %d sentences training never says", len(held_out))
+        per_voice = {i: max(1, math.ceil(2 * len(held_out.frames(i)) / preset.voices["test"])) for i in held_out.names}
+        synthesize_corpus(out / "corpus-held-out", context=held_out, voices={"test": voices["test"]},
+                          utterances_per_voice=per_voice, seed=seed, progress=progress)
     if not corpus_complete(out / "corpus"):
         log.info("step corpus: %d sentences, %d frames", len(context), len(context.frame_table.frames))
         synthesize_corpus(out / "corpus", context=context, voices=voices,
                           utterances_per_voice=utterance_counts(context, preset),
-                          not_commands=combined("out-of-domain", load_context("not-commands"), load_context("fsc")),
+                          not_commands=out_of_domain("not-commands", "fsc"),
                           not_commands_per_voice=preset.not_commands_per_voice,
                           nonspeech_per_voice=preset.nonspeech_per_voice, seed=seed, progress=progress)
     if not corpus_complete(out / "corpus-ood"):
         log.info("step corpus: corpus-ood")
-        held_out = combined("held-out out-of-domain", load_context("not-commands-held-out"), load_context("fsc-held-out"))
         synthesize_corpus(out / "corpus-ood", context=context, voices={"test": voices["test"]}, utterances_per_voice=0,
-                          not_commands=held_out, not_commands_per_voice=preset.ood_per_voice,
+                          not_commands=out_of_domain("not-commands-held-out", "fsc-held-out"),
+                          not_commands_per_voice=preset.ood_per_voice,
                           nonspeech_per_voice=preset.ood_sounds_per_voice, seed=seed, progress=progress)
 
 

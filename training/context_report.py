@@ -38,6 +38,11 @@ def evaluate_build(out: Path, progress: bool) -> list[dict]:
                                    "test")
         ood = evaluate_checkpoint(checkpoint, checkpoint_split(checkpoint, out / "corpus-ood", "test",
                                                                progress=progress), "test")
+        if (out / "corpus-held-out").is_dir():
+            held = evaluate_checkpoint(checkpoint, checkpoint_split(checkpoint, out / "corpus-held-out", "test",
+                                                                    progress=progress), "test")
+            row.update(held_out_commands=held["n"], held_out_exact_match=held["accuracy"],
+                       held_out_intent_accuracy=intent_accuracy(held, checkpoint))
         row.update(commands=test["commands"], exact_match=test["command_accuracy"],
                    intent_accuracy=intent_accuracy(test, checkpoint), refused=test["refused"],
                    not_commands=test["not_commands"] + ood["not_commands"],
@@ -62,19 +67,24 @@ def write_build_report(out: Path, context: Context, preset, seconds: float, prog
         f"schedule `{preset.schedule}`, bits {preset.bits}.", "",
         "Held-out voices (test split of `corpus`): *exact match*: command clips answered with the right intent and "
         "every slot right; *intent*: the right intent; *refused*: commands answered \"not understood\". "
+        "*Held-out sentences* (`corpus-held-out`): the test voices saying sentences of the context that training "
+        "never says (a tenth of each frame's that has at least 20). "
         "*False accepts*: out-of-domain clips answered with a command, on the test voices' training kinds of "
         "non-command (`corpus`) and on held-out ones (`corpus-ood`: other sentences, other wordings of the FSC "
         "commands, sounds).", "",
         f"Command: `quads-eval --model {out}/model/<checkpoint> --data {out}/corpus --split test` (and "
         f"`--data {out}/corpus-ood`).", "",
         "| Checkpoint | Bits | Size (MB) | Commands | Exact match (%) | Intent (%) | Refused (%) | "
-        "False accepts, test (%) | Out-of-domain clips | False accepts, held-out (%) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "Held-out sentences | Exact match (%) | False accepts, test (%) | Out-of-domain clips | "
+        "False accepts, held-out (%) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        held = (f"{r['held_out_commands']} | {100 * r['held_out_exact_match']:.1f}" if "held_out_commands" in r
+                else "- | -")
         lines.append(f"| {r['checkpoint']} | {r['bits']} | {r['file_bytes'] / MB:.2f} | {r['commands']} | "
                      f"{100 * r['exact_match']:.1f} | {100 * r['intent_accuracy']:.1f} | {100 * r['refused']:.1f} | "
-                     f"{100 * r['false_accepts_test']:.1f} | {r['ood']} | {100 * r['false_accepts_ood']:.1f} |")
+                     f"{held} | {100 * r['false_accepts_test']:.1f} | {r['ood']} | {100 * r['false_accepts_ood']:.1f} |")
     train_minutes = sum(h.get("seconds", 0.0) for h in history) / 60
     lines += ["", f"Time: {seconds / 60:.1f} min for this invocation of the command (everything it did not find "
               f"done); training epochs {train_minutes:.1f} min in all.", ""]
