@@ -102,3 +102,18 @@ def test_held_out_sentences_are_a_tenth_of_each_large_frame_and_keep_its_label()
             assert len(held_texts) == (len(texts) // 10 if len(texts) >= 20 else 0), label
             assert all(p.text not in held_texts for p in phrases if p.plain)  # plain forms are always trained on
     assert held.frame_table is context.frame_table  # "MakeDrink(drink=latte,size=large)" means the same in both
+
+
+def test_out_of_domain_speech_leaves_out_what_the_context_says():
+    from training.context import load_context, normalize
+    from training.context_build import out_of_domain
+
+    media = load_context("media-player")
+    ood = out_of_domain(media, "not-commands", "fsc")
+    # The media player says "turn the volume up": every wording of FSC's volume and music intents is its own.
+    fsc_left = {name.split("/", 1)[1] for name in ood.names if name.startswith("fsc/")}
+    assert {"increase_volume_none", "decrease_volume_none", "activate_music_none", "deactivate_music_none"}.isdisjoint(fsc_left)
+    assert {"activate_lights_none", "increase_heat_washroom"} <= fsc_left  # near misses stay
+    said = {normalize(p.text) for phrases in media.intents.values() for p in phrases}
+    assert not any(normalize(p.text) in said for phrases in ood.intents.values() for p in phrases)
+    assert len(fsc_left) == 31 - 4

@@ -70,8 +70,8 @@ BUILD_PRESETS = {
     # A context's corpus is a tenth of the FSC demo's, so an epoch is ~100 steps: more epochs, and a
     # larger encoder rate than the FSC recipe's 1e-5 (chosen on the validation split, docs/contexts.md).
     "full": BuildPreset(voices={"train": 60, "valid": 6, "test": 10}, clips_per_frame=30, min_utterances=2,
-                        not_commands_per_voice=4, nonspeech_per_voice=3, ood_per_voice=12, ood_sounds_per_voice=6,
-                        schedule="DDDDDDQQ", common={"distill": {"lr_encoder": 1e-4, "warmup_steps": 50}}),
+                        not_commands_per_voice=8, nonspeech_per_voice=3, ood_per_voice=12, ood_sounds_per_voice=6,
+                        schedule="DDDDDDQ", common={"distill": {"lr_encoder": 1e-4, "warmup_steps": 50}}),
     "quick": BuildPreset(voices={"train": 8, "valid": 2, "test": 2}, clips_per_frame=4, min_utterances=1,
                          not_commands_per_voice=2, nonspeech_per_voice=1, ood_per_voice=4, ood_sounds_per_voice=2,
                          bits=[32, 4], schedule="DQ"),
@@ -117,16 +117,28 @@ def hold_out(context: Context, seed: int) -> tuple[Context, Context | None]:
             context.subset(lambda i, p: (i, p.text) in held))
 
 
+def out_of_domain(context: Context, non_commands: str, commands: str) -> Context:
+    """Speech to refuse: the non-commands that are no sentence of the context (held out or not),
+    and the commands of another context less every intent of theirs that the context says in any
+    wording: a media player that says "turn the volume up" makes every wording of FSC's
+    increase_volume_none its own, and none of them may teach it to refuse."""
+    said = {normalize(p.text) for phrases in context.intents.values() for p in phrases}
+    others = load_context(commands)
+    shared = {name for name, phrases in others.intents.items() if any(normalize(p.text) in said for p in phrases)}
+    if shared:
+        log.info("out-of-domain: %s's intents %s are commands of the context too: left out", others.path.stem,
+                 sorted(shared))
+    others = others.subset(lambda name, _: name not in shared)
+    return combined("out-of-domain", load_context(non_commands), others).subset(lambda _, p: normalize(p.text) not in said)
+
+
 def make_corpora(out: Path, context: Context, preset: BuildPreset, seed: int, progress: bool) -> None:
     from training.espeak_voices import default_voices
     from training.synth import corpus_complete, synthesize_corpus
 
     voices = default_voices(preset.voices, seed)
-    said = {normalize(p.text) for phrases in context.intents.values() for p in phrases}
-
-    def out_of_domain(*names: str) -> Context:  # never a sentence of the context, held out or not
-        return combined("out-of-domain", *map(load_context, names)).subset(lambda _, p: normalize(p.text) not in said)
-
+    training_ood = out_of_domain(context, "not-commands", "fsc")
+    test_ood = out_of_domain(context, "not-commands-held-out", "fsc-held-out")
     context, held_out = hold_out(context, seed)
     if held_out is not None and not corpus_complete(out / "corpus-held-out"):
         log.info("step corpus: corpus-held-out, %d sentences training never says", len(held_out))
@@ -137,13 +149,13 @@ def make_corpora(out: Path, context: Context, preset: BuildPreset, seed: int, pr
         log.info("step corpus: %d sentences, %d frames", len(context), len(context.frame_table.frames))
         synthesize_corpus(out / "corpus", context=context, voices=voices,
                           utterances_per_voice=utterance_counts(context, preset),
-                          not_commands=out_of_domain("not-commands", "fsc"),
+                          not_commands=training_ood,
                           not_commands_per_voice=preset.not_commands_per_voice,
                           nonspeech_per_voice=preset.nonspeech_per_voice, seed=seed, progress=progress)
     if not corpus_complete(out / "corpus-ood"):
         log.info("step corpus: corpus-ood")
         synthesize_corpus(out / "corpus-ood", context=context, voices={"test": voices["test"]}, utterances_per_voice=0,
-                          not_commands=out_of_domain("not-commands-held-out", "fsc-held-out"),
+                          not_commands=test_ood,
                           not_commands_per_voice=preset.ood_per_voice,
                           nonspeech_per_voice=preset.ood_sounds_per_voice, seed=seed, progress=progress)
 
