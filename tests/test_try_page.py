@@ -114,3 +114,27 @@ def test_a_sound_that_is_no_command_shows_not_understood(server, browser, tmp_pa
     assert shown["intent"] == "Not a command I know"
     assert "refused" in browser.find_element("id", "intent").get_attribute("class")
     assert shown["top"] == [f"{k['intent']}: {100 * k['confidence']:.1f}%" for k in direct["top_k"]]  # still shown
+
+
+MEDIA_PLAYER = REPO / "models" / "quads-media-player-4bit.safetensors"  # built from contexts/media-player.yaml
+
+
+def test_the_slots_of_a_context_model_are_shown(browser, tmp_path):
+    samples, rate = espeak("switch to channel four")
+    clip = tmp_path / "channel_four.wav"
+    clip.write_bytes(wav_bytes(samples, rate))
+    server = Server(tmp_path / "server.log", QUADS_MODEL=str(MEDIA_PLAYER))
+    try:
+        server.wait_ready()
+        browser.get(server.url + "/")
+        browser.find_element("id", "file").send_keys(str(clip))
+        shown = shown_answer(browser)
+        direct = httpx.post(server.url + "/intent", content=clip.read_bytes(), headers={"Content-Type": "audio/wav"}).json()
+    finally:
+        server.stop()
+    assert direct["understood"] is True and direct["slots"]  # the model's answer has slots to show
+    assert shown["intent"] == direct["intent"]
+    slots = ", ".join(f"{k}: {v}" for k, v in direct["slots"].items())
+    assert browser.find_element("id", "slots").text == f"Slots: {slots}"
+    top = direct["top_k"][0]
+    assert shown["top"][0] == f"{top['intent']} ({slots}): {100 * top['confidence']:.1f}%"
