@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -41,6 +40,7 @@ from core.audio import SAMPLE_RATE, decode_audio, log_mel_spectrogram  # noqa: E
 from core.checkpoint import load_checkpoint  # noqa: E402
 from core.tensor_files import atomic_write  # noqa: E402
 from core.compute import count_parameters, forward_gmacs  # noqa: E402
+from core.cpu_features import cpu_model  # noqa: E402
 from service.cpu import available_cpus  # noqa: E402
 from core.model import WHISPER_TINY, IntentClassifier  # noqa: E402
 
@@ -56,17 +56,6 @@ MIB = 2**20  # the paper's "MB": 7.64 M params x 4 bytes / 2**20 = 29.16
 PAPER_GMACS_FSC, PAPER_PARAMS_FSC = 18.48, 7.64
 PAPER_GMACS_SLURP, PAPER_PARAMS_SLURP = 15.6, 7.25
 PAPER_MB_FSC = {32: 29.16, 16: 14.58, 8: 7.29, 4: 3.65}
-
-
-def cpu_model() -> str:
-    """The CPU's marketing name from /proc/cpuinfo (Linux), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def host_description(threads: int) -> str:

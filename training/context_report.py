@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 from core.checkpoint import Checkpoint, load_checkpoint
+from core.cpu_features import cpu_model
 from core.refusal import REFUSAL_LABEL
 from core.tensor_files import atomic_write
 from training.context import Context
@@ -60,7 +62,7 @@ def write_build_report(out: Path, context: Context, preset, seconds: float, prog
     frames = context.frame_table
     lines = [
         f"# {context.path.name}: the model built by quads-demo --context", "",
-        f"Context `{context.path}` (sha256 `{context.sha256[:16]}`): {len(context.names)} intents, "
+        f"Context `{os.path.relpath(context.path)}` (sha256 `{context.sha256[:16]}`): {len(context.names)} intents, "
         f"{len(frames.frames)} frames (intent and slot values), {len(context)} sentences; slots "
         f"{', '.join(f'{k} ({len(v)})' for k, v in frames.slot_values.items()) or 'none'}.", "",
         f"Corpus: espeak-ng voices per split {preset.voices} (disjoint), clips per split {synth['clips']}; "
@@ -87,7 +89,7 @@ def write_build_report(out: Path, context: Context, preset, seconds: float, prog
                      f"{held} | {100 * r['false_accepts_test']:.1f} | {r['ood']} | {100 * r['false_accepts_ood']:.1f} |")
     train_minutes = sum(h.get("seconds", 0.0) for h in history) / 60
     lines += ["", f"Time: {seconds / 60:.1f} min for this invocation of the command (everything it did not find "
-              f"done); training epochs {train_minutes:.1f} min in all.", ""]
+              f"done); training epochs {train_minutes:.1f} min in all. Host: {cpu_model()}, {os.cpu_count()} CPUs.", ""]
     path = out / "report.md"
     atomic_write(path, lambda tmp: tmp.write_text("\n".join(lines)))
     atomic_write(out / "report.json", lambda tmp: tmp.write_text(json.dumps({"rows": rows, "seconds": seconds,
