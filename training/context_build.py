@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from core.refusal import REFUSAL_LABEL
+from core.tensor_files import atomic_write
 from training.context import Context, ContextError, combined, load_context, normalize
 
 log = logging.getLogger("quads.build")
@@ -181,6 +182,14 @@ def train_model(out: Path, context: Context, preset: BuildPreset, seed: int, pro
     return train(load_config(None, [*updates, *({k: v} for k, v in sections.items())]), resume=True)
 
 
+def add_build_seconds(out: Path, seconds: float) -> float:
+    """The build's time over every invocation so far (``out/build-time.json``), this one included."""
+    path = out / "build-time.json"
+    total = (json.loads(path.read_text())["seconds"] if path.is_file() else 0.0) + seconds
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps({"seconds": total})))
+    return total
+
+
 def build(context_path: str | Path, out: Path, preset: BuildPreset, *, seed: int = 0, progress: bool = True,
           whisper_from: Path | None = None, teacher: Path | None = None, init: str | None = None) -> Path:
     """Every step; returns the 4-bit checkpoint (the lowest width built when 4 is not among them).
@@ -202,6 +211,6 @@ def build(context_path: str | Path, out: Path, preset: BuildPreset, *, seed: int
     train_model(out, context, preset, seed, progress, teacher, init, "bfloat16" if native_bfloat16() else "none")
     from training.context_report import write_build_report
 
-    write_build_report(out, context, preset, time.perf_counter() - started, progress)
+    write_build_report(out, context, preset, add_build_seconds(out, time.perf_counter() - started), progress)
     widths = sorted(preset.bits, key=lambda b: (b != 4, b))
     return out / "model" / f"{model_name(context)}-{widths[0]}bit.safetensors"

@@ -88,8 +88,8 @@ def write_build_report(out: Path, context: Context, preset, seconds: float, prog
                      f"{100 * r['exact_match']:.1f} | {100 * r['intent_accuracy']:.1f} | {100 * r['refused']:.1f} | "
                      f"{held} | {100 * r['false_accepts_test']:.1f} | {r['ood']} | {100 * r['false_accepts_ood']:.1f} |")
     train_minutes = sum(h.get("seconds", 0.0) for h in history) / 60
-    lines += ["", f"Time: {seconds / 60:.1f} min for this invocation of the command (everything it did not find "
-              f"done); training epochs {train_minutes:.1f} min in all. Host: {cpu_model()}, {os.cpu_count()} CPUs.", ""]
+    lines += ["", f"Time: {seconds / 60:.1f} min for the build, over every invocation of the command (a run "
+              f"that finds a step done skips it); training epochs {train_minutes:.1f} min in all. Host: {cpu_model()}, {os.cpu_count()} CPUs.", ""]
     path = out / "report.md"
     atomic_write(path, lambda tmp: tmp.write_text("\n".join(lines)))
     atomic_write(out / "report.json", lambda tmp: tmp.write_text(json.dumps({"rows": rows, "seconds": seconds,
