@@ -9,6 +9,7 @@ decides it (``core.refusal.decide`` with the checkpoint's calibrated threshold).
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from core.audio import log_mel_spectrogram
@@ -89,3 +90,13 @@ def test_shipped_default_refuses_sounds_that_are_not_speech():
     accepted = [f"{kind} #{k} -> {said}" for kind in kinds for k in range(3)
                 if (said := answer(nonspeech(kind, np.random.default_rng([12345, k]), 2.0))) is not None]
     assert not accepted, "\n".join(accepted)
+
+
+@pytest.mark.parametrize("name", ["media-player", "coffee-machine"])
+def test_the_shipped_example_models_were_built_from_the_contexts_as_they_are(name):
+    """A context edited after its model was built would be served with stale frames: rebuild it."""
+    checkpoint = load_checkpoint(REPO / "models" / f"quads-{name}-4bit.safetensors")
+    context = load_context(name)
+    assert checkpoint.frames.context["sha256"] == context.sha256, f"rebuild: quads-demo --context {name}"
+    assert dict(checkpoint.frames.frames) == dict(context.frame_table.frames)
+    assert checkpoint.bits == 4 and checkpoint.file_bytes <= 4.2 * 2**20 and checkpoint.refusal_index is not None
