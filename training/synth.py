@@ -20,6 +20,11 @@ Layout written (readable by ``training.datasets.load_fsc``)::
     ROOT/data/{train,valid,test}_data.csv     ,path,speakerId,transcription,action,object,location
     ROOT/wavs/speakers/<voice spec>/<id>.wav  16 kHz mono PCM-16
     ROOT/synth.json, ROOT/README.txt          seed, voices and settings
+
+A context whose labels are no FSC action_object_location (frames with slots, ``core.frames``)
+is indexed by manifests instead (``training.datasets.load_manifest``)::
+
+    ROOT/{train,valid,test}.csv               path,label,speaker,text
 """
 
 from __future__ import annotations
