@@ -32,7 +32,13 @@ from core.cpu_features import native_bfloat16
 from service.served_attention import SHORT_ATTENTION_POSITIONS, short_attention
 
 # (clips, encoder positions): 50 positions per second of audio; batches carry a padding mask.
-SHAPES = [(1, t) for t in (25, 50, 100, 150, 175, 200, 250, 300, 384, 500)] + [(4, 50), (4, 100), (4, 150), (8, 50), (8, 100)]
+SHAPES = [(1, t) for t in (25, 50, 100, 150, 175, 200, 250, 300, 384, 500)] + [
+    (4, 50),
+    (4, 100),
+    (4, 150),
+    (8, 50),
+    (8, 100),
+]
 N_HEAD, D_HEAD = 6, 64
 
 
@@ -69,7 +75,9 @@ def report(threads: int, repeats: int) -> str:
         f"bfloat16 hardware: {'yes' if native_bfloat16() else 'no (float32 only)'}.",
         f"- The service uses `short_attention` at <= {SHORT_ATTENTION_POSITIONS} positions, SDPA beyond.",
         "",
-        "| clips x positions (s of audio) | " + " | ".join(f"{str(d).removeprefix('torch.')}: SDPA | short | short / SDPA" for d in dtypes) + " |",
+        "| clips x positions (s of audio) | "
+        + " | ".join(f"{str(d).removeprefix('torch.')}: SDPA | short | short / SDPA" for d in dtypes)
+        + " |",
         "| ---: | " + " | ".join("---: | ---: | ---:" for _ in dtypes) + " |",
     ]
     for B, T in SHAPES:

@@ -62,7 +62,7 @@ from training.whisper.encoder import _HF_RENAMES
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: bench.* imports
 from bench.bench_service import Server, three_second_clip
 from bench.report_output import publish
-from bench.wrk import run_wrk, wrk_available, write_post_script
+from bench.wrk import run_wrk, write_post_script, wrk_available
 
 N_LABELS = 31
 PAUSE_S = 0.25  # between blocks: lets another engine's spinning threads go idle
@@ -114,7 +114,13 @@ def register_ct2(order: list, worker: subprocess.Popen) -> None:
 
     for compute_type in ("float32", "int8"):
         for length, per_block in (("3s", None), ("30s", 1)):
-            order.append((f"ct2_{compute_type}_{length}", lambda n, c=compute_type, l=length: block(c, l, n), per_block))
+            order.append(
+                (
+                    f"ct2_{compute_type}_{length}",
+                    lambda n, c=compute_type, clip_length=length: block(c, clip_length, n),
+                    per_block,
+                )
+            )
 
 
 def register_wrk(order: list, name: str, url: str, script: Path) -> None:
@@ -178,9 +184,16 @@ def hf_classifier(encoder_state: dict[str, torch.Tensor], dims):
     from transformers import WhisperConfig, WhisperForAudioClassification
 
     config = WhisperConfig(
-        num_mel_bins=dims.n_mels, d_model=dims.n_state, encoder_layers=dims.n_layer, encoder_attention_heads=dims.n_head,
-        encoder_ffn_dim=dims.n_mlp, max_source_positions=dims.n_ctx, num_labels=N_LABELS,
-        decoder_layers=1, decoder_attention_heads=dims.n_head, decoder_ffn_dim=dims.n_mlp,
+        num_mel_bins=dims.n_mels,
+        d_model=dims.n_state,
+        encoder_layers=dims.n_layer,
+        encoder_attention_heads=dims.n_head,
+        encoder_ffn_dim=dims.n_mlp,
+        max_source_positions=dims.n_ctx,
+        num_labels=N_LABELS,
+        decoder_layers=1,
+        decoder_attention_heads=dims.n_head,
+        decoder_ffn_dim=dims.n_mlp,
     )
     model = WhisperForAudioClassification(config).eval()
     hf_state = model.encoder.state_dict()
@@ -213,7 +226,9 @@ def build_paths(args, clip: bytes, checkpoint_path: Path, order: list, mels_path
     with open(mels_path, "wb") as f:
         np.savez(f, **{"3s": mel.numpy(), "30s": mel30.numpy()})
 
-    openai_encoder = openai_whisper.model.AudioEncoder(dims.n_mels, dims.n_ctx, dims.n_state, dims.n_head, dims.n_layer).eval()
+    openai_encoder = openai_whisper.model.AudioEncoder(
+        dims.n_mels, dims.n_ctx, dims.n_state, dims.n_head, dims.n_layer
+    ).eval()
     openai_encoder.load_state_dict({**openai_encoder.state_dict(), **state})
     hf = hf_classifier(state, dims)
     served = {}  # each compute dtype's model as the service prepares it (service.precision)
@@ -237,12 +252,16 @@ def build_paths(args, clip: bytes, checkpoint_path: Path, order: list, mels_path
 
 
 PATH_ROWS = [
-    ("CTranslate2 encoder, float32, 3 s", "ct2_float32_3s"), ("CTranslate2 encoder, int8, 3 s", "ct2_int8_3s"),
-    ("CTranslate2 encoder, float32, 30 s", "ct2_float32_30s"), ("CTranslate2 encoder, int8, 30 s", "ct2_int8_30s"),
-    ("openai-whisper AudioEncoder, 30 s", "openai_whisper_30s"), ("HF WhisperForAudioClassification, 30 s", "hf_classifier_30s"),
+    ("CTranslate2 encoder, float32, 3 s", "ct2_float32_3s"),
+    ("CTranslate2 encoder, int8, 3 s", "ct2_int8_3s"),
+    ("CTranslate2 encoder, float32, 30 s", "ct2_float32_30s"),
+    ("CTranslate2 encoder, int8, 30 s", "ct2_int8_30s"),
+    ("openai-whisper AudioEncoder, 30 s", "openai_whisper_30s"),
+    ("HF WhisperForAudioClassification, 30 s", "hf_classifier_30s"),
     ("ours, forward, float32 as served (oneDNN packed linear), 3 s", "ours_fp32_3s"),
     ("ours, forward, float32 with torch's default linear (MKL), 3 s", "ours_fp32_default_3s"),
-    ("ours, forward, bfloat16, 3 s", "ours_bf16_3s"), ("ours, forward, int8 linear layers, 3 s", "ours_int8_3s"),
+    ("ours, forward, bfloat16, 3 s", "ours_bf16_3s"),
+    ("ours, forward, int8 linear layers, 3 s", "ours_int8_3s"),
     ("ours, forward, float32 as served, 30 s", "ours_fp32_30s"),
     ("**ours, HTTP end to end, float32, 3-s WAV** (httpx client)", "http_fp32_3s"),
     ("**ours, HTTP end to end, bfloat16, 3-s WAV** (httpx client)", "http_bf16_3s"),
@@ -289,7 +308,8 @@ def report(args, info: dict, ms: dict[str, float], peaks: dict[str, dict[str, fl
     limits = {dtype: 1000 * gflop / peak for dtype, peak in best.items()}
     e2e = ms["http_fp32_3s"]
     peak_text = "; ".join(
-        f"{dtype}: " + ", ".join(f"{kernel} {value:.0f}" for kernel, value in by_kernel.items()) for dtype, by_kernel in peaks.items()
+        f"{dtype}: " + ", ".join(f"{kernel} {value:.0f}" for kernel, value in by_kernel.items())
+        for dtype, by_kernel in peaks.items()
     )
     lines = [
         "## Engines, same weights, same clip",
@@ -312,7 +332,9 @@ def report(args, info: dict, ms: dict[str, float], peaks: dict[str, dict[str, fl
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--whisper", type=Path, default=Path("runs/demo/whisper/tiny.en"), help="a CTranslate2 Whisper directory")
+    parser.add_argument(
+        "--whisper", type=Path, default=Path("runs/demo/whisper/tiny.en"), help="a CTranslate2 Whisper directory"
+    )
     parser.add_argument("--threads", type=int, default=resolve_threads(0))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--per-block", type=int, default=20)
@@ -327,18 +349,27 @@ def main(argv: list[str] | None = None) -> None:
         # The checkpoint must exist before the servers start: build the paths (which write it) first.
         mels_path = Path(tmp) / "mels.npz"
         info = build_paths(args, clip, checkpoint_path, order, mels_path)
-        worker = stack.enter_context(subprocess.Popen(
-            [sys.executable, "-c", CT2_WORKER, str(args.whisper), str(args.threads), str(mels_path)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        ))
+        worker = stack.enter_context(
+            subprocess.Popen(
+                [sys.executable, "-c", CT2_WORKER, str(args.whisper), str(args.threads), str(mels_path)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+        )
         register_ct2(order, worker)
         servers = {"http_fp32_3s": stack.enter_context(Server(checkpoint_path, args.threads)).url}
         if native_bfloat16():
-            servers["http_bf16_3s"] = stack.enter_context(Server(checkpoint_path, args.threads, QUADS_PRECISION="bfloat16")).url
+            servers["http_bf16_3s"] = stack.enter_context(
+                Server(checkpoint_path, args.threads, QUADS_PRECISION="bfloat16")
+            ).url
         servers["http_int8_3s"] = stack.enter_context(Server(checkpoint_path, args.threads, QUADS_PRECISION="int8")).url
         for name, url in servers.items():
             client = stack.enter_context(httpx.Client(base_url=url, timeout=60))
-            post = lambda c=client: c.post("/intent", content=clip, headers={"Content-Type": "audio/wav"}).raise_for_status()
+
+            def post(c: httpx.Client = client) -> None:
+                c.post("/intent", content=clip, headers={"Content-Type": "audio/wav"}).raise_for_status()
+
             register(order, name, post, args.per_block)
         if wrk_available():
             script = write_post_script(clip, Path(tmp))

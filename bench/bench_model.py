@@ -33,16 +33,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_service import N_LABELS, build_model, three_second_clip  # noqa: E402
 import bench.bench_training as training_bench  # noqa: E402
+from bench.bench_service import N_LABELS, build_model, three_second_clip  # noqa: E402
 from bench.bench_training import interleaved_medians  # noqa: E402
 from core.audio import SAMPLE_RATE, decode_audio, log_mel_spectrogram  # noqa: E402
 from core.checkpoint import load_checkpoint  # noqa: E402
-from core.tensor_files import atomic_write  # noqa: E402
 from core.compute import count_parameters, forward_gmacs  # noqa: E402
 from core.cpu_features import cpu_model  # noqa: E402
-from service.cpu import available_cpus  # noqa: E402
 from core.model import WHISPER_TINY, IntentClassifier  # noqa: E402
+from core.tensor_files import atomic_write  # noqa: E402
+from service.cpu import available_cpus  # noqa: E402
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 CLIP_SECONDS = (1, 2, 3, 5, 10)  # compute table
@@ -60,8 +60,10 @@ PAPER_MB_FSC = {32: 29.16, 16: 14.58, 8: 7.29, 4: 3.65}
 
 def host_description(threads: int) -> str:
     """CPU, cores, torch version and threads, and the load at the start (other jobs skew timings)."""
-    return (f"{cpu_model()}, {os.cpu_count()} CPUs visible ({available_cpus()} usable by this process), "
-            f"1-min load average {os.getloadavg()[0]:.1f} at start, torch {torch.__version__}, {threads} torch thread(s)")
+    return (
+        f"{cpu_model()}, {os.cpu_count()} CPUs visible ({available_cpus()} usable by this process), "
+        f"1-min load average {os.getloadavg()[0]:.1f} at start, torch {torch.__version__}, {threads} torch thread(s)"
+    )
 
 
 def speech(seconds: float, clip: torch.Tensor) -> torch.Tensor:
@@ -118,8 +120,10 @@ def size_section(tmp: Path) -> list[str]:
     ]
     for bits, size in sizes.items():
         paper = PAPER_MB_FSC.get(bits)
-        lines.append(f"| {bits} | {size:,} | {size / MIB:.2f} | {size / fp32:.4f} | {bits / 32:.4f} | "
-                     f"{paper if paper is not None else '-'} |")
+        lines.append(
+            f"| {bits} | {size:,} | {size / MIB:.2f} | {size / fp32:.4f} | {bits / 32:.4f} | "
+            f"{paper if paper is not None else '-'} |"
+        )
     lines += [
         "",
         "Above the ideal because biases and LayerNorms stay float32, the file has a metadata header and, "
@@ -143,9 +147,11 @@ def shipped_models_section() -> list[str]:
     for path in paths:
         ckpt = load_checkpoint(path)
         d = ckpt.dims
-        lines.append(f"| `{MODELS_DIR.name}/{path.name}` | {ckpt.bits} | {ckpt.file_bytes:,} | "
-                     f"{ckpt.file_bytes / MIB:.2f} | {d.n_mels}, {d.n_state}, {d.n_head}, {d.n_layer} | "
-                     f"{ckpt.n_params:,} | {len(ckpt.labels)} |")
+        lines.append(
+            f"| `{MODELS_DIR.name}/{path.name}` | {ckpt.bits} | {ckpt.file_bytes:,} | "
+            f"{ckpt.file_bytes / MIB:.2f} | {d.n_mels}, {d.n_state}, {d.n_head}, {d.n_layer} | "
+            f"{ckpt.n_params:,} | {len(ckpt.labels)} |"
+        )
     return lines + [""]
 
 
@@ -182,6 +188,7 @@ def timed_functions(model: IntentClassifier, wav: bytes, mel_seconds: tuple[int,
         def run():
             with torch.inference_mode():
                 model(mel)
+
         return run
 
     fns = {"forward 3 s": forward(mel_3s)}
@@ -200,8 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=20, help="timed rounds (after 2 warm-up rounds)")
     parser.add_argument("--quick", action="store_true", help="skip the 30-s padded forward and the 10/30-s log-mels")
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                        help="wall: perf_counter; cpu: this process's CPU time (steadier on a busy machine, 1 thread)")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall: perf_counter; cpu: this process's CPU time (steadier on a busy machine, 1 thread)",
+    )
     parser.add_argument("--out", type=Path, help="also write the Markdown here (atomically)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -24,7 +24,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: bench.* imports
 from bench.report_output import publish
 
-
 DEFAULT_MODEL = Path("models/quads-fsc-4bit.safetensors")
 POLICIES = {
     "libgomp default (spin ~300k)": {},
@@ -75,7 +74,10 @@ def forward_ms(model: Path, threads: int, teams: str, env: dict[str, str]) -> fl
     clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     result = subprocess.run(
         [sys.executable, "-c", CHILD, str(model), str(threads), teams],
-        env={**clean, **env}, capture_output=True, text=True, check=True,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -84,7 +86,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3, help="each case is run this many times, in turns; the median is kept")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="each case is run this many times, in turns; the median is kept"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
 

@@ -33,10 +33,11 @@ from service.cpu import resolve_threads
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: bench.* imports
 from bench.bench_service import Server, three_second_clip
 from bench.report_output import publish
-from bench.wrk import run_wrk, wrk_available, write_post_script
+from bench.wrk import run_wrk, write_post_script, wrk_available
 
 CLIP_SECONDS = 1.5
 DEFAULT_MODEL = Path("models/quads-fsc-4bit.safetensors")
+
 
 def short_clip(seconds: float = CLIP_SECONDS) -> bytes:
     """The benchmark's 3-s espeak-ng clip, cut to ``seconds``."""
@@ -49,7 +50,10 @@ def short_clip(seconds: float = CLIP_SECONDS) -> bytes:
 def duration_buckets(url: str, status: str) -> dict[float, float]:
     """Cumulative counts of ``quads_http_request_duration_seconds`` for POST /intent answers with ``status``."""
     text = httpx.get(f"{url}/metrics", timeout=10).text
-    pattern = re.compile(r'^quads_http_request_duration_seconds_bucket\{le="([^"]+)",route="/intent",status="' + status + r'"\} (\S+)$', re.M)
+    pattern = re.compile(
+        r'^quads_http_request_duration_seconds_bucket\{le="([^"]+)",route="/intent",status="' + status + r'"\} (\S+)$',
+        re.M,
+    )
     return {float(le): float(count) for le, count in pattern.findall(text)}
 
 
@@ -86,10 +90,12 @@ def report(args, levels: list[dict], clip: bytes) -> str:
         "the host with the server; loopback HTTP. Latency percentiles: the server's histogram (bucket upper edges).",
         f"- Model: {args.model}. Clip: {CLIP_SECONDS:g}-s 16 kHz WAV ({len(clip)} bytes), raw body. "
         f"{args.seconds} s per level; every connection sends again as soon as it is answered.",
-        "- Server settings: " + (", ".join(f"`{item}`" for item in args.env) or "the defaults")
+        "- Server settings: "
+        + (", ".join(f"`{item}`" for item in args.env) or "the defaults")
         + " (`QUADS_MAX_QUEUE`, `QUADS_MAX_BATCH_SIZE`, `QUADS_REFUSALS_PER_SECOND`).",
         "",
-        "| connections | answered/s | share of peak | refused (503)/s | admitted p50 / p99 ms, at most | refused p50 / p99 ms, at most | wrk timeouts |",
+        "| connections | answered/s | share of peak | refused (503)/s | admitted p50 / p99 ms, at most "
+        "| refused p50 / p99 ms, at most | wrk timeouts |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for level in levels:
@@ -107,8 +113,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=resolve_threads(0), help="QUADS_THREADS of the server")
     parser.add_argument("--connections", type=int, nargs="+", default=[4, 16, 32, 64, 256])
     parser.add_argument("--seconds", type=int, default=10, help="wrk duration per level")
-    parser.add_argument("--env", action="append", default=[], metavar="QUADS_X=V",
-                        help="a server setting, e.g. QUADS_REFUSALS_PER_SECOND=1000000 to refuse without pacing")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="QUADS_X=V",
+        help="a server setting, e.g. QUADS_REFUSALS_PER_SECOND=1000000 to refuse without pacing",
+    )
     parser.add_argument("--out", type=Path, help="also write the Markdown report here")
     args = parser.parse_args(argv)
     if not wrk_available():

@@ -50,7 +50,7 @@ from training.quantize import quantize_model
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: bench.* imports
 from bench.report_output import publish
 from bench.server_measures import paired_model_call, paired_share, server_cpu_per_request
-from bench.wrk import run_wrk, wrk_available, write_post_script
+from bench.wrk import run_wrk, write_post_script, wrk_available
 
 CLIP_SECONDS = 3.0
 N_LABELS = 31  # Fluent Speech Commands has 31 intents
@@ -64,7 +64,9 @@ def build_model(directory: Path, bits: int = 4) -> Path:
     model = IntentClassifier(WHISPER_TINY, N_LABELS).eval()
     quantize_model(model, bits)
     labels = [f"intent_{i:02d}" for i in range(N_LABELS)]
-    return save_checkpoint(directory / f"bench-tiny-{bits}bit.safetensors", model, labels, bits, {"purpose": "benchmark"})
+    return save_checkpoint(
+        directory / f"bench-tiny-{bits}bit.safetensors", model, labels, bits, {"purpose": "benchmark"}
+    )
 
 
 def three_second_clip() -> bytes:
@@ -92,18 +94,25 @@ class Server:
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         # float32 unless asked: the rows name their precision (the service's default, auto, picks per CPU).
-        environment = {**os.environ, "QUADS_MODEL": str(model), "QUADS_THREADS": str(threads),
-                       "QUADS_PRECISION": "float32", **env}
+        environment = {
+            **os.environ,
+            "QUADS_MODEL": str(model),
+            "QUADS_THREADS": str(threads),
+            "QUADS_PRECISION": "float32",
+            **env,
+        }
         script = Path(sys.executable).with_name("quads-serve")
         command = [str(script)] if script.exists() else [sys.executable, "-m", "service.cli"]
         self.started = time.monotonic()
         self.process = subprocess.Popen(
             [*command, "--port", str(self.port), "--log-level", "warning"],
-            env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            env=environment,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         self.cold_start_seconds: float | None = None  # process start to the first /readyz 200
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -144,7 +153,7 @@ def interleaved_latency(urls: dict[str, str], clip: bytes, requests: dict[str, i
     clients = {name: httpx.Client(base_url=url, timeout=120) for name, url in urls.items()}
     runs: dict[str, list] = {name: [] for name in urls}
     try:
-        for name, client in clients.items():
+        for client in clients.values():
             for _ in range(3):
                 post(client, clip)  # warm up
         for _ in range(rounds):
@@ -202,7 +211,9 @@ def throughput(url: str, clip: bytes, clients: int, requests_per_client: int) ->
             f.result()
         wall = time.perf_counter() - start
     return {
-        "rps": len(latencies) / wall, "p50": percentile(latencies, 50), "p95": percentile(latencies, 95),
+        "rps": len(latencies) / wall,
+        "p50": percentile(latencies, 50),
+        "p95": percentile(latencies, 95),
         "refused": refused[0] / (refused[0] + len(latencies)),
     }
 
@@ -237,7 +248,9 @@ def report(args, model_path: Path, clip: bytes) -> str:
         Server(model_path, args.threads) as real_length,
         Server(model_path, args.threads, QUADS_MAX_BATCH_SIZE="1") as unbatched,
         Server(model_path, args.threads, QUADS_PAD_TO_30S="1") as padded_server,
-        Server(model_path, args.threads, QUADS_PRECISION="bfloat16") if bf16 else contextlib.nullcontext() as bf16_server,
+        Server(model_path, args.threads, QUADS_PRECISION="bfloat16")
+        if bf16
+        else contextlib.nullcontext() as bf16_server,
         Server(model_path, args.threads, QUADS_PRECISION="int8") as int8_server,
     ):
         urls = {"real": real_length.url, "padded": padded_server.url}
@@ -247,7 +260,9 @@ def report(args, model_path: Path, clip: bytes) -> str:
         urls["int8"], requests["int8"] = int8_server.url, args.requests
         latency = interleaved_latency(urls, clip, requests, rounds=10)
         load = {
-            c: median_throughput({"batched": real_length.url, "unbatched": unbatched.url}, clip, c, args.per_level, args.repeats)
+            c: median_throughput(
+                {"batched": real_length.url, "unbatched": unbatched.url}, clip, c, args.per_level, args.repeats
+            )
             for c in args.clients
         }
         wrk_load = {c: wrk_throughput(real_length.url, clip, c, WRK_SECONDS, args.repeats) for c in args.clients}
@@ -274,7 +289,8 @@ def report(args, model_path: Path, clip: bytes) -> str:
         "| input | p50 | p95 | server total (median) | model inference (median) |",
         "| --- | ---: | ---: | ---: | ---: |",
         f"| 3-s clip at its real length | {real['p50']:.1f} | {real['p95']:.1f} | {real['server_total']:.1f} | {real['inference']:.1f} |",
-        f"| same clip padded to 30 s (Whisper) | {padded['p50']:.1f} | {padded['p95']:.1f} | {padded['server_total']:.1f} | {padded['inference']:.1f} |",
+        f"| same clip padded to 30 s (Whisper) | {padded['p50']:.1f} | {padded['p95']:.1f} | "
+        f"{padded['server_total']:.1f} | {padded['inference']:.1f} |",
         f"| **padded / real** | **{padded['p50'] / real['p50']:.1f}x** | {padded['p95'] / real['p95']:.1f}x | "
         f"{padded['server_total'] / real['server_total']:.1f}x | {padded['inference'] / real['inference']:.1f}x |",
     ]
@@ -306,8 +322,11 @@ def report(args, model_path: Path, clip: bytes) -> str:
         "polled every 50 ms.",
     ]
     if cpu is not None:
-        lines += ["", f"Server CPU per answer (float32, one wrk connection, {WRK_SECONDS:g} s): {cpu[0]:.2f} ms in the "
-                  f"event loop's thread (HTTP, routing, the route), {cpu[1]:.2f} ms in the whole process (both cores)."]
+        lines += [
+            "",
+            f"Server CPU per answer (float32, one wrk connection, {WRK_SECONDS:g} s): {cpu[0]:.2f} ms in the "
+            f"event loop's thread (HTTP, routing, the route), {cpu[1]:.2f} ms in the whole process (both cores).",
+        ]
     lines += [
         "",
         f"### Sustained throughput, closed-loop clients ({args.per_level} requests per level; median of {args.repeats} runs)",
@@ -320,21 +339,31 @@ def report(args, model_path: Path, clip: bytes) -> str:
         b, u, w = load[c]["batched"], load[c]["unbatched"], wrk_load[c]
         lines.append(
             f"| {c} | {b['rps']:.1f} | {b['p50']:.0f} / {b['p95']:.0f} | {b['refused']:.0%} | "
-            f"{u['rps']:.1f} | {u['p50']:.0f} / {u['p95']:.0f} | {u['refused']:.0%} | " + ("-" if w is None else f"{w:.1f}") + " |"
+            f"{u['rps']:.1f} | {u['p50']:.0f} / {u['p95']:.0f} | {u['refused']:.0%} | "
+            + ("-" if w is None else f"{w:.1f}")
+            + " |"
         )
     if 4 in load:
         ideal = 1000 / real["inference"]
-        lines += ["", f"With 4 clients: {load[4]['batched']['rps']:.1f} answers/s (httpx clients), {load[4]['batched']['rps'] / ideal:.0%} of "
-                  f"1 / (the single-clip model call of the latency table, {real['inference']:.1f} ms) = {ideal:.1f}/s."]
+        lines += [
+            "",
+            f"With 4 clients: {load[4]['batched']['rps']:.1f} answers/s (httpx clients), {load[4]['batched']['rps'] / ideal:.0%} of "
+            f"1 / (the single-clip model call of the latency table, {real['inference']:.1f} ms) = {ideal:.1f}/s.",
+        ]
     if four is not None:
-        lines += ["", f"With 4 wrk connections, each run paired with a 1-connection run just before it ({args.repeats} pairs, "
-                  f"medians): {four['rps']:.1f} answers/s, {four['share']:.0%} of 1 / the single-clip model call of its pair."]
+        lines += [
+            "",
+            f"With 4 wrk connections, each run paired with a 1-connection run just before it ({args.repeats} pairs, "
+            f"medians): {four['rps']:.1f} answers/s, {four['share']:.0%} of 1 / the single-clip model call of its pair.",
+        ]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, help="a checkpoint to serve (default: a random whisper-tiny-dims 4-bit model)")
+    parser.add_argument(
+        "--model", type=Path, help="a checkpoint to serve (default: a random whisper-tiny-dims 4-bit model)"
+    )
     parser.add_argument("--threads", type=int, default=resolve_threads(0), help="QUADS_THREADS of the server")
     parser.add_argument("--requests", type=int, default=200, help="sequential requests at real length")
     parser.add_argument("--padded-requests", type=int, default=30, help="sequential requests padded to 30 s")

@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.audio import decode_audio, log_mel_spectrogram, num_frames  # noqa: E402
 from core.model import encoder_lengths  # noqa: E402
-from training.whisper import load_whisper_encoder  # noqa: E402
 from training.datasets import label_set, load_samples  # noqa: E402
+from training.whisper import load_whisper_encoder  # noqa: E402
 
 
 @torch.no_grad()
@@ -77,10 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     for padded in (False, True):
         x = {s: embeddings(encoder, [Path(x.path) for x in v], padded) for s, v in splits.items()}
         scores["30-s padded, pooled over the speech" if padded else "real length"] = probe_accuracy(
-            x["train"], y["train"], x["valid"], y["valid"], len(labels))
-    lines = [f"Teacher input: linear-probe accuracy on the validation split ({args.teacher}, {args.data}; "
-             f"{len(splits['train'])} train / {len(splits['valid'])} valid clips)", "",
-             "| teacher input | probe accuracy (%) |", "|---|---:|"]  # fmt: skip
+            x["train"], y["train"], x["valid"], y["valid"], len(labels)
+        )
+    lines = [
+        f"Teacher input: linear-probe accuracy on the validation split ({args.teacher}, {args.data}; "
+        f"{len(splits['train'])} train / {len(splits['valid'])} valid clips)",
+        "",
+        "| teacher input | probe accuracy (%) |",
+        "|---|---:|",
+    ]
     lines += [f"| {k} | {100 * v:.1f} |" for k, v in scores.items()]
     text = "\n".join(lines) + "\n"
     print(text)

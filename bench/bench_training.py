@@ -120,7 +120,9 @@ def bench_steps(args) -> list[tuple[str, float]]:
         sgd_step(model, optimizer, cross_entropy)
         loop_centroid_update(quantizer)
 
-    same_batch = interleaved_medians({"plain": plain, "quant": quantization_phase, "snap": quant_loss.snap}, args.repeats)
+    same_batch = interleaved_medians(
+        {"plain": plain, "quant": quantization_phase, "snap": quant_loss.snap}, args.repeats
+    )
     slow = args.loop_repeats
     t_loop = median_seconds(authors_loop, slow, warmup=0)
     t_loop_update = median_seconds(lambda: loop_centroid_update(quantizer), slow, warmup=0)
@@ -141,8 +143,10 @@ def bench_distillation(args) -> list[tuple[str, float]]:
         p.requires_grad_(False)
     pool = ChannelMaxPool(WHISPER_BASE.n_state, WHISPER_TINY.n_state)
     g = torch.Generator().manual_seed(0)
-    clips = [(torch.randn(80, int(100 * (args.seconds + 0.5 * (i % 3 - 1))), generator=g), i % 31, i)
-             for i in range(args.clips)]
+    clips = [
+        (torch.randn(80, int(100 * (args.seconds + 0.5 * (i % 3 - 1))), generator=g), i % 31, i)
+        for i in range(args.clips)
+    ]
 
     class Clips(torch.utils.data.Dataset):
         n_mels, augment, pad_to_30s, labels = 80, False, False, [str(i) for i in range(31)]
@@ -165,11 +169,15 @@ def bench_distillation(args) -> list[tuple[str, float]]:
         return lambda: train_epoch(step, loader, optimizer, device=cpu, progress=False, **kw)
 
     distill = DistillationLoss(0.5)
-    epochs = interleaved_medians({
-        "student": epoch(ClassificationLoss()),
-        "cached": epoch(distill, targets=targets),
-        "online": epoch(distill, online_teacher=partial(teacher.targets, frame_pool=pool)),
-    }, args.epoch_repeats, warmup=1)
+    epochs = interleaved_medians(
+        {
+            "student": epoch(ClassificationLoss()),
+            "cached": epoch(distill, targets=targets),
+            "online": epoch(distill, online_teacher=partial(teacher.targets, frame_pool=pool)),
+        },
+        args.epoch_repeats,
+        warmup=1,
+    )
     t_student, t_cached, t_online = epochs["student"], epochs["cached"], epochs["online"]
     return [
         ("student-only epoch (CE)", t_student),
@@ -194,8 +202,12 @@ def main(argv=None) -> int:
     parser.add_argument("--clips", type=int, default=32, help="clips per distillation epoch")
     parser.add_argument("--epoch-repeats", type=int, default=3)
     parser.add_argument("--loop-repeats", type=int, default=2, help="repeats of the (slow) Python-loop update")
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                        help="wall: perf_counter; cpu: this process's CPU time (steadier on a busy machine, 1 thread)")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall: perf_counter; cpu: this process's CPU time (steadier on a busy machine, 1 thread)",
+    )
     parser.add_argument("--out", help="also write the Markdown here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

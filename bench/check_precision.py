@@ -16,9 +16,9 @@ It reads the split once and chooses nothing from it; the figures go in docs/benc
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-import sys
 import torch
 from tqdm import tqdm
 
@@ -37,10 +37,17 @@ DEFAULT_MODEL = Path("models/quads-fsc-4bit.safetensors")
 
 def answers(model_path: Path, clips: list[bytes], threads: int, **engine_options) -> torch.Tensor:
     """(N, n_labels) probabilities of every clip, all submitted at once to one engine."""
-    engine = InferenceEngine(load_checkpoint(model_path), threads=threads, max_queue=len(clips), **engine_options).start()
+    engine = InferenceEngine(
+        load_checkpoint(model_path), threads=threads, max_queue=len(clips), **engine_options
+    ).start()
     try:
         futures = [engine.submit(clip) for clip in clips]
-        return torch.stack([f.result(timeout=600).probabilities for f in tqdm(futures, desc=str(engine_options), leave=False, mininterval=5)])
+        return torch.stack(
+            [
+                f.result(timeout=600).probabilities
+                for f in tqdm(futures, desc=str(engine_options), leave=False, mininterval=5)
+            ]
+        )
     finally:
         engine.close()
 
@@ -76,7 +83,9 @@ def main(argv: list[str] | None = None) -> None:
         "float32, batches of 8": answers(args.model, clips, args.threads, max_batch_size=8),
     }
     if native_bfloat16():
-        runs["bfloat16, one clip per call"] = answers(args.model, clips, args.threads, max_batch_size=1, compute_dtype="bfloat16")
+        runs["bfloat16, one clip per call"] = answers(
+            args.model, clips, args.threads, max_batch_size=1, compute_dtype="bfloat16"
+        )
     runs["int8, one clip per call"] = answers(args.model, clips, args.threads, max_batch_size=1, compute_dtype="int8")
     runs["int8, batches of 8"] = answers(args.model, clips, args.threads, max_batch_size=8, compute_dtype="int8")
     reference = runs["reference: float32, torch's default kernels, outside the service"]

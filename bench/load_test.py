@@ -96,8 +96,12 @@ class LoadResult:
         if not values:
             return {}
         ms = 1000 * np.asarray(values)
-        return {"p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)),
-                "p99": float(np.percentile(ms, 99)), "max": float(ms.max())}
+        return {
+            "p50": float(np.percentile(ms, 50)),
+            "p95": float(np.percentile(ms, 95)),
+            "p99": float(np.percentile(ms, 99)),
+            "max": float(ms.max()),
+        }
 
     def anon_growth_second_half(self) -> int | None:
         """Anonymous RSS at the end minus halfway through the measured requests (bytes)."""
@@ -156,7 +160,11 @@ async def run_load(
                     t0 = time.perf_counter()
                     try:
                         response = await client.post("/intent", content=body, headers=headers)
-                        status, answer_headers, body = str(response.status_code), dict(response.headers), response.content
+                        status, answer_headers, body = (
+                            str(response.status_code),
+                            dict(response.headers),
+                            response.content,
+                        )
                     except httpx.HTTPError as e:
                         status, answer_headers, body = type(e).__name__, {}, str(e).encode()
                     if measured is None:
@@ -190,7 +198,8 @@ def markdown(result: LoadResult, context: list[str], soak: bool = False) -> str:
         f"- Requests: {result.completed} of {result.requested} at concurrency {result.concurrency} in "
         f"{result.seconds:.1f} s: **{result.throughput:.1f} req/s**"
         + (" (stopped early: time limit)" if stopped_early else ""),
-        "- Answers: " + ", ".join(f"{status}: {count}" for status, count in result.counts.items())
+        "- Answers: "
+        + ", ".join(f"{status}: {count}" for status, count in result.counts.items())
         + f"; not 200: **{result.errors}**",
         "",
         "| answers | count | p50 ms | p95 ms | p99 ms | max ms |",
@@ -200,7 +209,9 @@ def markdown(result: LoadResult, context: list[str], soak: bool = False) -> str:
         p = result.percentiles_ms(status)
         count = result.completed if status is None else result.counts[status]
         if p:
-            lines.append(f"| {status or 'all'} | {count} | {p['p50']:.1f} | {p['p95']:.1f} | {p['p99']:.1f} | {p['max']:.1f} |")
+            lines.append(
+                f"| {status or 'all'} | {count} | {p['p50']:.1f} | {p['p95']:.1f} | {p['p99']:.1f} | {p['max']:.1f} |"
+            )
     if len(result.answers) > 1:
         lines += ["", f"- Distinct 200 answers (intent, confidence): {dict(result.answers.most_common(5))}"]
     if result.memory:
@@ -229,10 +240,14 @@ def soak_verdict(result: LoadResult) -> tuple[bool, str]:
     if result.errors or result.completed < result.requested:
         problems.append(f"{result.errors} answers other than 200, {result.requested - result.completed} not sent")
     if growth is not None and growth > SOAK_GROWTH_TOLERANCE_BYTES:
-        problems.append(f"anonymous RSS grew {growth / MiB:.1f} MiB over the second half (tolerance {SOAK_GROWTH_TOLERANCE_BYTES / MiB:.0f} MiB)")
+        problems.append(
+            f"anonymous RSS grew {growth / MiB:.1f} MiB over the second half (tolerance {SOAK_GROWTH_TOLERANCE_BYTES / MiB:.0f} MiB)"
+        )
     if problems:
         return False, "Soak FAILED: " + "; ".join(problems) + "."
-    return True, "Soak passed: no errors" + (", and the resident memory stopped growing." if growth is not None else ".")
+    return True, "Soak passed: no errors" + (
+        ", and the resident memory stopped growing." if growth is not None else "."
+    )
 
 
 def default_clip() -> bytes:
@@ -260,8 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--url", help="a running server, e.g. http://127.0.0.1:8000")
-    target.add_argument("--model", type=Path, help="start quads-serve on 127.0.0.1 with this checkpoint "
-                        "(default: a random whisper-tiny-dims 4-bit model)")
+    target.add_argument(
+        "--model",
+        type=Path,
+        help="start quads-serve on 127.0.0.1 with this checkpoint (default: a random whisper-tiny-dims 4-bit model)",
+    )
     parser.add_argument("--pid", type=int, help="with --url: the server's process id, to follow its memory")
     parser.add_argument("--threads", type=int, default=1, help="QUADS_THREADS of a server this script starts")
     parser.add_argument("--env", action="append", default=[], metavar="QUADS_X=V", help="more settings for that server")
@@ -270,8 +288,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soak", type=int, metavar="N", help="soak mode: N requests, memory through the run, verdict")
     parser.add_argument("--warmup", type=int, help="requests before measuring (default 10, or N/10 in soak mode)")
     parser.add_argument("--clip", type=Path, help="audio file to send (default: a 3-s 16 kHz espeak-ng WAV)")
-    parser.add_argument("--lengths", type=int, metavar="N",
-                        help="send N lengths of the default clip in turn (0.5-20 s): clips of many sizes, as real traffic has")
+    parser.add_argument(
+        "--lengths",
+        type=int,
+        metavar="N",
+        help="send N lengths of the default clip in turn (0.5-20 s): clips of many sizes, as real traffic has",
+    )
     parser.add_argument("--max-seconds", type=float, default=600, help="start no request after this long")
     parser.add_argument("--out", type=Path, help="also write the Markdown report here")
     args = parser.parse_args(argv)
@@ -287,15 +309,27 @@ def main(argv: list[str] | None = None) -> int:
     described = f"{args.clip.name if args.clip else '3-s 16 kHz mono 16-bit WAV (espeak-ng)'}, {len(clip)} bytes"
     if args.lengths:
         clip = clips_of_lengths(clip, args.lengths)
-        described = f"16 kHz mono 16-bit WAVs (espeak-ng, repeated) of {args.lengths} lengths from 0.5 to 20 s, sent in turn"
+        described = (
+            f"16 kHz mono 16-bit WAVs (espeak-ng, repeated) of {args.lengths} lengths from 0.5 to 20 s, sent in turn"
+        )
     context = [
         f"Host: {platform.machine()}, {os.cpu_count()} CPUs; client and server on one host, loopback HTTP, httpx.",
         f"Clip: {described}, raw {content_type} body; {warmup} warm-up requests first, not counted.",
     ]
 
     def run(url: str, pid: int | None) -> LoadResult:
-        return asyncio.run(run_load(url, clip, requests, args.concurrency, content_type=content_type,
-                                    warmup=warmup, max_seconds=args.max_seconds, pid=pid))
+        return asyncio.run(
+            run_load(
+                url,
+                clip,
+                requests,
+                args.concurrency,
+                content_type=content_type,
+                warmup=warmup,
+                max_seconds=args.max_seconds,
+                pid=pid,
+            )
+        )
 
     if args.url:
         context.insert(0, f"Target: {args.url}" + (f" (pid {args.pid})" if args.pid else ""))
@@ -308,8 +342,11 @@ def main(argv: list[str] | None = None) -> int:
             model = args.model or build_model(Path(tmp))
             with Server(model, args.threads, **env) as server:
                 settings = ", ".join(f"{k}={v}" for k, v in env.items())
-                context.insert(0, f"Target: quads-serve started by this script, model {model.name}, "
-                               f"QUADS_THREADS={args.threads}" + (f", {settings}" if settings else ""))
+                context.insert(
+                    0,
+                    f"Target: quads-serve started by this script, model {model.name}, "
+                    f"QUADS_THREADS={args.threads}" + (f", {settings}" if settings else ""),
+                )
                 result = run(server.url, server.process.pid)
 
     text = markdown(result, context, soak=bool(args.soak))

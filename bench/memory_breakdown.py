@@ -17,7 +17,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: bench.* imports
 from bench.report_output import publish
 
-
 DEFAULT_MODEL = Path("models/quads-fsc-4bit.safetensors")
 
 

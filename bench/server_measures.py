@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import torch
 
-from bench.wrk import run_wrk, wrk_available, write_post_script
+from bench.wrk import run_wrk, write_post_script, wrk_available
 from core.audio import decode_audio, log_mel_spectrogram
 from service.precision import prepare_model
 
@@ -35,10 +35,14 @@ _INFERENCE_STAGE = re.compile(r'^quads_stage_duration_seconds_(sum|count)\{stage
 
 def inference_stage_totals(url: str) -> dict[str, float]:
     """The server's cumulative ``sum`` (seconds) and ``count`` of model calls, from /metrics."""
-    return {kind: float(value) for kind, value in _INFERENCE_STAGE.findall(httpx.get(f"{url}/metrics", timeout=10).text)}
+    return {
+        kind: float(value) for kind, value in _INFERENCE_STAGE.findall(httpx.get(f"{url}/metrics", timeout=10).text)
+    }
 
 
-def paired_model_call(url: str, checkpoint, clip: bytes, threads: int, rounds: int = 5, per_block: int = 40) -> dict[str, float]:
+def paired_model_call(
+    url: str, checkpoint, clip: bytes, threads: int, rounds: int = 5, per_block: int = 40
+) -> dict[str, float]:
     """Medians (ms) of the service's model call and of a bare forward prepared as the float32
     service prepares it (oneDNN-packed linear layers), in alternating blocks, and the median of
     the blocks' ratios (service / bare)."""

@@ -53,7 +53,9 @@ def run_wrk(url: str, script: Path, connections: int, seconds: float) -> WrkRun:
     """``wrk -t1`` with ``connections`` connections for ``seconds`` against ``{url}/intent``."""
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s", "-s", str(script), f"{url}/intent"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     match = re.search(r"^QUADS (\d+) (\d+) (\d+) (\d+) (\d+) (\d+)$", out, re.MULTILINE)
     if match is None:

@@ -64,7 +64,8 @@ def decode_audio(data: bytes, max_seconds: float | None = CHUNK_LENGTH) -> torch
             wave, sample_rate = decode_container(data, kind, max_seconds)
         except ContainerAudioError as e:
             raise (AudioTooLongError if e.too_long else AudioDecodeError)(
-                str(e) if e.too_long else f"{e}; send {ACCEPTED_FORMATS}") from None
+                str(e) if e.too_long else f"{e}; send {ACCEPTED_FORMATS}"
+            ) from None
         _check_rate(sample_rate)
     else:
         wave, sample_rate = _decode_with_soundfile(data, max_seconds)
@@ -86,7 +87,9 @@ def decode_audio(data: bytes, max_seconds: float | None = CHUNK_LENGTH) -> torch
 
 def _check_rate(sample_rate: int) -> None:
     if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
-        raise AudioDecodeError(f"unsupported sample rate {sample_rate} Hz; expected {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz")
+        raise AudioDecodeError(
+            f"unsupported sample rate {sample_rate} Hz; expected {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz"
+        )
 
 
 def _decode_with_soundfile(data: bytes, max_seconds: float | None) -> tuple[np.ndarray, int]:
@@ -100,9 +103,7 @@ def _decode_with_soundfile(data: bytes, max_seconds: float | None) -> tuple[np.n
             # Check the duration the header claims before reading, so that a header claiming
             # hours of audio is refused without allocating for it.
             if max_seconds is not None and 0 < frames < 2**62 and frames / sample_rate > max_seconds + 1:
-                raise AudioTooLongError(
-                    f"audio is {frames / sample_rate:.1f} s long; the limit is {max_seconds:g} s"
-                )
+                raise AudioTooLongError(f"audio is {frames / sample_rate:.1f} s long; the limit is {max_seconds:g} s")
             return f.read(dtype="float32", always_2d=True), sample_rate  # (frames, channels)
     except AudioDecodeError:
         raise

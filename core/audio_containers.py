@@ -20,7 +20,7 @@ MP4_BRAND_OFFSET = slice(4, 8)  # an ISO base media file starts with a box of ty
 
 
 def container_kind(data: bytes) -> str | None:
-    """"WebM" or "MP4" when ``data`` starts like one of those containers, else None."""
+    """ "WebM" or "MP4" when ``data`` starts like one of those containers, else None."""
     if data[:4] == WEBM_MAGIC:
         return "WebM"
     if data[MP4_BRAND_OFFSET] == b"ftyp":
@@ -46,7 +46,9 @@ def decode_container(data: bytes, kind: str, max_seconds: float | None) -> tuple
             rate = stream.codec_context.sample_rate
             claimed = container.duration / av.time_base if container.duration else 0.0
             if max_seconds is not None and claimed > max_seconds + 1:
-                raise ContainerAudioError(f"audio is {claimed:.1f} s long; the limit is {max_seconds:g} s", too_long=True)
+                raise ContainerAudioError(
+                    f"audio is {claimed:.1f} s long; the limit is {max_seconds:g} s", too_long=True
+                )
             return _decode_stream(container, stream, rate, max_seconds), rate
     except ContainerAudioError:
         raise
@@ -68,7 +70,9 @@ def _decode_stream(container, stream, rate: int, max_seconds: float | None) -> n
             chunks.append(chunk)
             total += chunk.shape[1]
         if limit is not None and total > limit:
-            raise ContainerAudioError(f"audio is over {max_seconds:g} s long; the limit is {max_seconds:g} s", too_long=True)
+            raise ContainerAudioError(
+                f"audio is over {max_seconds:g} s long; the limit is {max_seconds:g} s", too_long=True
+            )
     for out in resampler.resample(None):
         chunks.append(out.to_ndarray())
     if not chunks:

@@ -224,7 +224,9 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         _check_frames(frames, labels, CheckpointError, f"{path}: ")
     head_bias = tensors.get("head.bias")
     if head_bias is not None and head_bias.numel() != len(labels):
-        raise CheckpointError(f"{path}: metadata lists {len(labels)} labels but the head has {head_bias.numel()} outputs")
+        raise CheckpointError(
+            f"{path}: metadata lists {len(labels)} labels but the head has {head_bias.numel()} outputs"
+        )
     model = IntentClassifier(dims, len(labels))
     expected = model.state_dict()
     state: dict[str, Tensor] = {}
@@ -246,8 +248,16 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     model.load_state_dict(state)
     model.eval()
     return Checkpoint(
-        model, labels, bits, dims, provenance, metadata["content_sha256"], path, path.stat().st_size,
-        n_params=sum(t.numel() for t in state.values()), threshold=threshold,
+        model,
+        labels,
+        bits,
+        dims,
+        provenance,
+        metadata["content_sha256"],
+        path,
+        path.stat().st_size,
+        n_params=sum(t.numel() for t in state.values()),
+        threshold=threshold,
         frames=frames,
     )
 

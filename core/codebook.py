@@ -66,13 +66,14 @@ class Codebook:
         return self.centroids.float()[self.codes].reshape(shape)
 
     @classmethod
-    def of_snapped(cls, weight: Tensor, bits: int) -> "Codebook":
+    def of_snapped(cls, weight: Tensor, bits: int) -> Codebook:
         """The codebook of a weight that already holds at most 2**bits distinct values.
 
         For a model quantized elsewhere; a ``KMeansQuantizer`` hands over its own codebooks.
         Unused slots repeat the largest value.
         """
         import torch
+
         values = torch.unique(weight.detach().float())
         k = 2**bits
         if values.numel() > k:

@@ -63,7 +63,9 @@ class MultiHeadAttention(nn.Module):
     def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
         """x: (B, T, n_state); attn_mask: (B, 1, 1, T) bool, True where a key may be attended."""
         B, T, C = x.shape
-        q, k, v = (p(x).view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for p in (self.query, self.key, self.value))
+        q, k, v = (
+            p(x).view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for p in (self.query, self.key, self.value)
+        )
         # SDPA's default scale 1/sqrt(d_head) equals Whisper's d_head**-0.25 applied to q and k.
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.out(y.transpose(1, 2).reshape(B, T, C))
@@ -90,7 +92,9 @@ class AudioEncoder(nn.Module):
         self.conv2 = nn.Conv1d(dims.n_state, dims.n_state, kernel_size=3, stride=2, padding=1)
         # Recomputed from dims, so it is not part of the state dict (nor of checkpoints).
         self.register_buffer("positional_embedding", sinusoids(dims.n_ctx, dims.n_state), persistent=False)
-        self.blocks = nn.ModuleList(ResidualAttentionBlock(dims.n_state, dims.n_head, dims.n_mlp) for _ in range(dims.n_layer))
+        self.blocks = nn.ModuleList(
+            ResidualAttentionBlock(dims.n_state, dims.n_head, dims.n_mlp) for _ in range(dims.n_layer)
+        )
         self.ln_post = nn.LayerNorm(dims.n_state)
 
     def forward(self, mel: Tensor, mel_lengths: Tensor | None = None) -> tuple[Tensor, Tensor | None]:

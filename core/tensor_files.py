@@ -61,7 +61,9 @@ def read_tensors(path: Path, names: Iterable[str] | None = None) -> tuple[dict[s
             wanted = list(f.keys()) if names is None else list(names)
             return {k: f.get_tensor(k) for k in wanted}, metadata
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise TensorFileError(f"{path}: not a readable .safetensors file: missing, truncated or corrupt ({e})") from None
+        raise TensorFileError(
+            f"{path}: not a readable .safetensors file: missing, truncated or corrupt ({e})"
+        ) from None
 
 
 def read_metadata(path: Path) -> dict[str, str]:
@@ -70,4 +72,6 @@ def read_metadata(path: Path) -> dict[str, str]:
         with safe_open(str(path), framework="pt") as f:
             return f.metadata() or {}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise TensorFileError(f"{path}: not a readable .safetensors file: missing, truncated or corrupt ({e})") from None
+        raise TensorFileError(
+            f"{path}: not a readable .safetensors file: missing, truncated or corrupt ({e})"
+        ) from None

@@ -65,8 +65,14 @@ class AdmissionGate(HttpMiddleware):
     """Admits at most ``limit`` concurrent ``POST /intent`` requests with complete bodies, and at most
     ``max_uploads`` uploading; refuses the rest with 503."""
 
-    def __init__(self, app: ASGIApp, limit: int, refusals_per_second: float = 100.0, metrics: ServiceMetrics | None = None,
-                 max_uploads: int = 512):
+    def __init__(
+        self,
+        app: ASGIApp,
+        limit: int,
+        refusals_per_second: float = 100.0,
+        metrics: ServiceMetrics | None = None,
+        max_uploads: int = 512,
+    ):
         super().__init__(app)
         if limit < 1 or max_uploads < 1:
             raise ValueError(f"the admission and upload limits must be at least 1, got {limit} and {max_uploads}")

@@ -26,7 +26,8 @@ from service.problems import ProblemError, problem_response
 class BodyTooLarge(ProblemError):
     def __init__(self, max_bytes: int):
         super().__init__(
-            413, "body-too-large",
+            413,
+            "body-too-large",
             f"the request body is over the {max_bytes}-byte limit; send a shorter or more compressed clip "
             "(e.g. 16 kHz mono FLAC) or raise QUADS_MAX_BODY_BYTES",
         )
@@ -35,7 +36,8 @@ class BodyTooLarge(ProblemError):
 class BodyTimeout(ProblemError):
     def __init__(self, timeout_seconds: float):
         super().__init__(
-            408, "body-timeout",
+            408,
+            "body-timeout",
             f"the request body did not arrive within {timeout_seconds:g} s; upload it in one go",
             headers={"Connection": "close"},
         )
@@ -44,7 +46,8 @@ class BodyTimeout(ProblemError):
 class BodyTooSlow(ProblemError):
     def __init__(self, min_bytes_per_second: float, grace_seconds: float):
         super().__init__(
-            408, "body-too-slow",
+            408,
+            "body-too-slow",
             f"the request body arrived slower than {min_bytes_per_second:g} bytes/s after the first "
             f"{grace_seconds:g} s; upload it in one go",
             headers={"Connection": "close"},
@@ -54,8 +57,14 @@ class BodyTooSlow(ProblemError):
 class BodyLimitMiddleware(HttpMiddleware):
     """Answers 413/408 problem+json when a body breaks the limits."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, timeout_seconds: float, min_bytes_per_second: float = 0.0,
-                 grace_seconds: float = 5.0):
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        timeout_seconds: float,
+        min_bytes_per_second: float = 0.0,
+        grace_seconds: float = 5.0,
+    ):
         super().__init__(app)
         self.max_bytes = max_bytes
         self.timeout_seconds = timeout_seconds
@@ -90,8 +99,11 @@ class BodyLimitMiddleware(HttpMiddleware):
                     message = await receive()
             except TimeoutError:
                 too_slow = rate_bound < deadline
-                violation = (BodyTooSlow(self.min_bytes_per_second, self.grace_seconds) if too_slow
-                             else BodyTimeout(self.timeout_seconds))
+                violation = (
+                    BodyTooSlow(self.min_bytes_per_second, self.grace_seconds)
+                    if too_slow
+                    else BodyTimeout(self.timeout_seconds)
+                )
                 raise violation from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))

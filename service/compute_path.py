@@ -70,8 +70,9 @@ def candidate_paths(precision: str, bfloat16_hardware: bool | None = None) -> li
 
 
 @torch.inference_mode()
-def choose_compute_path(model: nn.Module, precision: str, *, repeats: int = REPEATS,
-                        candidates: list[ComputePath] | None = None) -> PathChoice:
+def choose_compute_path(
+    model: nn.Module, precision: str, *, repeats: int = REPEATS, candidates: list[ComputePath] | None = None
+) -> PathChoice:
     """Time each candidate on copies of ``model`` (float32, as loaded) and pick the fastest correct one."""
     candidates = candidate_paths(precision) if candidates is None else candidates
     if len(candidates) == 1:

@@ -57,4 +57,3 @@ def resolve_threads(configured: int = 0, root: Path = CGROUP_ROOT) -> int:
     if limit is not None:
         threads = min(threads, max(1, math.floor(limit)))
     return threads
-

@@ -45,9 +45,9 @@ from core.audio import (
     pad_mels,
 )
 from core.checkpoint import Checkpoint
+from service.compute_path import ComputePath
 from service.heap import IdleHeapTrimmer
 from service.metrics import ServiceMetrics
-from service.compute_path import ComputePath
 from service.precision import batches_exactly, check_compute_dtype, compute_context, prepare_model
 
 
@@ -83,7 +83,9 @@ _STOP = object()  # queued by close(): the worker finishes what is ahead of it, 
 def compute_thread(threads: int) -> ThreadPoolExecutor:
     """The single thread for torch work, with ``threads`` intra-op threads. Load the checkpoint
     through it (``submit(load_checkpoint, path)``) and pass it to ``InferenceEngine``."""
-    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="quads-compute", initializer=torch.set_num_threads, initargs=(threads,))
+    return ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix="quads-compute", initializer=torch.set_num_threads, initargs=(threads,)
+    )
 
 
 class InferenceEngine:
@@ -140,7 +142,7 @@ class InferenceEngine:
     def queue_depth(self) -> int:
         return self._queue.qsize()
 
-    def start(self) -> "InferenceEngine":
+    def start(self) -> InferenceEngine:
         """Prepare the model for the compute dtype (``service.precision``, in the compute thread), then start the worker."""
         self._compute.submit(prepare_model, self.checkpoint.model, self.compute_dtype, self.onednn).result()
         self._worker = self._compute.submit(self._run)

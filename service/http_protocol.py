@@ -58,7 +58,8 @@ class GuardedH11Protocol(H11Protocol):
 
     def send_400_response(self, msg: str) -> None:
         body = problem_bytes(
-            400, "malformed-request",
+            400,
+            "malformed-request",
             f"the request is not valid HTTP/1.1 ({msg.rstrip('.')}): check the request line and headers (at most "
             "16 KiB in all), and that Content-Length equals the number of body bytes sent",
         )
@@ -67,7 +68,11 @@ class GuardedH11Protocol(H11Protocol):
             (b"content-length", str(len(body)).encode()),
             (b"connection", b"close"),
         ]
-        for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body), h11.EndOfMessage()):
+        for event in (
+            h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+            h11.Data(data=body),
+            h11.EndOfMessage(),
+        ):
             self.transport.write(self.conn.send(event))
         self.transport.close()
         if self.cycle is not None and not self.cycle.response_complete:
@@ -88,12 +93,15 @@ class GuardedH11Protocol(H11Protocol):
             return  # a request is in the app, which bounds the time its body takes
         if self.conn.their_state is h11.IDLE and self.conn.trailing_data[0]:  # part of a head arrived
             body = problem_bytes(
-                408, "head-timeout",
+                408,
+                "head-timeout",
                 f"the request line and headers did not arrive within {self.head_timeout:g} s; send them in one go",
             )
             self.transport.write(
-                b"HTTP/1.1 408 Request Timeout\r\ncontent-type: " + PROBLEM_MEDIA_TYPE.encode()
-                + b"\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body) + body
+                b"HTTP/1.1 408 Request Timeout\r\ncontent-type: "
+                + PROBLEM_MEDIA_TYPE.encode()
+                + b"\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+                + body
             )
         self.transport.close()
 

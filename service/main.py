@@ -16,12 +16,12 @@ from fastapi import FastAPI
 from core.audio import AudioDecodeError, AudioTooLongError, EmptyAudioError
 from core.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from core.version import package_version
+from service.admission import AdmissionGate
 from service.api import api_router
 from service.api.routes import docs, try_page
 from service.api.schemas import ModelInfo, document_null_intent
-from service.compute_path import choose_compute_path
-from service.admission import AdmissionGate
 from service.body import BodyLimitMiddleware
+from service.compute_path import choose_compute_path
 from service.cpu import resolve_threads
 from service.engine import EngineDraining, EngineOverloaded, InferenceEngine, compute_thread
 from service.heap import heap_allocator, return_freed_heap
@@ -92,7 +92,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.engine = engine
     logger.info(
         "serving %s (%d-bit, %d labels) with %d torch threads in %s, batches of up to %d, on %s malloc",
-        checkpoint.path, checkpoint.bits, len(checkpoint.labels), threads, engine.compute_path, settings.max_batch_size,
+        checkpoint.path,
+        checkpoint.bits,
+        len(checkpoint.labels),
+        threads,
+        engine.compute_path,
+        settings.max_batch_size,
         heap_allocator(),
     )
     if heap_allocator() == "glibc":
@@ -134,12 +139,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Inside the body limits: the gate reads the body through them before it admits a request to
     # the model, and refuses from the head alone when the model's slots are full (service.admission).
     app.add_middleware(
-        AdmissionGate, limit=admission_limit(settings), refusals_per_second=settings.refusals_per_second,
-        metrics=app.state.metrics, max_uploads=settings.max_uploads,
+        AdmissionGate,
+        limit=admission_limit(settings),
+        refusals_per_second=settings.refusals_per_second,
+        metrics=app.state.metrics,
+        max_uploads=settings.max_uploads,
     )
     app.add_middleware(
-        BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_seconds=settings.body_timeout_seconds,
-        min_bytes_per_second=settings.min_upload_bytes_per_second, grace_seconds=settings.upload_grace_seconds,
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        timeout_seconds=settings.body_timeout_seconds,
+        min_bytes_per_second=settings.min_upload_bytes_per_second,
+        grace_seconds=settings.upload_grace_seconds,
     )
     app.add_middleware(ShutdownCutoffMiddleware, state=app.state)  # around the gate: an upload it holds is cut too
     app.add_middleware(HttpMetricsMiddleware, metrics=app.state.metrics)

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 from prometheus_client import (
     CollectorRegistry,
     Counter,
-    GCCollector,
     Gauge,
+    GCCollector,
     Histogram,
     Info,
     ProcessCollector,
@@ -37,7 +37,27 @@ if TYPE_CHECKING:
     from service.api.schemas import ModelInfo
 
 # Seconds; dense over the 1-500 ms a request takes, with a tail for 30-s clips on a busy host.
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.4, 0.6, 0.8, 1.0, 1.5, 2.5)
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.25,
+    0.4,
+    0.6,
+    0.8,
+    1.0,
+    1.5,
+    2.5,
+)
 AUDIO_SECONDS_BUCKETS = (0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 STAGES = ("decode", "features", "inference", "total")
@@ -54,29 +74,44 @@ class ServiceMetrics:
         ProcessCollector(registry=r)
         GCCollector(registry=r)
         self.stage_duration = Histogram(
-            "quads_stage_duration_seconds", "Time per /intent request in each stage; total includes queueing.",
-            ["stage"], buckets=LATENCY_BUCKETS, registry=r,
+            "quads_stage_duration_seconds",
+            "Time per /intent request in each stage; total includes queueing.",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.http_requests = Counter(
             "quads_http_requests", "HTTP requests by route template and status code.", ["route", "status"], registry=r
         )
         self.http_duration = Histogram(
-            "quads_http_request_duration_seconds", "From a request's head to its answer's last byte, by route and status.",
-            ["route", "status"], buckets=LATENCY_BUCKETS, registry=r,
+            "quads_http_request_duration_seconds",
+            "From a request's head to its answer's last byte, by route and status.",
+            ["route", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.audio_duration = Histogram(
-            "quads_audio_duration_seconds", "Seconds of audio per /intent request.", buckets=AUDIO_SECONDS_BUCKETS, registry=r
+            "quads_audio_duration_seconds",
+            "Seconds of audio per /intent request.",
+            buckets=AUDIO_SECONDS_BUCKETS,
+            registry=r,
         )
         self.answers = Counter(
-            "quads_intent_answers", "POST /intent answers, by whether the clip was understood as a command.",
-            ["understood"], registry=r,
+            "quads_intent_answers",
+            "POST /intent answers, by whether the clip was understood as a command.",
+            ["understood"],
+            registry=r,
         )
         self.in_flight = Gauge("quads_requests_in_flight", "POST /intent requests being handled.", registry=r)
-        self.batch_size = Histogram("quads_batch_size", "Clips per model call (micro-batch size).", buckets=BATCH_SIZE_BUCKETS, registry=r)
+        self.batch_size = Histogram(
+            "quads_batch_size", "Clips per model call (micro-batch size).", buckets=BATCH_SIZE_BUCKETS, registry=r
+        )
         self.queue_depth = Gauge("quads_queue_depth", "Requests waiting for the model.", registry=r)
         self.rejected = Counter("quads_rejected", "Requests refused with 503, by reason.", ["reason"], registry=r)
         self.model_file_bytes = Gauge("quads_model_file_bytes", "Size of the checkpoint file.", registry=r)
-        self.model_memory_bytes = Gauge("quads_model_memory_bytes", "Bytes of the loaded (dequantized) model.", registry=r)
+        self.model_memory_bytes = Gauge(
+            "quads_model_memory_bytes", "Bytes of the loaded (dequantized) model.", registry=r
+        )
         self.model_parameters = Gauge("quads_model_parameters", "Parameters of the loaded model.", registry=r)
         # Not quads_model_bits: promtool rejects "bits" as a non-base unit ("use bytes").
         self.model_bit_width = Gauge("quads_model_bit_width", "Bit width of the quantized weights.", registry=r)
@@ -93,8 +128,9 @@ class ServiceMetrics:
         self.model_memory_bytes.set(info.memory_bytes)
         self.model_parameters.set(info.params)
         self.model_bit_width.set(info.bits)
-        self.model_info.info({"name": info.name, "bits": str(info.bits), "sha256": info.sha256,
-                              "compute_path": info.compute_path})
+        self.model_info.info(
+            {"name": info.name, "bits": str(info.bits), "sha256": info.sha256, "compute_path": info.compute_path}
+        )
 
     def observe_stages(self, seconds: dict[str, float]) -> None:
         for stage, value in seconds.items():

@@ -63,7 +63,9 @@ def onednn_linear_works(dtype: torch.dtype) -> bool:
             got, expected = OneDnnLinear(probe)(x), probe(x)
     except (AttributeError, RuntimeError, NotImplementedError):
         return False
-    return got.shape == expected.shape and bool(torch.allclose(got.float(), expected.float(), atol=1e-2 if dtype != torch.float32 else 1e-5))
+    return got.shape == expected.shape and bool(
+        torch.allclose(got.float(), expected.float(), atol=1e-2 if dtype != torch.float32 else 1e-5)
+    )
 
 
 def pack_linear_layers(model: nn.Module) -> bool:
@@ -71,7 +73,12 @@ def pack_linear_layers(model: nn.Module) -> bool:
 
     Returns whether it did; if oneDNN cannot run here the model is left as it was.
     """
-    linears = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children() if type(child) is nn.Linear]
+    linears = [
+        (parent, name, child)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if type(child) is nn.Linear
+    ]
     if not linears:
         return False
     if not all(onednn_linear_works(dtype) for dtype in {child.weight.dtype for _, _, child in linears}):

@@ -32,7 +32,9 @@ class Problem(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    type: str = Field(description="URN identifying the kind of problem.", examples=["urn:quads:problem:undecodable-audio"])
+    type: str = Field(
+        description="URN identifying the kind of problem.", examples=["urn:quads:problem:undecodable-audio"]
+    )
     title: str = Field(description="Short summary of the kind of problem.", examples=["Bad Request"])
     status: int = Field(description="The HTTP status code.", examples=[400])
     detail: str = Field(description="What went wrong with this request and what to do about it.")
@@ -72,7 +74,10 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses=`` entries for problem+json answers: each refers to the one ``Problem``
     schema that ``document_problems`` adds to the components."""
     return {
-        status: {"description": HTTPStatus(status).phrase, "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": PROBLEM_SCHEMA_REF}}}}
+        status: {
+            "description": HTTPStatus(status).phrase,
+            "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": PROBLEM_SCHEMA_REF}}},
+        }
         for status in statuses
     }
 
@@ -112,7 +117,9 @@ def install_problem_handlers(app: FastAPI, raised: Iterable[tuple[type[Exception
         return problem_response(request, exc.status_code, slug, detail, exc.headers)
 
     async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()
+        ]
         summary = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
         return problem_response(request, 422, "invalid-request", f"the request is invalid: {summary}", errors=errors)
 

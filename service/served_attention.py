@@ -62,7 +62,12 @@ def short_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None) -
 
 def fuse_attention_projections(model: nn.Module) -> int:
     """Replace every ``MultiHeadAttention`` of ``model`` with a ``FusedQkvAttention``, in place; returns how many."""
-    found = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children() if isinstance(child, MultiHeadAttention)]
+    found = [
+        (parent, name, child)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if isinstance(child, MultiHeadAttention)
+    ]
     for parent, name, child in found:
         setattr(parent, name, FusedQkvAttention(child))
     return len(found)

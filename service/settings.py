@@ -41,7 +41,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(10 * MiB, gt=0, description="Largest request body, counted while streaming.")
     body_timeout_seconds: float = Field(30.0, gt=0, description="Time allowed to upload a request body.")
     min_upload_bytes_per_second: float = Field(
-        1000.0, ge=0,
+        1000.0,
+        ge=0,
         description="After QUADS_UPLOAD_GRACE_SECONDS, a body arriving slower than this is cut with 408; 0 = no minimum.",
     )
     upload_grace_seconds: float = Field(5.0, ge=0, description="Time before the minimum upload rate applies.")
@@ -51,17 +52,24 @@ class Settings(BaseSettings):
     max_audio_seconds: float = Field(30.0, gt=0, description="Longest clip accepted (the model takes at most 30 s).")
     max_batch_size: int = Field(8, ge=1, description="Largest micro-batch; 1 disables batching.")
     max_wait_ms: float = Field(
-        2.0, ge=0,
+        2.0,
+        ge=0,
         description="How long a batch waits to fill, except right after a batch of one clip; 0 = take what is queued.",
     )
     max_queue: int = Field(32, ge=1, description="Requests waiting for the model before 503 overloaded.")
     refusals_per_second: float = Field(
-        100.0, gt=0, description="Pace of 503 overloaded answers; beyond it a refusal waits (up to 1 s, no CPU) for its turn."
+        100.0,
+        gt=0,
+        description="Pace of 503 overloaded answers; beyond it a refusal waits (up to 1 s, no CPU) for its turn.",
     )
     drain_seconds: float = Field(0.0, ge=0, description="After SIGTERM, keep serving this long while /readyz says 503.")
-    shutdown_timeout_seconds: float = Field(20.0, gt=0, description="After the drain, how long in-flight requests may finish.")
+    shutdown_timeout_seconds: float = Field(
+        20.0, gt=0, description="After the drain, how long in-flight requests may finish."
+    )
     confidence_threshold: float | None = Field(
-        None, ge=0, le=1,
+        None,
+        ge=0,
+        le=1,
         description="Answer understood=false when the best intent's probability is below this; unset = the "
         "threshold calibrated on validation data and stored in the checkpoint (0 for models that cannot refuse).",
     )
@@ -85,8 +93,10 @@ class Settings(BaseSettings):
     @classmethod
     def _bfloat16_in_hardware(cls, precision: str) -> str:
         if precision == "bfloat16" and not native_bfloat16():
-            raise ValueError("QUADS_PRECISION=bfloat16 needs a CPU with AMX or AVX512-BF16, and this one has "
-                             "neither (it would be slower than float32); use float32 or auto")
+            raise ValueError(
+                "QUADS_PRECISION=bfloat16 needs a CPU with AMX or AVX512-BF16, and this one has "
+                "neither (it would be slower than float32); use float32 or auto"
+            )
         return precision
 
     @property

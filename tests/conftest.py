@@ -33,7 +33,7 @@ def speech() -> dict[str, tuple[np.ndarray, int]]:
 
 @pytest.fixture(scope="session")
 def speech_wav(speech) -> bytes:
-    """"turn on the lights" as espeak-ng wrote it (16-bit WAV)."""
+    """ "turn on the lights" as espeak-ng wrote it (16-bit WAV)."""
     return wav_bytes(*speech[PHRASES[0]])
 
 

@@ -44,7 +44,9 @@ class Server:
         with open(log, "wb") as out:
             self.process = subprocess.Popen(
                 [*serve_command(), "--host", "127.0.0.1", "--port", str(self.port), "--log-level", log_level],
-                env=environment, stdout=out, stderr=subprocess.STDOUT,
+                env=environment,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
 
     def wait_ready(self, timeout: float = 60) -> None:

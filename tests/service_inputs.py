@@ -21,7 +21,14 @@ from tests.speech import encode as encode_samples
 from tests.speech import espeak_wav_bytes
 from training.quantize import quantize_model
 
-LABELS = ["activate_lights", "deactivate_lights", "increase_volume", "decrease_volume", "activate_music", "change_language"]
+LABELS = [
+    "activate_lights",
+    "deactivate_lights",
+    "increase_volume",
+    "decrease_volume",
+    "activate_music",
+    "change_language",
+]
 TINY_DIMS = ModelDims(n_mels=80, n_ctx=1500, n_state=64, n_head=2, n_layer=2)
 PHRASES = ("turn on the lights", "turn the volume down", "switch the language to German")
 # (format, subtype, sample rate, channels): every container the service must read, several rates and layouts.
@@ -38,8 +45,9 @@ ENCODINGS = [
 MEDIA_TYPES = {"WAV": "audio/wav", "FLAC": "audio/flac", "OGG": "audio/ogg", "MP3": "audio/mpeg"}
 
 
-def write_tiny_checkpoint(path: Path, bits: int = 4, seed: int = 0, refusal_bias: float | None = None,
-                          threshold: float = 0.0) -> Path:
+def write_tiny_checkpoint(
+    path: Path, bits: int = 4, seed: int = 0, refusal_bias: float | None = None, threshold: float = 0.0
+) -> Path:
     """A random IntentClassifier with TINY_DIMS, k-means quantized to ``bits`` and saved at ``path``.
 
     ``refusal_bias``: give it a refusal class (``REFUSAL_LABEL`` after ``LABELS``) whose logit is
@@ -52,8 +60,9 @@ def write_tiny_checkpoint(path: Path, bits: int = 4, seed: int = 0, refusal_bias
         with torch.no_grad():
             model.head.bias[-1] += refusal_bias
     codebooks = quantize_model(model, bits).codebooks()
-    return save_checkpoint(path, model.eval(), labels, bits, provenance={"purpose": "tests"}, codebooks=codebooks,
-                           threshold=threshold)
+    return save_checkpoint(
+        path, model.eval(), labels, bits, provenance={"purpose": "tests"}, codebooks=codebooks, threshold=threshold
+    )
 
 
 def espeak(text: str) -> tuple[np.ndarray, int]:

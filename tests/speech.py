@@ -43,8 +43,9 @@ def encode_container(wave: np.ndarray, fmt: str, codec: str, rate: int, layout: 
     import av
 
     channels = 2 if layout == "stereo" else 1
-    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(np.tile(wave[None, :].astype(np.float32), (channels, 1))),
-                                       format="fltp", layout=layout)  # fmt: skip
+    frame = av.AudioFrame.from_ndarray(
+        np.ascontiguousarray(np.tile(wave[None, :].astype(np.float32), (channels, 1))), format="fltp", layout=layout
+    )
     frame.rate = SAMPLE_RATE
     buf = io.BytesIO()
     with av.open(buf, mode="w", format=fmt) as out:

@@ -24,8 +24,13 @@ def test_pacer_spaces_refusals_and_never_waits_past_its_bound(fake_clock):
 
 
 def http_scope(path: str = GATED_PATH, method: str = "POST", media_type: bytes = b"audio/wav") -> dict:
-    return {"type": "http", "path": path, "method": method, "headers": [(b"content-type", media_type)],
-            "state": {"request_id": "req-1"}}
+    return {
+        "type": "http",
+        "path": path,
+        "method": method,
+        "headers": [(b"content-type", media_type)],
+        "state": {"request_id": "req-1"},
+    }
 
 
 def body_of(*chunks: bytes):

@@ -15,8 +15,8 @@ from pydantic import ValidationError
 
 from core.audio import ACCEPTED_FORMATS
 from core.checkpoint import CheckpointError
-from service.engine import InferenceEngine
 from service.api.schemas import IntentResponse
+from service.engine import InferenceEngine
 from service.main import create_app
 from service.settings import DEFAULT_MODEL_DIR, PROJECT_ROOT, Settings
 from tests.http_checks import PROBLEM, assert_problem, metric_samples
@@ -75,11 +75,16 @@ def test_intent_equals_the_model_run_alone(client, checkpoint, speech, fmt, subt
     assert timing["total"] >= timing["inference"]
 
 
-@pytest.mark.parametrize("container, codec, rate, layout, media_type", [
-    ("webm", "libopus", 48000, "mono", "audio/webm"),  # a browser's MediaRecorder
-    ("ipod", "aac", 44100, "stereo", "audio/mp4"),  # a phone's M4A
-])
-def test_browser_and_phone_recordings_are_answered(client, checkpoint, speech, container, codec, rate, layout, media_type):
+@pytest.mark.parametrize(
+    "container, codec, rate, layout, media_type",
+    [
+        ("webm", "libopus", 48000, "mono", "audio/webm"),  # a browser's MediaRecorder
+        ("ipod", "aac", 44100, "stereo", "audio/mp4"),  # a phone's M4A
+    ],
+)
+def test_browser_and_phone_recordings_are_answered(
+    client, checkpoint, speech, container, codec, rate, layout, media_type
+):
     import torch
 
     from core.audio import resample
@@ -88,8 +93,10 @@ def test_browser_and_phone_recordings_are_answered(client, checkpoint, speech, c
     samples, source_rate = speech[PHRASES[0]]
     at_16k = resample(torch.from_numpy(samples), source_rate).numpy()
     data = encode_container(at_16k, container, codec, rate, layout)
-    for response in (post_file(client, data, media_type, f"clip.{container}"),
-                     client.post("/intent", content=data, headers={"Content-Type": media_type})):  # fmt: skip
+    for response in (
+        post_file(client, data, media_type, f"clip.{container}"),
+        client.post("/intent", content=data, headers={"Content-Type": media_type}),
+    ):
         assert response.status_code == 200, response.text
         expected = reference_probabilities(checkpoint, data)
         assert response.json()["intent"] == LABELS[int(expected.argmax())]
@@ -169,8 +176,13 @@ def test_openapi_shares_one_problem_schema_names_operations_and_gives_examples(c
     schema = client.get("/openapi.json").json()
     problem = schema["components"]["schemas"]["Problem"]
     assert {"type", "title", "status", "detail"} <= set(problem["required"]) and "request_id" in problem["properties"]
-    errors = [answer for path in schema["paths"].values() for operation in path.values()
-              for status, answer in operation["responses"].items() if status[0] in "45"]  # fmt: skip
+    errors = [
+        answer
+        for path in schema["paths"].values()
+        for operation in path.values()
+        for status, answer in operation["responses"].items()
+        if status[0] in "45"
+    ]
     assert len(errors) >= 8
     assert all(a["content"] == {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}} for a in errors)
     operation_ids = [op["operationId"] for path in schema["paths"].values() for op in path.values()]
@@ -184,7 +196,9 @@ def test_openapi_shares_one_problem_schema_names_operations_and_gives_examples(c
 # --- errors: one test per status ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("data", [b"not audio at all", b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(20), b"fLaC" + bytes(100)])
+@pytest.mark.parametrize(
+    "data", [b"not audio at all", b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(20), b"fLaC" + bytes(100)]
+)
 def test_400_undecodable_audio(client, data):
     body = assert_problem(post_file(client, data), 400, "undecodable-audio")
     assert ACCEPTED_FORMATS in body["detail"] and "BytesIO" not in body["detail"]
@@ -214,7 +228,9 @@ def test_413_counts_streamed_bytes_without_content_length(small_body_client):
 
 def test_413_counts_bytes_when_content_length_lies(small_body_client, speech_wav):
     big = speech_wav + bytes(250_000)
-    response = small_body_client.post("/intent", content=big, headers={"Content-Type": "audio/wav", "Content-Length": "1000"})
+    response = small_body_client.post(
+        "/intent", content=big, headers={"Content-Type": "audio/wav", "Content-Length": "1000"}
+    )
     assert_problem(response, 413, "body-too-large")
     multipart = small_body_client.post("/intent", files={"file": ("a.wav", big, "audio/wav")})
     assert_problem(multipart, 413, "body-too-large")
@@ -229,9 +245,13 @@ def test_415_unsupported_content_type(client, speech_wav, headers):
 
 
 def test_422_missing_file_field(client, speech_wav):
-    body = assert_problem(client.post("/intent", files={"audio": ("a.wav", speech_wav, "audio/wav")}), 422, "missing-file")
+    body = assert_problem(
+        client.post("/intent", files={"audio": ("a.wav", speech_wav, "audio/wav")}), 422, "missing-file"
+    )
     assert "'audio'" in body["detail"]
-    assert_problem(client.post("/intent", data={"file": "not a file"}, files={"x": ("a", b"1")}), 422, "file-not-uploaded")
+    assert_problem(
+        client.post("/intent", data={"file": "not a file"}, files={"x": ("a", b"1")}), 422, "file-not-uploaded"
+    )
 
 
 def test_422_empty_audio(client):
@@ -261,7 +281,9 @@ def test_503_before_the_model_is_loaded(checkpoint_path, speech_wav):
 
 def test_503_overloaded_when_the_queue_is_full(checkpoint_path, speech_wav, served_checkpoint):
     app = create_app(settings_for(checkpoint_path))
-    engine = InferenceEngine(served_checkpoint, max_queue=1, metrics=app.state.metrics)  # not started: nothing drains the queue
+    engine = InferenceEngine(
+        served_checkpoint, max_queue=1, metrics=app.state.metrics
+    )  # not started: nothing drains the queue
     app.state.engine = engine
     engine.submit(speech_wav)
     client = TestClient(app)
@@ -298,7 +320,9 @@ def test_client_input_never_causes_a_500(client, speech):
             response = post_file(client, data[:cut])
             assert response.status_code in (200, 400, 422), (fmt, cut, response.text)
         flipped = bytearray(data)
-        flipped[len(data) // 3 :: 97] = rng.integers(0, 256, len(flipped[len(data) // 3 :: 97]), dtype=np.uint8).tobytes()
+        flipped[len(data) // 3 :: 97] = rng.integers(
+            0, 256, len(flipped[len(data) // 3 :: 97]), dtype=np.uint8
+        ).tobytes()
         assert post_file(client, bytes(flipped)).status_code in (200, 400, 422), fmt
     assert client.get("/healthz").status_code == 200
 
@@ -327,12 +351,18 @@ def test_metrics_appear_and_change_after_requests(client, checkpoint, speech_wav
     assert not any("/no/such" in str(labels) for _, labels in after)
 
     assert after[("quads_model_file_bytes", ())] == checkpoint.file_bytes
-    assert after[("quads_model_memory_bytes", ())] == client.get("/v1/model").json()["memory_bytes"] > checkpoint.file_bytes
+    assert (
+        after[("quads_model_memory_bytes", ())]
+        == client.get("/v1/model").json()["memory_bytes"]
+        > checkpoint.file_bytes
+    )
     assert after[("quads_model_parameters", ())] == checkpoint.n_params
     assert after[("quads_model_bit_width", ())] == 4
     path = client.get("/v1/model").json()["compute_path"]
-    info = ("quads_model_info", (("bits", "4"), ("compute_path", path), ("name", "quads-fsc-4bit"),
-                                 ("sha256", checkpoint.sha256)))
+    info = (
+        "quads_model_info",
+        (("bits", "4"), ("compute_path", path), ("name", "quads-fsc-4bit"), ("sha256", checkpoint.sha256)),
+    )
     assert after[info] == 1
 
 
@@ -341,7 +371,12 @@ def test_process_and_gc_metrics_without_created_series_and_docs_routes_by_name(c
     client.get("/openapi.json")
     text = client.get("/metrics").text
     samples = metric_samples(client)
-    for name in ("process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds", "process_start_time_seconds"):
+    for name in (
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "process_open_fds",
+        "process_start_time_seconds",
+    ):
         assert (name, ()) in samples, name
     assert any(name == "python_gc_objects_collected_total" for name, _ in samples)
     assert "_created" not in text

@@ -70,10 +70,20 @@ def test_pad_mels_zero_pads_and_reports_lengths():
 
 # --- decoding ---------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "fmt,subtype",
-    [("WAV", "PCM_U8"), ("WAV", "PCM_16"), ("WAV", "PCM_24"), ("WAV", "PCM_32"), ("WAV", "FLOAT"),
-     ("WAV", "DOUBLE"), ("FLAC", None), ("OGG", "VORBIS"), ("MP3", "MPEG_LAYER_III")],
+    [
+        ("WAV", "PCM_U8"),
+        ("WAV", "PCM_16"),
+        ("WAV", "PCM_24"),
+        ("WAV", "PCM_32"),
+        ("WAV", "FLOAT"),
+        ("WAV", "DOUBLE"),
+        ("FLAC", None),
+        ("OGG", "VORBIS"),
+        ("MP3", "MPEG_LAYER_III"),
+    ],
 )
 def test_decodes_every_supported_format_to_16k_mono(fmt, subtype):
     sr = 22050

@@ -73,4 +73,7 @@ def test_a_long_recording_stops_at_the_limit():
     silence = np.zeros(40 * SAMPLE_RATE, np.float32)
     with pytest.raises(AudioTooLongError, match="the limit is 30 s"):
         decode_audio(encode_container(silence, "webm", "libopus", 48000))
-    assert decode_audio(encode_container(silence[: 5 * SAMPLE_RATE], "webm", "libopus", 48000), max_seconds=None).numel() > 0
+    assert (
+        decode_audio(encode_container(silence[: 5 * SAMPLE_RATE], "webm", "libopus", 48000), max_seconds=None).numel()
+        > 0
+    )

@@ -26,7 +26,7 @@ def first_table(markdown: str, heading: str) -> list[list[str]]:
     lines = markdown.split(heading, 1)[1].splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("|"))
     table = []
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
         table.append([cell.strip() for cell in line.strip("|").split("|")])

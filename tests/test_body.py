@@ -35,8 +35,17 @@ def trickle(chunks: int, size: int, every: float):
 
 
 def call(middleware, receive, headers=()) -> tuple[int, dict, float]:
-    scope = {"type": "http", "method": "POST", "path": "/intent", "headers": list(headers), "state": {},
-             "query_string": b"", "server": ("127.0.0.1", 8000), "scheme": "http", "root_path": ""}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/intent",
+        "headers": list(headers),
+        "state": {},
+        "query_string": b"",
+        "server": ("127.0.0.1", 8000),
+        "scheme": "http",
+        "root_path": "",
+    }
     sent = []
 
     async def send(message):
@@ -45,12 +54,17 @@ def call(middleware, receive, headers=()) -> tuple[int, dict, float]:
     start = time.monotonic()
     asyncio.run(middleware(scope, receive, send))
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    return sent[0]["status"], (json.loads(body) if sent[0]["status"] != 200 else {"size": int(body)}), time.monotonic() - start
+    return (
+        sent[0]["status"],
+        (json.loads(body) if sent[0]["status"] != 200 else {"size": int(body)}),
+        time.monotonic() - start,
+    )
 
 
 def test_a_body_slower_than_the_minimum_rate_is_cut_after_the_grace():
-    limits = BodyLimitMiddleware(reading_app, max_bytes=10_000, timeout_seconds=30, min_bytes_per_second=100,
-                                 grace_seconds=0.3)
+    limits = BodyLimitMiddleware(
+        reading_app, max_bytes=10_000, timeout_seconds=30, min_bytes_per_second=100, grace_seconds=0.3
+    )
     # 1 byte every 50 ms: 20 bytes/s, far below 100 bytes/s.
     status, problem, seconds = call(limits, trickle(1000, 1, 0.05))
     assert status == 408 and problem["type"] == "urn:quads:problem:body-too-slow"
@@ -59,8 +73,9 @@ def test_a_body_slower_than_the_minimum_rate_is_cut_after_the_grace():
 
 
 def test_a_body_at_the_minimum_rate_is_never_cut_by_it():
-    limits = BodyLimitMiddleware(reading_app, max_bytes=10_000, timeout_seconds=30, min_bytes_per_second=100,
-                                 grace_seconds=0.1)
+    limits = BodyLimitMiddleware(
+        reading_app, max_bytes=10_000, timeout_seconds=30, min_bytes_per_second=100, grace_seconds=0.1
+    )
     # 20 bytes every 50 ms: 400 bytes/s, for 1 s.
     status, answer, _ = call(limits, trickle(20, 20, 0.05))
     assert status == 200 and answer == {"size": 400}

@@ -68,7 +68,9 @@ def test_whisper_tiny_files_shrink_with_bits(tmp_path):
     for bits in (32, 8, 4):
         if bits < 32:
             quantize_model(model, bits, iters=2)
-        sizes[bits] = save_checkpoint(tmp_path / f"{bits}.safetensors", model, [str(i) for i in range(31)], bits).stat().st_size
+        sizes[bits] = (
+            save_checkpoint(tmp_path / f"{bits}.safetensors", model, [str(i) for i in range(31)], bits).stat().st_size
+        )
     assert sizes[4] <= 0.13 * sizes[32]
     assert sizes[8] <= 0.26 * sizes[32]
 

@@ -45,7 +45,9 @@ def test_unsupported_widths_are_refused_everywhere_with_the_supported_list(bits)
     with pytest.raises(ValueError, match="must be one of"):
         KMeansQuantizer(model, bits)
     with pytest.raises(ConfigError, match="not supported"):
-        load_config(None, [{"data": {"root": "/d"}, "train": {"bits": [bits], "strategy": "mct"}, "teacher": {"path": "t"}}])
+        load_config(
+            None, [{"data": {"root": "/d"}, "train": {"bits": [bits], "strategy": "mct"}, "teacher": {"path": "t"}}]
+        )
 
 
 def test_a_codebook_checks_its_size_and_rebuilds_its_weight():

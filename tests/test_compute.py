@@ -9,7 +9,9 @@ from core.model import WHISPER_TINY, IntentClassifier, ModelDims
 def hand_count_gmacs(d: ModelDims, frames: int, n_labels: int) -> float:
     t = (frames + 1) // 2
     conv = frames * d.n_mels * d.n_state * 3 + t * d.n_state * d.n_state * 3
-    per_layer = 4 * t * d.n_state**2 + 2 * t * d.n_state * d.n_mlp + 2 * t * t * d.n_state  # projections, MLP, QK^T and AV
+    per_layer = (
+        4 * t * d.n_state**2 + 2 * t * d.n_state * d.n_mlp + 2 * t * t * d.n_state
+    )  # projections, MLP, QK^T and AV
     return (conv + d.n_layer * per_layer + d.n_state * n_labels) / 1e9
 
 

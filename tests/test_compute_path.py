@@ -17,7 +17,11 @@ def test_candidates_follow_the_precision_and_the_hardware():
     names = lambda paths: [p.name for p in paths]  # noqa: E731
     assert names(candidate_paths("auto", bfloat16_hardware=False)) == ["float32-onednn", "float32-torch"]
     assert names(candidate_paths("auto", bfloat16_hardware=True)) == [
-        "float32-onednn", "float32-torch", "bfloat16-onednn", "bfloat16-torch"]  # fmt: skip
+        "float32-onednn",
+        "float32-torch",
+        "bfloat16-onednn",
+        "bfloat16-torch",
+    ]
     assert names(candidate_paths("float32")) == ["float32-onednn", "float32-torch"]
     assert names(candidate_paths("int8")) == ["int8"]
 

@@ -8,11 +8,25 @@ from training.train_cli import build_parser, cli, config_from_args
 
 
 def test_config_precedence_yaml_then_flags_then_set(tmp_path):
-    (tmp_path / "run.yaml").write_text(yaml.safe_dump({"train": {"seed": 5, "bits": [32, 8]}, "distill": {"alpha": 0.1}}))
-    args = build_parser().parse_args([
-        "--config", str(tmp_path / "run.yaml"), "--data", "/d", "--bits", "32,4", "--set", "distill.alpha=0.7",
-        "--set", "quant.lr=1e-3", "--epochs", "4",
-    ])
+    (tmp_path / "run.yaml").write_text(
+        yaml.safe_dump({"train": {"seed": 5, "bits": [32, 8]}, "distill": {"alpha": 0.1}})
+    )
+    args = build_parser().parse_args(
+        [
+            "--config",
+            str(tmp_path / "run.yaml"),
+            "--data",
+            "/d",
+            "--bits",
+            "32,4",
+            "--set",
+            "distill.alpha=0.7",
+            "--set",
+            "quant.lr=1e-3",
+            "--epochs",
+            "4",
+        ]
+    )
     cfg = config_from_args(args)
     assert cfg.train.seed == 5  # from the file
     assert cfg.train.bits == [32, 4]  # the flag beats the file
@@ -65,8 +79,14 @@ def test_config_round_trips_through_yaml(tmp_path):
         ({"train": {"strategy": "distill", "bits": [32, 4]}}, "use --strategy qad"),
         ({"train": {"strategy": "mct", "bits": [4]}, "teacher": {"path": ""}}, "give --teacher"),
         ({"train": {"schedule": "DDQD"}}, "last letter must be Q"),
-        ({"student": {"init": "teacher-layers"}, "teacher": {"path": ""}, "train": {"strategy": "finetune", "bits": [32]}},
-         "copies layers of the teacher"),
+        (
+            {
+                "student": {"init": "teacher-layers"},
+                "teacher": {"path": ""},
+                "train": {"strategy": "finetune", "bits": [32]},
+            },
+            "copies layers of the teacher",
+        ),
     ],
 )
 def test_rules_across_fields_explain_the_problem(updates, message):

@@ -47,8 +47,11 @@ def test_hassil_recognises_every_sampled_sentence_as_its_own_intent():
 
 
 def test_sentences_name_the_location_object_and_language_of_their_intent():
-    rooms = {"kitchen": ("kitchen",), "bedroom": ("bedroom", "bed room"),
-             "washroom": ("washroom", "bathroom", "restroom", "toilet")}  # fmt: skip
+    rooms = {
+        "kitchen": ("kitchen",),
+        "bedroom": ("bedroom", "bed room"),
+        "washroom": ("washroom", "bathroom", "restroom", "toilet"),
+    }
     for intent in FSC.names:
         action, obj, location = intent.split("_")
         for sentence in FSC.sentences(intent)[::50]:
@@ -66,15 +69,24 @@ def test_held_out_files_share_no_sentence_with_what_training_says():
     fsc_held_out, not_commands = load_context("fsc-held-out"), load_context("not-commands")
     not_commands_held_out = load_context("not-commands-held-out")
     assert set(fsc_held_out.names) == set(FSC_INTENTS)
-    for a, b in ((FSC, fsc_held_out), (FSC, not_commands), (FSC, not_commands_held_out),
-                 (not_commands, not_commands_held_out), (fsc_held_out, not_commands_held_out)):  # fmt: skip
+    for a, b in (
+        (FSC, fsc_held_out),
+        (FSC, not_commands),
+        (FSC, not_commands_held_out),
+        (not_commands, not_commands_held_out),
+        (fsc_held_out, not_commands_held_out),
+    ):
         check_disjoint(a, b)
     with pytest.raises(ContextError, match="a sentence of intent"):
         check_disjoint(FSC, FSC)
 
 
 def test_normalize_ignores_case_punctuation_and_spacing():
-    assert normalize("  Turn ON the lights, please! ") == normalize("turn on the lights please") == "turn on the lights please"
+    assert (
+        normalize("  Turn ON the lights, please! ")
+        == normalize("turn on the lights please")
+        == "turn on the lights please"
+    )
     assert normalize("it's cold") != normalize("its cold")
 
 
@@ -82,7 +94,9 @@ def test_normalize_ignores_case_punctuation_and_spacing():
 
 
 def test_unknown_list_names_file_line_intent_and_sentence(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         language: en
         intents:
           lights_on:
@@ -90,38 +104,53 @@ def test_unknown_list_names_file_line_intent_and_sentence(tmp_path):
               - sentences:
                   - "turn on the lights"
                   - "turn on the {room} lights"
-    """)
+    """,
+    )
     with pytest.raises(ContextError) as e:
         load_context(path)
-    assert str(e.value).startswith(f"{path}:7: intent 'lights_on', sentence 'turn on the {{room}} lights': unknown list")
+    assert str(e.value).startswith(
+        f"{path}:7: intent 'lights_on', sentence 'turn on the {{room}} lights': unknown list"
+    )
 
 
 def test_unknown_rule(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         language: en
         intents:
           lights_on:
             data:
               - sentences: ["<please> turn on the lights"]
-    """)
-    with pytest.raises(ContextError, match=r":5: intent 'lights_on', sentence '<please> turn on the lights': unknown rule"):
+    """,
+    )
+    with pytest.raises(
+        ContextError, match=r":5: intent 'lights_on', sentence '<please> turn on the lights': unknown rule"
+    ):
         load_context(path)
 
 
 def test_a_template_that_cannot_be_parsed(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         language: en
         intents:
           lights_on:
             data:
               - sentences: ["turn (on | up the lights"]
-    """)
-    with pytest.raises(ContextError, match=r":5: intent 'lights_on', sentence 'turn \(on \| up the lights': cannot be parsed"):
+    """,
+    )
+    with pytest.raises(
+        ContextError, match=r":5: intent 'lights_on', sentence 'turn \(on \| up the lights': cannot be parsed"
+    ):
         load_context(path)
 
 
 def test_a_sentence_that_expands_to_nothing(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         language: en
         expansion_rules:
           nothing: "( | )"
@@ -129,13 +158,16 @@ def test_a_sentence_that_expands_to_nothing(tmp_path):
           nothing:
             data:
               - sentences: ["<nothing>"]
-    """)
+    """,
+    )
     with pytest.raises(ContextError, match=r"intent 'nothing', sentence '<nothing>': expands to no sentence"):
         load_context(path)
 
 
 def test_two_intents_with_the_same_sentence_are_ambiguous(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         language: en
         intents:
           lights_on:
@@ -144,7 +176,8 @@ def test_two_intents_with_the_same_sentence_are_ambiguous(tmp_path):
           lamp_on:
             data:
               - sentences: ["switch on the lamp", "Turn on the lights, please"]
-    """)
+    """,
+    )
     with pytest.raises(ContextError) as e:
         load_context(path)
     message = str(e.value)
@@ -153,7 +186,9 @@ def test_two_intents_with_the_same_sentence_are_ambiguous(tmp_path):
 
 
 def test_an_intent_that_expands_past_the_limit(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         language: en
         expansion_rules:
           w: "(a | b | c | d | e | f | g | h | i | j)"
@@ -161,14 +196,17 @@ def test_an_intent_that_expands_past_the_limit(tmp_path):
           huge:
             data:
               - sentences: ["<w> <w> <w> <w> <w>"]
-    """)
+    """,
+    )
     with pytest.raises(ContextError, match=r"intent 'huge', .*expands to more than 1000 sentences"):
         load_context(path, max_sentences=1000)
     assert len(load_context(path, max_sentences=100_000)) == 100_000
 
 
 def test_lists_with_in_and_out_forms_expand_to_the_spoken_form(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         language: en
         lists:
           room:
@@ -181,26 +219,39 @@ def test_lists_with_in_and_out_forms_expand_to_the_spoken_form(tmp_path):
             data:
               - sentences: ["turn on the {room} lights"]
                 slots: {domain: light}
-    """)
+    """,
+    )
     context = load_context(path)
     assert context.sentences("lights_on") == ["turn on the living room lights", "turn on the kitchen lights"]
     # Each sentence carries its list's out form beside the block's fixed slots, as hassil's recogniser gives them.
-    assert [p.slots for p in context.intents["lights_on"]] == [{"domain": "light", "room": "living_room"},
-                                                               {"domain": "light", "room": "kitchen"}]
+    assert [p.slots for p in context.intents["lights_on"]] == [
+        {"domain": "light", "room": "living_room"},
+        {"domain": "light", "room": "kitchen"},
+    ]
 
 
-@pytest.mark.parametrize("text, message", [
-    ("language: en\n", r"no 'intents' key"),
-    ("intents: {a: {data: [{sentences: [x]}]}}\n", r"no 'language' key"),
-    ("- just a list\n", r"a YAML mapping"),
-    ("language: en\nintents:\n  a:\n    data: []\n", r":3: intent 'a' needs 'data:'"),
-    ("language: en\nintents:\n  a:\n    data:\n      - sentences: []\n", r"intent 'a', data block 1: 'sentences:' must be"),
-    ("language: en\nintents:\n  a: [\n", r":4: not valid YAML"),
-    ("language: en\nlists:\n  room:\n    values: []\nintents:\n  a:\n    data:\n      - sentences: [x]\n",
-     r":3: list 'room' has no values"),
-    ("language: en\nlists:\n  name:\n    wildcard: true\nintents:\n  a:\n    data:\n      - sentences: ['call {name}']\n",
-     r"wildcard list\(s\) \['name'\]"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("language: en\n", r"no 'intents' key"),
+        ("intents: {a: {data: [{sentences: [x]}]}}\n", r"no 'language' key"),
+        ("- just a list\n", r"a YAML mapping"),
+        ("language: en\nintents:\n  a:\n    data: []\n", r":3: intent 'a' needs 'data:'"),
+        (
+            "language: en\nintents:\n  a:\n    data:\n      - sentences: []\n",
+            r"intent 'a', data block 1: 'sentences:' must be",
+        ),
+        ("language: en\nintents:\n  a: [\n", r":4: not valid YAML"),
+        (
+            "language: en\nlists:\n  room:\n    values: []\nintents:\n  a:\n    data:\n      - sentences: [x]\n",
+            r":3: list 'room' has no values",
+        ),
+        (
+            "language: en\nlists:\n  name:\n    wildcard: true\nintents:\n  a:\n    data:\n      - sentences: ['call {name}']\n",
+            r"wildcard list\(s\) \['name'\]",
+        ),
+    ],
+)
 def test_malformed_files(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -209,13 +260,16 @@ def test_malformed_files(tmp_path, text, message):
 
 
 def test_reserved_intent_name_and_missing_file(tmp_path):
-    path = write(tmp_path, f"""
+    path = write(
+        tmp_path,
+        f"""
         language: en
         intents:
           {REFUSAL_LABEL}:
             data:
               - sentences: ["hello"]
-    """)
+    """,
+    )
     with pytest.raises(ContextError, match=f"intent '{REFUSAL_LABEL}': the name is reserved"):
         load_context(path, reserved=(REFUSAL_LABEL,))
     with pytest.raises(ContextError, match="cannot read the context file"):
@@ -252,7 +306,9 @@ def test_frames_of_an_example_context():
 
 
 def test_one_intent_with_two_slot_values_for_a_sentence_is_ambiguous(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         language: en
         lists:
           channel:
@@ -263,14 +319,20 @@ def test_one_intent_with_two_slot_values_for_a_sentence_is_ambiguous(tmp_path):
           Set:
             data:
               - sentences: ["set {channel}", "set {volume}"]
-    """)
-    with pytest.raises(ContextError, match=r":10: intent 'Set', sentence 'set \{volume\}': 'set one' .* also a sentence "
-                                           r"of the same intent with slots \{'channel': 'one'\}"):
+    """,
+    )
+    with pytest.raises(
+        ContextError,
+        match=r":10: intent 'Set', sentence 'set \{volume\}': 'set one' .* also a sentence "
+        r"of the same intent with slots \{'channel': 'one'\}",
+    ):
         load_context(path)
 
 
 def test_a_range_list_and_a_list_put_into_two_slots(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         language: en
         lists:
           level:
@@ -284,10 +346,14 @@ def test_a_range_list_and_a_list_put_into_two_slots(tmp_path):
           Move:
             data:
               - sentences: ["from {room:source} to {room:target}"]
-    """)
+    """,
+    )
     with pytest.raises(ContextError, match=r"intent 'Move', sentence .*: a list is put into two different slots"):
         load_context(path)
     path.write_text(path.read_text().replace("from {room:source} to {room:target}", "go to the {room}"))
     context = load_context(path)
     assert [(p.text, p.slots) for p in context.intents["Level"]] == [
-        ("level 1", {"level": "1"}), ("level 2", {"level": "2"}), ("level 3", {"level": "3"})]
+        ("level 1", {"level": "1"}),
+        ("level 2", {"level": "2"}),
+        ("level 3", {"level": "3"}),
+    ]

@@ -11,18 +11,26 @@ import pytest
 from core.checkpoint import load_checkpoint
 from core.frames import Frame
 from core.refusal import REFUSAL_LABEL
+from tests.training_corpus import random_teacher
 from training import context_build
 from training.context import ContextError
 from training.context_build import BuildPreset, build
 from training.demo import cli
-from tests.training_corpus import random_teacher
 
 CHANNELS = Path(__file__).resolve().parent / "contexts" / "channels.yaml"
-TINY = BuildPreset(voices={"train": 3, "valid": 1, "test": 1}, clips_per_frame=2, min_utterances=1,
-                   not_commands_per_voice=1, nonspeech_per_voice=1, ood_per_voice=2, ood_sounds_per_voice=1,
-                   bits=[32, 4], schedule="DQ", student={"n_state": 64, "n_head": 2, "n_layer": 1},
-                   common={"data": {"batch_size": 4, "augment": False}, "train": {"threads": 1},
-                           "quant": {"kmeans_iters": 5}})
+TINY = BuildPreset(
+    voices={"train": 3, "valid": 1, "test": 1},
+    clips_per_frame=2,
+    min_utterances=1,
+    not_commands_per_voice=1,
+    nonspeech_per_voice=1,
+    ood_per_voice=2,
+    ood_sounds_per_voice=1,
+    bits=[32, 4],
+    schedule="DQ",
+    student={"n_state": 64, "n_head": 2, "n_layer": 1},
+    common={"data": {"batch_size": 4, "augment": False}, "train": {"threads": 1}, "quant": {"kmeans_iters": 5}},
+)
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +46,16 @@ def test_the_build_writes_a_4bit_checkpoint_that_carries_the_context(built):
     assert path == out / "model" / "quads-channels-4bit.safetensors"
     checkpoint = load_checkpoint(path)
     assert checkpoint.bits == 4 and checkpoint.labels[-1] == REFUSAL_LABEL
-    assert checkpoint.frames.frames == {"Pause": Frame("Pause"), "SetChannel(channel=1)": Frame("SetChannel", {"channel": "1"}),
-                                        "SetChannel(channel=10)": Frame("SetChannel", {"channel": "10"})}
-    assert checkpoint.frames.context == {"name": "channels", "language": "en",
-                                         "sha256": hashlib.sha256(CHANNELS.read_bytes()).hexdigest()}
+    assert checkpoint.frames.frames == {
+        "Pause": Frame("Pause"),
+        "SetChannel(channel=1)": Frame("SetChannel", {"channel": "1"}),
+        "SetChannel(channel=10)": Frame("SetChannel", {"channel": "10"}),
+    }
+    assert checkpoint.frames.context == {
+        "name": "channels",
+        "language": "en",
+        "sha256": hashlib.sha256(CHANNELS.read_bytes()).hexdigest(),
+    }
     report = (out / "report.md").read_text()
     assert "| quads-channels-4bit.safetensors | 4 |" in report and "3 frames" in report
 
@@ -79,10 +93,12 @@ def test_intent_accuracy_counts_a_wrong_slot_as_the_right_intent():
         frame = frames.frame
 
     labels = ["Play", "Set(c=1)", "Set(c=2)", REFUSAL_LABEL]
-    confusion = [[3, 0, 0, 1],   # Play: 3 right, 1 refused
-                 [0, 2, 2, 0],   # Set c=1: 2 exact, 2 with the other channel (right intent)
-                 [1, 0, 1, 0],   # Set c=2: 1 exact, 1 called Play
-                 [0, 0, 0, 5]]   # non-commands: not counted
+    confusion = [
+        [3, 0, 0, 1],  # Play: 3 right, 1 refused
+        [0, 2, 2, 0],  # Set c=1: 2 exact, 2 with the other channel (right intent)
+        [1, 0, 1, 0],  # Set c=2: 1 exact, 1 called Play
+        [0, 0, 0, 5],
+    ]  # non-commands: not counted
     # By hand: right intents 3 + (2 + 2) + 1 = 8 of 4 + 4 + 2 = 10 command clips.
     assert intent_accuracy({"label_names": labels, "confusion": confusion}, Checkpointish()) == pytest.approx(0.8)
 
@@ -112,7 +128,9 @@ def test_out_of_domain_speech_leaves_out_what_the_context_says():
     ood = out_of_domain(media, "not-commands", "fsc")
     # The media player says "turn the volume up": every wording of FSC's volume and music intents is its own.
     fsc_left = {name.split("/", 1)[1] for name in ood.names if name.startswith("fsc/")}
-    assert {"increase_volume_none", "decrease_volume_none", "activate_music_none", "deactivate_music_none"}.isdisjoint(fsc_left)
+    assert {"increase_volume_none", "decrease_volume_none", "activate_music_none", "deactivate_music_none"}.isdisjoint(
+        fsc_left
+    )
     assert {"activate_lights_none", "increase_heat_washroom"} <= fsc_left  # near misses stay
     said = {normalize(p.text) for phrases in media.intents.values() for p in phrases}
     assert not any(normalize(p.text) in said for phrases in ood.intents.values() for p in phrases)

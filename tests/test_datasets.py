@@ -37,9 +37,9 @@ def speak(path: Path, text: str, voice: str = "en-us") -> Path:
 FSC_CSV = {
     "train": (
         ",path,speakerId,transcription,action,object,location\n"
-        "0,wavs/speakers/2BqVo8kVB2Skwgyb/0a3129c0-4474-11e9-a9a5-5dbec3b8816a.wav,2BqVo8kVB2Skwgyb,Change language,change language,none,none\n"
-        '1,wavs/speakers/2BqVo8kVB2Skwgyb/0ee42a80-4474-11e9-a9a5-5dbec3b8816a.wav,2BqVo8kVB2Skwgyb,"Lights on, kitchen",activate,lights,kitchen\n'
-        "2,wavs/speakers/4BrX8aDqK2cLZRYl/1a2b3c40-4474-11e9-a9a5-5dbec3b8816a.wav,4BrX8aDqK2cLZRYl,Switch to Chinese,change language,Chinese,none\n"
+        "0,wavs/speakers/2BqVo8kVB2Skwgyb/0a3129c0-4474-11e9-a9a5-5dbec3b8816a.wav,2BqVo8kVB2Skwgyb,Change language,change language,none,none\n"  # noqa: E501 (a real FSC row)
+        '1,wavs/speakers/2BqVo8kVB2Skwgyb/0ee42a80-4474-11e9-a9a5-5dbec3b8816a.wav,2BqVo8kVB2Skwgyb,"Lights on, kitchen",activate,lights,kitchen\n'  # noqa: E501 (a real FSC row)
+        "2,wavs/speakers/4BrX8aDqK2cLZRYl/1a2b3c40-4474-11e9-a9a5-5dbec3b8816a.wav,4BrX8aDqK2cLZRYl,Switch to Chinese,change language,Chinese,none\n"  # noqa: E501 (a real FSC row)
     ),
     "valid": (
         ",path,speakerId,transcription,action,object,location\n"

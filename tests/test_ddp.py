@@ -30,16 +30,52 @@ def test_torchrun_two_processes_match_one_process_with_the_combined_batch(tmp_pa
     teacher = random_teacher(tmp / "teacher.safetensors", n_state=96)
 
     def args(out, batch):
-        return ["--data", str(corpus), "--out", str(out), "--strategy", "mct", "--bits", "32,4", "--schedule", "DQ",
-                "--teacher", str(teacher), "--set", f"teacher.cache_dir={tmp / 'cache'}", "--batch-size", str(batch),
-                "--threads", "1", "--no-progress", "--set", "data.augment=false", "--set", "distill.lr_encoder=1e-3",
-                *tiny_student_args(64, 1)]
+        return [
+            "--data",
+            str(corpus),
+            "--out",
+            str(out),
+            "--strategy",
+            "mct",
+            "--bits",
+            "32,4",
+            "--schedule",
+            "DQ",
+            "--teacher",
+            str(teacher),
+            "--set",
+            f"teacher.cache_dir={tmp / 'cache'}",
+            "--batch-size",
+            str(batch),
+            "--threads",
+            "1",
+            "--no-progress",
+            "--set",
+            "data.augment=false",
+            "--set",
+            "distill.lr_encoder=1e-3",
+            *tiny_student_args(64, 1),
+        ]
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "GLOO_SOCKET_IFNAME": "lo"}
     ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-         f"--master_port={free_port()}", "-m", "training.train_cli", *args(tmp / "ddp", 4)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes=1",
+            "--nproc_per_node=2",
+            "--master_addr=127.0.0.1",
+            f"--master_port={free_port()}",
+            "-m",
+            "training.train_cli",
+            *args(tmp / "ddp", 4),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert ddp.returncode == 0, ddp.stderr[-4000:]
     assert "2 process(es)" in (tmp / "ddp" / "train.log").read_text()
@@ -50,8 +86,17 @@ def test_torchrun_two_processes_match_one_process_with_the_combined_batch(tmp_pa
 
     # Rank 0 alone writes: exactly one set of outputs.
     outputs = sorted(p.name for p in (tmp / "ddp").iterdir())
-    assert outputs == ["bubbles.png", "config.yaml", "curves.png", "quads-fsc-32bit.safetensors",
-                       "quads-fsc-4bit.safetensors", "report.json", "report.md", "resume", "train.log"]
+    assert outputs == [
+        "bubbles.png",
+        "config.yaml",
+        "curves.png",
+        "quads-fsc-32bit.safetensors",
+        "quads-fsc-4bit.safetensors",
+        "report.json",
+        "report.md",
+        "resume",
+        "train.log",
+    ]
 
     ddp_report = json.loads((tmp / "ddp" / "report.json").read_text())
     single_report = json.loads((tmp / "single" / "report.json").read_text())

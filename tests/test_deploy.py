@@ -73,8 +73,22 @@ _RANGE = re.compile(r"\[[^\]]*\]")
 _GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
 # An identifier not glued to a number, '.' or '$' (so not the 'e' of 1e-3 or a Grafana variable).
 _IDENTIFIER = re.compile(r"(?<![\w.$])[A-Za-z_:][A-Za-z0-9_:]*")
-_PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or",
-                    "unless", "offset", "atan2", "inf", "nan"}
+_PROMQL_KEYWORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "atan2",
+    "inf",
+    "nan",
+}
 _HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
 
@@ -86,7 +100,7 @@ def promql_metric_names(expr: str) -> set[str]:
     text = _GROUPING.sub(" ", text)
     names = set()
     for match in _IDENTIFIER.finditer(text):
-        followed_by_call = text[match.end():].lstrip().startswith("(")
+        followed_by_call = text[match.end() :].lstrip().startswith("(")
         if not followed_by_call and match.group().lower() not in _PROMQL_KEYWORDS:
             names.add(match.group())
     return names
@@ -113,10 +127,11 @@ def histogram_base(name: str) -> tuple[str, str | None]:
 @pytest.mark.parametrize(
     "expr, names",
     [
-        ('histogram_quantile(0.95, sum by (le, stage) (rate(a_seconds_bucket{stage="total"}[5m])))',
-         {"a_seconds_bucket"}),
-        ('sum(rate(b_total{status=~"5.."}[$__rate_interval])) / sum(rate(b_total[1m] offset 5m)) > 1e-3',
-         {"b_total"}),
+        (
+            'histogram_quantile(0.95, sum by (le, stage) (rate(a_seconds_bucket{stage="total"}[5m])))',
+            {"a_seconds_bucket"},
+        ),
+        ('sum(rate(b_total{status=~"5.."}[$__rate_interval])) / sum(rate(b_total[1m] offset 5m)) > 1e-3', {"b_total"}),
         ("max by (name, sha256) (c_info) * on(instance) group_left(job) up", {"c_info", "up"}),
         ('d == bool 1 and ignoring(x) e{label="sum(f)"}', {"d", "e"}),
     ],
@@ -211,7 +226,9 @@ def test_dockerfile_preloads_jemalloc_that_the_builder_puts_in_the_venv():
     preload = dockerfile_env(runtime).get("LD_PRELOAD", "")
     assert preload.startswith("/opt/venv/") and "libjemalloc" in preload
     builder_runs = " ".join(a for k, a in builder if k == "RUN")
-    assert "libjemalloc2" in builder_runs and preload in builder_runs, "the builder must install jemalloc and copy it to LD_PRELOAD's path"
+    assert "libjemalloc2" in builder_runs and preload in builder_runs, (
+        "the builder must install jemalloc and copy it to LD_PRELOAD's path"
+    )
 
 
 def test_dockerfile_installs_cpu_torch_pinned_like_pyproject():
@@ -293,15 +310,34 @@ def test_docker_build_context_holds_exactly_what_the_dockerfile_copies(tmp_path)
     build = pytest.importorskip("docker.utils.build", reason="the docker Python package implements .dockerignore")
     sources = [src for stage in dockerfile_stages() for srcs, _ in dockerfile_copies(stage) for src in srcs]
     # Mirror the repository layout (the model may not be trained yet), plus paths that must stay out.
-    wanted = ["pyproject.toml", "README.md", "LICENSE", "docker/constraints.txt", "service/main.py", "core/model.py",
-              "models/quads-fsc-4bit.safetensors", "models/quads-fsc-8bit.safetensors"]
-    unwanted = [".git/HEAD", ".venv/bin/python", "data/fsc/a.wav", "runs/x/log.txt", "tests/test_x.py",
-                "training/train.py", "models/quads-fsc-32bit.safetensors", "service/__pycache__/model.pyc"]
+    wanted = [
+        "pyproject.toml",
+        "README.md",
+        "LICENSE",
+        "docker/constraints.txt",
+        "service/main.py",
+        "core/model.py",
+        "models/quads-fsc-4bit.safetensors",
+        "models/quads-fsc-8bit.safetensors",
+    ]
+    unwanted = [
+        ".git/HEAD",
+        ".venv/bin/python",
+        "data/fsc/a.wav",
+        "runs/x/log.txt",
+        "tests/test_x.py",
+        "training/train.py",
+        "models/quads-fsc-32bit.safetensors",
+        "service/__pycache__/model.pyc",
+    ]
     for rel in wanted + unwanted:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text("")
-    patterns = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
+    patterns = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     context = set(build.exclude_paths(str(tmp_path), patterns, dockerfile="docker/Dockerfile"))
     for src in sources:
         assert src.rstrip("/") in context, f"COPY {src} but .dockerignore leaves it out of the build context"
@@ -388,8 +424,7 @@ def test_compose_bind_mounts_exist_and_match_the_configs_that_read_them(compose_
 
     grafana = bind_mounts(services["grafana"])
     assert grafana["/etc/grafana/provisioning"].resolve() == GRAFANA / "provisioning"
-    providers = [p for f in (GRAFANA / "provisioning" / "dashboards").glob("*.yaml")
-                 for p in load_yaml(f)["providers"]]
+    providers = [p for f in (GRAFANA / "provisioning" / "dashboards").glob("*.yaml") for p in load_yaml(f)["providers"]]
     dashboards_dir = providers[0]["options"]["path"]
     assert grafana[dashboards_dir].resolve() == DASHBOARD.parent
     home = services["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
@@ -422,16 +457,23 @@ def test_promtool_accepts_prometheus_config_and_alert_rules():
 def test_promtool_parses_every_dashboard_query(tmp_path):
     promtool = require_tool("promtool")
     # Grafana substitutes $__rate_interval before querying; any duration stands in for it here.
-    exprs = [e.replace("$__rate_interval", "1m").replace("$instance", ".*")
-             for e in dashboard_exprs(json.loads(DASHBOARD.read_text()))]
-    rules = {"groups": [{"name": "dashboard", "rules": [
-        {"record": f"dashboard:query_{i}", "expr": e} for i, e in enumerate(exprs)]}]}
+    exprs = [
+        e.replace("$__rate_interval", "1m").replace("$instance", ".*")
+        for e in dashboard_exprs(json.loads(DASHBOARD.read_text()))
+    ]
+    rules = {
+        "groups": [
+            {"name": "dashboard", "rules": [{"record": f"dashboard:query_{i}", "expr": e} for i, e in enumerate(exprs)]}
+        ]
+    }
     (tmp_path / "dashboard_rules.yml").write_text(yaml.safe_dump(rules))
     out = run_tool(promtool, "check", "rules", str(tmp_path / "dashboard_rules.yml")).stdout
     assert f"SUCCESS: {len(exprs)} rules found" in out
 
 
-def histogram_series(name: str, labels: str, bounds: list[float], bucket_rates: list[float], minutes: int) -> list[dict]:
+def histogram_series(
+    name: str, labels: str, bounds: list[float], bucket_rates: list[float], minutes: int
+) -> list[dict]:
     """promtool input series of a histogram whose buckets gain ``bucket_rates[i]`` per minute."""
     series, cumulative = [], 0.0
     for bound, rate in zip([*map(str, bounds), "+Inf"], bucket_rates):
@@ -457,19 +499,26 @@ def test_alerts_fire_when_they_should_and_stay_quiet_otherwise(tmp_path):
     minutes = 30
 
     def requests(status: str, per_minute: int) -> dict:
-        return {"series": f'quads_http_requests_total{{{target}, route="/intent", status="{status}"}}',
-                "values": f"0+{per_minute}x{minutes}"}
+        return {
+            "series": f'quads_http_requests_total{{{target}, route="/intent", status="{status}"}}',
+            "values": f"0+{per_minute}x{minutes}",
+        }
 
     def rejected(reason: str) -> dict:
         return {"series": f'quads_rejected_total{{{target}, reason="{reason}"}}', "values": f"0+30x{minutes}"}
 
     def answers(understood: str, per_minute: int) -> dict:
-        return {"series": f'quads_intent_answers_total{{{target}, understood="{understood}"}}',
-                "values": f"0+{per_minute}x{minutes}"}
+        return {
+            "series": f'quads_intent_answers_total{{{target}, understood="{understood}"}}',
+            "values": f"0+{per_minute}x{minutes}",
+        }
 
     def fired(alertname: str, **labels: str) -> dict:
-        return {"eval_time": f"{minutes - 1}m", "alertname": alertname,
-                "exp_alerts": [{"exp_labels": {"severity": severity[alertname], **labels}}]}
+        return {
+            "eval_time": f"{minutes - 1}m",
+            "alertname": alertname,
+            "exp_alerts": [{"exp_labels": {"severity": severity[alertname], **labels}}],
+        }
 
     def quiet(alertname: str) -> dict:
         return {"eval_time": f"{minutes - 1}m", "alertname": alertname, "exp_alerts": []}
@@ -478,13 +527,19 @@ def test_alerts_fire_when_they_should_and_stay_quiet_otherwise(tmp_path):
         "interval": "1m",
         "input_series": [
             {"series": f"up{{{target}}}", "values": "1 1 " + " ".join(["0"] * minutes)},
-            requests("200", 80), requests("422", 10), requests("500", 10),
+            requests("200", 80),
+            requests("422", 10),
+            requests("500", 10),
             *histogram_series("quads_stage_duration_seconds", stage_total, bounds, [0, 0, 0, 10, 0], minutes),
-            rejected("overloaded"), answers("true", 50), answers("false", 40),  # 44% not understood
+            rejected("overloaded"),
+            answers("true", 50),
+            answers("false", 40),  # 44% not understood
         ],
         "alert_rule_test": [
             fired("QuadsServiceDown", job="quads", instance="service:8000"),
-            fired("QuadsHighErrorRate"), fired("QuadsHighLatencyP95"), fired("QuadsShedding"),
+            fired("QuadsHighErrorRate"),
+            fired("QuadsHighLatencyP95"),
+            fired("QuadsShedding"),
             fired("QuadsManyNotUnderstood"),
         ],
     }
@@ -492,14 +547,22 @@ def test_alerts_fire_when_they_should_and_stay_quiet_otherwise(tmp_path):
         "interval": "1m",
         "input_series": [
             {"series": f"up{{{target}}}", "values": f"1+0x{minutes}"},
-            requests("200", 80), requests("422", 20),
+            requests("200", 80),
+            requests("422", 20),
             *histogram_series("quads_stage_duration_seconds", stage_total, bounds, [10, 0, 0, 0, 0], minutes),
-            rejected("draining"), answers("true", 90), answers("false", 10),
+            rejected("draining"),
+            answers("true", 90),
+            answers("false", 10),
         ],
         "alert_rule_test": [quiet(name) for name in severity],
     }
-    assert set(severity) == {"QuadsServiceDown", "QuadsHighErrorRate", "QuadsHighLatencyP95", "QuadsShedding",
-                             "QuadsManyNotUnderstood"}
+    assert set(severity) == {
+        "QuadsServiceDown",
+        "QuadsHighErrorRate",
+        "QuadsHighLatencyP95",
+        "QuadsShedding",
+        "QuadsManyNotUnderstood",
+    }
     tests = {"rule_files": ["alerts.yml"], "evaluation_interval": "1m", "tests": [broken, healthy]}
     (tmp_path / "alerts_test.yml").write_text(yaml.safe_dump(tests, sort_keys=False))
     run_tool(promtool, "test", "rules", "alerts_test.yml", cwd=tmp_path)
@@ -509,8 +572,9 @@ def test_alerts_fire_when_they_should_and_stay_quiet_otherwise(tmp_path):
 
 
 def provisioned_datasource() -> dict:
-    (datasource,) = [d for f in (GRAFANA / "provisioning" / "datasources").glob("*.yaml")
-                     for d in load_yaml(f)["datasources"]]
+    (datasource,) = [
+        d for f in (GRAFANA / "provisioning" / "datasources").glob("*.yaml") for d in load_yaml(f)["datasources"]
+    ]
     return datasource
 
 
@@ -556,13 +620,26 @@ def test_every_dashboard_query_follows_the_replica_picker():
 def test_dashboard_shows_what_the_issue_asks_for():
     exprs = dashboard_exprs(json.loads(DASHBOARD.read_text()))
     names = {histogram_base(n)[0] for e in exprs for n in promql_metric_names(e)}
-    assert {"quads_stage_duration_seconds", "quads_http_requests_total", "quads_requests_in_flight",
-            "quads_model_file_bytes", "quads_model_memory_bytes", "quads_model_bit_width",
-            "quads_queue_depth", "quads_batch_size", "quads_rejected_total", "process_resident_memory_bytes",
-            "process_cpu_seconds_total", "process_open_fds", "python_gc_collections_total"} <= names
+    assert {
+        "quads_stage_duration_seconds",
+        "quads_http_requests_total",
+        "quads_requests_in_flight",
+        "quads_model_file_bytes",
+        "quads_model_memory_bytes",
+        "quads_model_bit_width",
+        "quads_queue_depth",
+        "quads_batch_size",
+        "quads_rejected_total",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "process_open_fds",
+        "python_gc_collections_total",
+    } <= names
     compact = [e.replace(" ", "") for e in exprs]
     for q in ("0.5", "0.95", "0.99"):
-        latency = f'histogram_quantile({q},sumby(le,stage)(rate(quads_stage_duration_seconds_bucket{{instance=~"$instance"}}['
+        latency = (
+            f'histogram_quantile({q},sumby(le,stage)(rate(quads_stage_duration_seconds_bucket{{instance=~"$instance"}}['
+        )
         assert any(e.startswith(latency) for e in compact), f"no per-stage latency panel for quantile {q}"
     assert any('status=~"5.."' in e and "/" in e for e in exprs), "no 5xx error-rate panel"
     assert any('status=~"4.."' in e and "/" in e for e in exprs), "no 4xx error-rate panel"
@@ -664,8 +741,7 @@ def test_quads_settings_in_deploy_files_are_real_settings():
     known = {(prefix + name).upper() for name in Settings.model_fields}
     compose_env = load_yaml(COMPOSE)["services"]["service"]["environment"]
     deployment_env = [e["name"] for e in deployment_container().get("env", [])]
-    used = {*dockerfile_env(dockerfile_stages()[-1]), *compose_env, *k8s_settings(),
-            *deployment_env}
+    used = {*dockerfile_env(dockerfile_stages()[-1]), *compose_env, *k8s_settings(), *deployment_env}
     quads = {name for name in used if name.startswith("QUADS_")}
     assert quads, "no QUADS_ settings found"
     assert quads <= known, f"not Settings fields: {sorted(quads - known)} (known: {sorted(known)})"
@@ -753,7 +829,10 @@ def test_deployment_probes_resources_and_threads():
     assert port["http"] == SERVICE_PORT
     probes = {kind: container[kind] for kind in ("startupProbe", "readinessProbe", "livenessProbe")}
     assert {k: p["httpGet"]["path"] for k, p in probes.items()} == {
-        "startupProbe": "/readyz", "readinessProbe": "/readyz", "livenessProbe": "/healthz"}
+        "startupProbe": "/readyz",
+        "readinessProbe": "/readyz",
+        "livenessProbe": "/healthz",
+    }
     assert all(p["httpGet"]["port"] in ("http", SERVICE_PORT) for p in probes.values())
     startup = probes["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 60, "allow at least a minute to load the model"
@@ -810,8 +889,11 @@ def test_service_hpa_and_pdb_select_the_deployment():
 
     hpa = docs["hpa.yaml"]
     assert hpa["apiVersion"] == "autoscaling/v2"
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
-                                             "name": docs["deployment.yaml"]["metadata"]["name"]}
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": docs["deployment.yaml"]["metadata"]["name"],
+    }
     assert [m["resource"]["name"] for m in hpa["spec"]["metrics"]] == ["cpu"]
     assert "replicas" not in docs["deployment.yaml"]["spec"], "the HPA owns replicas; apply would reset them"
     # With minAvailable below minReplicas, a node drain can always evict one pod.
@@ -826,6 +908,14 @@ def test_compose_publishes_on_localhost_and_takes_the_grafana_password_from_the_
     raw = load_yaml(COMPOSE)["services"]["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
     assert raw.startswith("${GRAFANA_ADMIN_PASSWORD")
     env = {**os.environ, "GRAFANA_ADMIN_PASSWORD": "s3cret-from-env"}
-    resolved = yaml.safe_load(subprocess.run([*compose_command(), "-f", str(COMPOSE), "config"], env=env,
-                                             capture_output=True, text=True, check=True, timeout=60).stdout)  # fmt: skip
+    resolved = yaml.safe_load(
+        subprocess.run(
+            [*compose_command(), "-f", str(COMPOSE), "config"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
+    )
     assert resolved["services"]["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "s3cret-from-env"

@@ -17,26 +17,76 @@ from training.datasets import load_samples
 
 pytestmark = [requires_espeak, pytest.mark.slow]
 
-COMMON = ["--batch-size", "4", "--threads", "1", "--no-progress", "--set", "data.augment=false",
-          "--set", "distill.lr_encoder=1e-3"]
+COMMON = [
+    "--batch-size",
+    "4",
+    "--threads",
+    "1",
+    "--no-progress",
+    "--set",
+    "data.augment=false",
+    "--set",
+    "distill.lr_encoder=1e-3",
+]
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     corpus = tiny_corpus(tmp_path_factory)
     tmp = tmp_path_factory.mktemp("e2e")
-    teacher = run_cli("training.train_cli", [
-        "--data", str(corpus), "--out", str(tmp / "teacher"), "--name", "teacher", "--strategy", "finetune",
-        "--bits", "32", "--epochs", "14", "--set", "student.n_state=128", "--set", "student.n_head=2",
-        "--set", "student.n_layer=2", *COMMON,
-    ])
+    teacher = run_cli(
+        "training.train_cli",
+        [
+            "--data",
+            str(corpus),
+            "--out",
+            str(tmp / "teacher"),
+            "--name",
+            "teacher",
+            "--strategy",
+            "finetune",
+            "--bits",
+            "32",
+            "--epochs",
+            "14",
+            "--set",
+            "student.n_state=128",
+            "--set",
+            "student.n_head=2",
+            "--set",
+            "student.n_layer=2",
+            *COMMON,
+        ],
+    )
     assert teacher.returncode == 0, teacher.stderr[-3000:]
-    mct = run_cli("training.train_cli", [
-        "--data", str(corpus), "--out", str(tmp / "mct"), "--strategy", "mct", "--bits", "32,4",
-        "--schedule", "DDQQDQ", "--teacher", str(tmp / "teacher" / "teacher-32bit.safetensors"),
-        "--init", "teacher-layers", "--set", "student.n_state=128", "--set", "student.n_head=2",
-        "--set", "student.n_layer=1", "--set", f"teacher.cache_dir={tmp / 'teacher-cache'}", *COMMON,
-    ])
+    mct = run_cli(
+        "training.train_cli",
+        [
+            "--data",
+            str(corpus),
+            "--out",
+            str(tmp / "mct"),
+            "--strategy",
+            "mct",
+            "--bits",
+            "32,4",
+            "--schedule",
+            "DDQQDQ",
+            "--teacher",
+            str(tmp / "teacher" / "teacher-32bit.safetensors"),
+            "--init",
+            "teacher-layers",
+            "--set",
+            "student.n_state=128",
+            "--set",
+            "student.n_head=2",
+            "--set",
+            "student.n_layer=1",
+            "--set",
+            f"teacher.cache_dir={tmp / 'teacher-cache'}",
+            *COMMON,
+        ],
+    )
     assert mct.returncode == 0, mct.stderr[-3000:]
     return corpus, tmp
 
@@ -54,7 +104,8 @@ def test_teacher_and_mct_students_are_well_above_chance(runs):
         assert row["macro_f1"] >= 0.5
     # Every epoch of the plan ran once: 2 shared D, then QQDQ for each of the two branches.
     assert [(h["branch"], h["phase"]) for h in report["history"]] == (
-        [("shared", "D")] * 2 + [("float", p) for p in "FFDF"] + [("4bit", p) for p in "QQDQ"])
+        [("shared", "D")] * 2 + [("float", p) for p in "FFDF"] + [("4bit", p) for p in "QQDQ"]
+    )
 
 
 def test_the_4_bit_file_is_about_an_eighth_of_fp32(runs):
@@ -78,17 +129,39 @@ def test_the_4_bit_file_is_about_an_eighth_of_fp32(runs):
 def test_qad_quantizes_after_distillation_without_retraining(runs):
     corpus, tmp = runs
     out = tmp / "qad"
-    qad = run_cli("training.train_cli", [
-        "--data", str(corpus), "--out", str(out), "--strategy", "qad", "--bits", "32,16,2", "--schedule", "DD",
-        "--teacher", str(tmp / "teacher" / "teacher-32bit.safetensors"), "--set", "student.n_state=128",
-        "--set", "student.n_head=2", "--set", "student.n_layer=1", "--init", "teacher-layers",
-        "--set", f"teacher.cache_dir={tmp / 'teacher-cache'}", *COMMON,
-    ])
+    qad = run_cli(
+        "training.train_cli",
+        [
+            "--data",
+            str(corpus),
+            "--out",
+            str(out),
+            "--strategy",
+            "qad",
+            "--bits",
+            "32,16,2",
+            "--schedule",
+            "DD",
+            "--teacher",
+            str(tmp / "teacher" / "teacher-32bit.safetensors"),
+            "--set",
+            "student.n_state=128",
+            "--set",
+            "student.n_head=2",
+            "--set",
+            "student.n_layer=1",
+            "--init",
+            "teacher-layers",
+            "--set",
+            f"teacher.cache_dir={tmp / 'teacher-cache'}",
+            *COMMON,
+        ],
+    )
     assert qad.returncode == 0, qad.stderr[-3000:]
     assert "read from" in qad.stderr  # the MCT run's cached teacher embeddings, reused
     fp32, fp16, q2 = (load_checkpoint(out / f"quads-fsc-{b}bit.safetensors") for b in (32, 16, 2))
     assert q2.provenance["quantization"] == "post-hoc k-means" and fp32.provenance["quantization"] == "trained"
-    for (name, w32), (_, w16), (_, w2) in zip(*(c.model.state_dict().items() for c in (fp32, fp16, q2))):
+    for (_, w32), (_, w16), (_, w2) in zip(*(c.model.state_dict().items() for c in (fp32, fp16, q2))):
         torch.testing.assert_close(w16, w32, atol=1e-3, rtol=1e-3)  # the float16 export of the same model
         if w32.dim() > 1:
             assert torch.unique(w2).numel() <= 4
@@ -108,8 +181,20 @@ def test_reports_and_charts_are_written(runs):
 def test_quads_eval_prints_metrics_and_writes_a_confusion_report(runs):
     corpus, tmp = runs
     ckpt = tmp / "mct" / "quads-fsc-4bit.safetensors"
-    out = run_cli("training.eval_cli", ["--model", str(ckpt), "--data", str(corpus), "--split", "test",
-                                        "--confusion", str(tmp / "confusion.json"), "--no-progress"])
+    out = run_cli(
+        "training.eval_cli",
+        [
+            "--model",
+            str(ckpt),
+            "--data",
+            str(corpus),
+            "--split",
+            "test",
+            "--confusion",
+            str(tmp / "confusion.json"),
+            "--no-progress",
+        ],
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout)
     for key in ("accuracy", "macro_f1", "n", "params", "file_bytes", "bits", "gmacs_per_clip", "gmacs_30s"):
@@ -151,15 +236,37 @@ def test_bad_samples_are_reported_with_their_path_and_skipped_or_fail_fast(tmp_p
     data = tmp_path_factory.mktemp("bad-data")
     good = load_samples(corpus, "train")[:8]
     (data / "notaudio.wav").write_text("this is not audio")
-    rows = [f"{s.path},{s.label}" for s in good] + [f"{data / 'missing.wav'},{good[0].label}",
-                                                     f"{data / 'notaudio.wav'},{good[1].label}"]
+    rows = [f"{s.path},{s.label}" for s in good] + [
+        f"{data / 'missing.wav'},{good[0].label}",
+        f"{data / 'notaudio.wav'},{good[1].label}",
+    ]
     (data / "train.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
     held_out = [f"{s.path},{s.label}" for s in load_samples(corpus, "valid")[:4]] + [f"{good[2].path},no_such_intent"]
     for split in ("valid", "test"):
         (data / f"{split}.csv").write_text("path,label\n" + "\n".join(held_out) + "\n")
-    args = ["--data", str(data), "--strategy", "finetune", "--bits", "32", "--epochs", "1", "--batch-size", "4",
-            "--threads", "1", "--no-progress", "--set", "data.augment=false", "--set", "student.n_state=32",
-            "--set", "student.n_head=2", "--set", "student.n_layer=1"]
+    args = [
+        "--data",
+        str(data),
+        "--strategy",
+        "finetune",
+        "--bits",
+        "32",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--set",
+        "data.augment=false",
+        "--set",
+        "student.n_state=32",
+        "--set",
+        "student.n_head=2",
+        "--set",
+        "student.n_layer=1",
+    ]
     assert cli([*args, "--out", str(tmp_path_factory.mktemp("skip"))]) == 0
     out = capsys.readouterr().err
     for path in ("missing.wav", "notaudio.wav"):
@@ -186,12 +293,34 @@ def test_eq_4_centroids_with_fixed_or_refitted_assignments(tmp_path_factory, mon
     calls = {"fit": 0, "reuse": 0}
     for name in calls:
         original = getattr(KMeansQuantizer, name)
-        monkeypatch.setattr(KMeansQuantizer, name, lambda self, *a, _o=original, _n=name: calls.update({_n: calls[_n] + 1}) or _o(self, *a))
+        monkeypatch.setattr(
+            KMeansQuantizer,
+            name,
+            lambda self, *a, _o=original, _n=name: calls.update({_n: calls[_n] + 1}) or _o(self, *a),
+        )
     tmp = tmp_path_factory.mktemp(f"eq4-{labels}")
-    args = ["--data", str(tiny_corpus(tmp_path_factory)), "--out", str(tmp / "run"), "--strategy", "mct",
-            "--bits", "4", "--schedule", "DQDQ", "--teacher", str(random_teacher(tmp / "teacher.safetensors")),
-            "--set", f"teacher.cache_dir={tmp / 'cache'}", "--set", "quant.centroid_update=sum",
-            "--set", f"quant.labels={labels}", *COMMON, *tiny_student_args(64, 1)]  # fmt: skip
+    args = [
+        "--data",
+        str(tiny_corpus(tmp_path_factory)),
+        "--out",
+        str(tmp / "run"),
+        "--strategy",
+        "mct",
+        "--bits",
+        "4",
+        "--schedule",
+        "DQDQ",
+        "--teacher",
+        str(random_teacher(tmp / "teacher.safetensors")),
+        "--set",
+        f"teacher.cache_dir={tmp / 'cache'}",
+        "--set",
+        "quant.centroid_update=sum",
+        "--set",
+        f"quant.labels={labels}",
+        *COMMON,
+        *tiny_student_args(64, 1),
+    ]
     assert cli(args) == 0
     assert calls == {"fit": fits, "reuse": 2 - fits}
     checkpoint = load_checkpoint(tmp / "run" / "quads-fsc-4bit.safetensors")
@@ -205,14 +334,37 @@ def test_post_training_quantization_of_the_float_branch_is_reported_beside_the_t
     from training.train_cli import cli
 
     tmp = tmp_path_factory.mktemp("ptq")
-    args = ["--data", str(tiny_corpus(tmp_path_factory)), "--out", str(tmp / "run"), "--strategy", "mct",
-            "--bits", "32,4", "--schedule", "DQ", "--teacher", str(random_teacher(tmp / "teacher.safetensors")),
-            "--set", f"teacher.cache_dir={tmp / 'cache'}", "--set", "train.post_hoc_bits=[4, 2]",
-            *COMMON, *tiny_student_args(64, 1)]  # fmt: skip
+    args = [
+        "--data",
+        str(tiny_corpus(tmp_path_factory)),
+        "--out",
+        str(tmp / "run"),
+        "--strategy",
+        "mct",
+        "--bits",
+        "32,4",
+        "--schedule",
+        "DQ",
+        "--teacher",
+        str(random_teacher(tmp / "teacher.safetensors")),
+        "--set",
+        f"teacher.cache_dir={tmp / 'cache'}",
+        "--set",
+        "train.post_hoc_bits=[4, 2]",
+        *COMMON,
+        *tiny_student_args(64, 1),
+    ]
     assert cli(args) == 0
-    rows = {(r["branch"], r["quantization"], r["bits"]): r for r in json.loads((tmp / "run" / "report.json").read_text())["results"]}
-    assert set(rows) == {("float", "trained", 32), ("4bit", "trained", 4), ("float", "post-hoc k-means", 4),
-                         ("float", "post-hoc k-means", 2)}  # fmt: skip
+    rows = {
+        (r["branch"], r["quantization"], r["bits"]): r
+        for r in json.loads((tmp / "run" / "report.json").read_text())["results"]
+    }
+    assert set(rows) == {
+        ("float", "trained", 32),
+        ("4bit", "trained", 4),
+        ("float", "post-hoc k-means", 4),
+        ("float", "post-hoc k-means", 2),
+    }
     assert rows[("float", "post-hoc k-means", 2)]["checkpoint"].endswith("quads-fsc-ptq-2bit.safetensors")
     for row in rows.values():  # per test voice: clips right and clips, adding up to the split
         assert sum(total for _, total in row["per_speaker"].values()) == row["n"] == 24
@@ -223,14 +375,37 @@ def test_a_quads_teacher_over_the_same_labels_gives_the_student_its_head_and_log
     from training.train_cli import cli
 
     corpus, tmp = runs
-    args = ["--data", str(corpus), "--strategy", "distill", "--bits", "32", "--schedule", "D",
-            "--teacher", str(tmp / "teacher" / "teacher-32bit.safetensors"), "--init", "teacher-layers",
-            "--set", "student.n_state=128", "--set", "student.n_head=2", "--set", "student.n_layer=1",
-            "--set", f"teacher.cache_dir={tmp / 'teacher-cache'}", "--set", "distill.kl_weight=0.5", *COMMON]  # fmt: skip
+    args = [
+        "--data",
+        str(corpus),
+        "--strategy",
+        "distill",
+        "--bits",
+        "32",
+        "--schedule",
+        "D",
+        "--teacher",
+        str(tmp / "teacher" / "teacher-32bit.safetensors"),
+        "--init",
+        "teacher-layers",
+        "--set",
+        "student.n_state=128",
+        "--set",
+        "student.n_head=2",
+        "--set",
+        "student.n_layer=1",
+        "--set",
+        f"teacher.cache_dir={tmp / 'teacher-cache'}",
+        "--set",
+        "distill.kl_weight=0.5",
+        *COMMON,
+    ]
     assert cli([*args, "--out", str(tmp / "kl")]) == 0
     assert "student head: the teacher's head" in capsys.readouterr().err
     (epoch,) = json.loads((tmp / "kl" / "report.json").read_text())["history"]
-    assert epoch["kl"] > 0 and epoch["loss"] == pytest.approx(0.5 * epoch["l1"] + 0.5 * epoch["ce"] + 0.5 * epoch["kl"], rel=1e-6)
+    assert epoch["kl"] > 0 and epoch["loss"] == pytest.approx(
+        0.5 * epoch["l1"] + 0.5 * epoch["ce"] + 0.5 * epoch["kl"], rel=1e-6
+    )
 
 
 def test_logit_distillation_from_a_teacher_without_the_labels_is_refused(tmp_path_factory, capsys):
@@ -238,8 +413,23 @@ def test_logit_distillation_from_a_teacher_without_the_labels_is_refused(tmp_pat
     from training.train_cli import cli
 
     tmp = tmp_path_factory.mktemp("kl-refused")
-    args = ["--data", str(tiny_corpus(tmp_path_factory)), "--out", str(tmp / "run"), "--strategy", "distill",
-            "--bits", "32", "--schedule", "D", "--teacher", str(random_teacher(tmp / "teacher.safetensors")),
-            "--set", "distill.kl_weight=0.5", *COMMON, *tiny_student_args(64, 1)]  # fmt: skip
+    args = [
+        "--data",
+        str(tiny_corpus(tmp_path_factory)),
+        "--out",
+        str(tmp / "run"),
+        "--strategy",
+        "distill",
+        "--bits",
+        "32",
+        "--schedule",
+        "D",
+        "--teacher",
+        str(random_teacher(tmp / "teacher.safetensors")),
+        "--set",
+        "distill.kl_weight=0.5",
+        *COMMON,
+        *tiny_student_args(64, 1),
+    ]
     assert cli(args) == 2
     assert "distill.kl_weight needs the teacher's logits over the student's labels" in capsys.readouterr().err

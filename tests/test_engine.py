@@ -88,7 +88,9 @@ def test_a_batch_of_one_length_runs_without_masks(checkpoint, speech, served_che
     for name, batch in (("same", same), ("mixed", mixed)):
         assert {p.batch_size for p in answers[name]} == {3}
         for clip, prediction in zip(batch, answers[name]):
-            torch.testing.assert_close(prediction.probabilities, reference_probabilities(checkpoint, clip), atol=1e-5, rtol=0)
+            torch.testing.assert_close(
+                prediction.probabilities, reference_probabilities(checkpoint, clip), atol=1e-5, rtol=0
+            )
 
 
 @pytest.mark.skipif(not native_bfloat16(), reason="this CPU has no bfloat16 matrix hardware")
@@ -97,8 +99,15 @@ def test_bfloat16_answers_stay_close_to_float32(checkpoint, checkpoint_path, cli
 
     served = load_checkpoint(checkpoint_path)  # the engine casts its model's matrix weights in place
     engine = InferenceEngine(served, compute_dtype="bfloat16").start()
-    matrices = sum(p.numel() for m in checkpoint.model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv1d)) for p in m.parameters())
-    key_biases = checkpoint.dims.n_layer * checkpoint.dims.n_state  # zeros the fused q/k/v layer adds (service.served_attention)
+    matrices = sum(
+        p.numel()
+        for m in checkpoint.model.modules()
+        if isinstance(m, (torch.nn.Linear, torch.nn.Conv1d))
+        for p in m.parameters()
+    )
+    key_biases = (
+        checkpoint.dims.n_layer * checkpoint.dims.n_state
+    )  # zeros the fused q/k/v layer adds (service.served_attention)
     try:
         assert served.memory_bytes == checkpoint.memory_bytes - 2 * matrices + 2 * key_biases  # 4 bytes -> 2
         answers = [engine.submit(clip).result(timeout=30).probabilities for clip in clips]
@@ -351,7 +360,9 @@ def test_concurrent_submitters_all_get_answers(checkpoint, clips, served_checkpo
     finally:
         engine.close()
     for clip, prediction in zip(clips * 2, results):
-        torch.testing.assert_close(prediction.probabilities, reference_probabilities(checkpoint, clip), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            prediction.probabilities, reference_probabilities(checkpoint, clip), atol=1e-5, rtol=0
+        )
 
 
 def test_the_checkpoint_load_and_every_model_call_run_in_one_compute_thread(checkpoint_path, clips):

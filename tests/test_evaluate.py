@@ -5,8 +5,14 @@ import torch
 from core.model import IntentClassifier, ModelDims
 from training.evaluate import is_polarity_swap, polarity_error_share, predict
 
-LABELS = ["activate_lights_kitchen", "deactivate_lights_kitchen", "deactivate_lights_bedroom",
-          "increase_volume_none", "decrease_volume_none", "change language_none_none"]  # fmt: skip
+LABELS = [
+    "activate_lights_kitchen",
+    "deactivate_lights_kitchen",
+    "deactivate_lights_bedroom",
+    "increase_volume_none",
+    "decrease_volume_none",
+    "change language_none_none",
+]
 
 
 def test_polarity_swap_needs_opposite_actions_on_the_same_object_and_location():

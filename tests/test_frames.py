@@ -11,8 +11,12 @@ from core.model import IntentClassifier
 from core.refusal import REFUSAL_LABEL
 from tests.service_inputs import TINY_DIMS
 
-FRAMES = [Frame("Play"), Frame("SetChannel", {"channel": "four"}), Frame("SetChannel", {"channel": "two"}),
-          Frame("MakeDrink", {"size": "large", "drink": "latte"})]
+FRAMES = [
+    Frame("Play"),
+    Frame("SetChannel", {"channel": "four"}),
+    Frame("SetChannel", {"channel": "two"}),
+    Frame("MakeDrink", {"size": "large", "drink": "latte"}),
+]
 
 
 def test_an_intent_with_one_frame_is_labelled_by_its_name_and_others_by_their_slots():
@@ -51,14 +55,23 @@ def test_a_checkpoint_carries_its_frames_and_answers_with_them(tmp_path):
         save_checkpoint(tmp_path / "x.safetensors", model, [*labels[:-2], "Other", REFUSAL_LABEL], 32, frames=table)
     with pytest.raises(ValueError, match="frames for labels the model does not have"):
         small = FrameTable({k: v for k, v in list(table.frames.items())[:3]}, table.context)
-        save_checkpoint(tmp_path / "x.safetensors", IntentClassifier(TINY_DIMS, 3), list(small.frames), 32,
-                        frames=FrameTable(table.frames, table.context))
+        save_checkpoint(
+            tmp_path / "x.safetensors",
+            IntentClassifier(TINY_DIMS, 3),
+            list(small.frames),
+            32,
+            frames=FrameTable(table.frames, table.context),
+        )
 
 
 def test_a_file_without_frames_answers_with_its_labels(tmp_path):
     model = IntentClassifier(TINY_DIMS, 2).eval()
     checkpoint = load_checkpoint(save_checkpoint(tmp_path / "m.safetensors", model, ["a_b_c", "d_e_f"], 32))
-    assert checkpoint.frames is None and checkpoint.frame("a_b_c") == Frame("a_b_c") and checkpoint.intents == ["a_b_c", "d_e_f"]
+    assert (
+        checkpoint.frames is None
+        and checkpoint.frame("a_b_c") == Frame("a_b_c")
+        and checkpoint.intents == ["a_b_c", "d_e_f"]
+    )
 
 
 def test_a_tampered_frame_table_is_refused(tmp_path):
@@ -67,7 +80,9 @@ def test_a_tampered_frame_table_is_refused(tmp_path):
 
     table = FrameTable.of(FRAMES)
     labels = list(table.frames)
-    path = save_checkpoint(tmp_path / "m.safetensors", IntentClassifier(TINY_DIMS, len(labels)), labels, 32, frames=table)
+    path = save_checkpoint(
+        tmp_path / "m.safetensors", IntentClassifier(TINY_DIMS, len(labels)), labels, 32, frames=table
+    )
     with safe_open(path, "pt") as f:
         tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
     metadata["frames"] = metadata["frames"].replace('"four"', '"five"')

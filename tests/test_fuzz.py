@@ -32,9 +32,12 @@ def classify(data: bytes) -> torch.Tensor | None:
 def wav_header(channels: int, rate: int, bits: int, fmt: int, data_len: int) -> bytes:
     block = channels * bits // 8
     return (
-        b"RIFF" + struct.pack("<I", (36 + data_len) % 2**32) + b"WAVEfmt "
+        b"RIFF"
+        + struct.pack("<I", (36 + data_len) % 2**32)
+        + b"WAVEfmt "
         + struct.pack("<IHHIIHH", 16, fmt, channels, rate, (rate * block) % 2**32, block, bits)
-        + b"data" + struct.pack("<I", data_len)
+        + b"data"
+        + struct.pack("<I", data_len)
     )
 
 
@@ -46,9 +49,12 @@ def test_any_bytes(data):
 
 @FUZZ
 @given(
-    channels=st.integers(0, 8), rate=st.sampled_from([0, 1, 8000, 16000, 44100, 2**31 - 1]),
-    bits=st.sampled_from([0, 8, 16, 24, 32, 64, 7]), fmt=st.sampled_from([1, 3, 0, 0xFFFE, 85]),
-    claimed=st.integers(0, 2**32 - 1), body=st.binary(max_size=2048),
+    channels=st.integers(0, 8),
+    rate=st.sampled_from([0, 1, 8000, 16000, 44100, 2**31 - 1]),
+    bits=st.sampled_from([0, 8, 16, 24, 32, 64, 7]),
+    fmt=st.sampled_from([1, 3, 0, 0xFFFE, 85]),
+    claimed=st.integers(0, 2**32 - 1),
+    body=st.binary(max_size=2048),
 )
 def test_wav_headers_that_lie(channels, rate, bits, fmt, claimed, body):
     classify(wav_header(channels, rate, bits, fmt, claimed) + body)
@@ -56,9 +62,12 @@ def test_wav_headers_that_lie(channels, rate, bits, fmt, claimed, body):
 
 @FUZZ
 @given(
-    seconds=st.floats(0.0005, 4.0), rate=st.sampled_from([8000, 11025, 16000, 22050, 44100, 48000]),
-    channels=st.integers(1, 6), subtype=st.sampled_from(["PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE"]),
-    scale=st.sampled_from([0.0, 1e-6, 0.5, 1.0]), seed=st.integers(0, 2**16),
+    seconds=st.floats(0.0005, 4.0),
+    rate=st.sampled_from([8000, 11025, 16000, 22050, 44100, 48000]),
+    channels=st.integers(1, 6),
+    subtype=st.sampled_from(["PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE"]),
+    scale=st.sampled_from([0.0, 1e-6, 0.5, 1.0]),
+    seed=st.integers(0, 2**16),
 )
 def test_valid_wavs_of_any_shape_classify(seconds, rate, channels, subtype, scale, seed):
     frames = max(1, int(seconds * rate))

@@ -96,7 +96,14 @@ def wav_header(rate: int = 16000, channels: int = 1, bits: int = 16, data_bytes:
     block = channels * bits // 8
     # Absurd values overflow the derived fields, as they would in a C writer.
     fmt = struct.pack("<IHHIIHH", 16, 1, channels, rate, (rate * block) % 2**32, block % 2**16, bits)
-    return b"RIFF" + struct.pack("<I", min(36 + data_bytes, 2**32 - 1)) + b"WAVEfmt " + fmt + b"data" + struct.pack("<I", data_bytes)
+    return (
+        b"RIFF"
+        + struct.pack("<I", min(36 + data_bytes, 2**32 - 1))
+        + b"WAVEfmt "
+        + fmt
+        + b"data"
+        + struct.pack("<I", data_bytes)
+    )
 
 
 def png_bytes() -> bytes:
@@ -106,7 +113,9 @@ def png_bytes() -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00\x80")) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00\x80")) + chunk(b"IEND", b"")
+    )
 
 
 def chunked(total: int, chunk: int = 64 * 1024) -> Callable[[], Iterator[bytes]]:
@@ -125,7 +134,9 @@ def with_value(m: Material, value: float) -> bytes:
 
 
 def noise_seconds(seconds: float, rate: int = 16000) -> bytes:
-    return encode_samples(np.random.default_rng(0).uniform(-0.1, 0.1, int(seconds * rate)).astype(np.float32), rate, "WAV", "PCM_16")
+    return encode_samples(
+        np.random.default_rng(0).uniform(-0.1, 0.1, int(seconds * rate)).astype(np.float32), rate, "WAV", "PCM_16"
+    )
 
 
 @dataclass(frozen=True)
@@ -159,40 +170,100 @@ CORPUS = [
     Case("empty file part", lambda m: upload(b""), 422, "empty-audio"),
     Case("no file field", lambda m: multipart(Part(b"audio", b"clip.wav", m.clip())), 422, "missing-file"),
     Case("multipart with no parts", lambda m: multipart(), 422, "missing-file"),
-    Case("multipart cut before its first boundary", lambda m: Request(b"--" + BOUNDARY.encode()[:5], f"multipart/form-data; boundary={BOUNDARY}"), 422, "missing-file"),
-    Case("two file fields", lambda m: multipart(Part(b"file", b"a.wav", m.clip()), Part(b"file", b"b.wav", m.clip())), 400, "malformed-multipart"),
-    Case("file as a plain value", lambda m: multipart(Part(b"file", None, b"clip.wav", None)), 422, "file-not-uploaded"),
-    Case("multipart without a boundary", lambda m: Request(upload(m.clip()).body, "multipart/form-data"), 400, "malformed-multipart"),
-    Case("multipart with another boundary", lambda m: Request(upload(m.clip()).body, "multipart/form-data; boundary=other"), 400, "malformed-multipart"),
-    Case("40 form fields", lambda m: multipart(*[Part(b"f%d" % i, None, b"v", None) for i in range(40)]), 400, "malformed-multipart"),
+    Case(
+        "multipart cut before its first boundary",
+        lambda m: Request(b"--" + BOUNDARY.encode()[:5], f"multipart/form-data; boundary={BOUNDARY}"),
+        422,
+        "missing-file",
+    ),
+    Case(
+        "two file fields",
+        lambda m: multipart(Part(b"file", b"a.wav", m.clip()), Part(b"file", b"b.wav", m.clip())),
+        400,
+        "malformed-multipart",
+    ),
+    Case(
+        "file as a plain value", lambda m: multipart(Part(b"file", None, b"clip.wav", None)), 422, "file-not-uploaded"
+    ),
+    Case(
+        "multipart without a boundary",
+        lambda m: Request(upload(m.clip()).body, "multipart/form-data"),
+        400,
+        "malformed-multipart",
+    ),
+    Case(
+        "multipart with another boundary",
+        lambda m: Request(upload(m.clip()).body, "multipart/form-data; boundary=other"),
+        400,
+        "malformed-multipart",
+    ),
+    Case(
+        "40 form fields",
+        lambda m: multipart(*[Part(b"f%d" % i, None, b"v", None) for i in range(40)]),
+        400,
+        "malformed-multipart",
+    ),
     Case("content type text/plain", lambda m: raw(m.clip(), "text/plain"), 415, "unsupported-media-type"),
     Case("content type application/json", lambda m: raw(m.clip(), "application/json"), 415, "unsupported-media-type"),
     Case("no content type", lambda m: raw(m.clip(), None), 415, "unsupported-media-type"),
-    Case("content type multipart/mixed", lambda m: raw(upload(m.clip()).body, f"multipart/mixed; boundary={BOUNDARY}"), 415, "unsupported-media-type"),
+    Case(
+        "content type multipart/mixed",
+        lambda m: raw(upload(m.clip()).body, f"multipart/mixed; boundary={BOUNDARY}"),
+        415,
+        "unsupported-media-type",
+    ),
     Case("body over the limit, declared", lambda m: raw(bytes(MAX_BODY_BYTES + 1)), 413, "body-too-large"),
-    Case("body over the limit, chunked", lambda m: Request(chunked(MAX_BODY_BYTES + 64 * 1024), "audio/wav"), 413, "body-too-large"),
+    Case(
+        "body over the limit, chunked",
+        lambda m: Request(chunked(MAX_BODY_BYTES + 64 * 1024), "audio/wav"),
+        413,
+        "body-too-large",
+    ),
     Case("file part over the limit", lambda m: upload(bytes(MAX_BODY_BYTES)), 413, "body-too-large"),
     # Bytes that are not audio, or not usable audio.
     Case("text as audio", lambda m: raw(b"turn on the lights, please\n" * 20), 400, "undecodable-audio"),
-    Case("JSON as audio", lambda m: upload(json.dumps({"intent": "activate_lights", "audio": [0.1] * 100}).encode()), 400, "undecodable-audio"),
+    Case(
+        "JSON as audio",
+        lambda m: upload(json.dumps({"intent": "activate_lights", "audio": [0.1] * 100}).encode()),
+        400,
+        "undecodable-audio",
+    ),
     Case("PNG as audio", lambda m: upload(png_bytes(), b"clip.png", b"image/png"), 400, "undecodable-audio"),
     Case("random bytes", lambda m: raw(np.random.default_rng(0).bytes(20_000)), 400, "undecodable-audio"),
     Case("WAV header without a data chunk", lambda m: raw(wav_header()[:36]), 400, "undecodable-audio"),
     Case("WAV header with an empty data chunk", lambda m: raw(wav_header()), 422, "empty-audio"),
     Case("WAV header claiming 4 GB and no data", lambda m: raw(wav_header(data_bytes=2**32 - 100)), 422, "empty-audio"),
-    Case("WAV with zero samples", lambda m: raw(encode_samples(np.zeros(0, np.float32), 16000, "WAV", "PCM_16")), 422, "empty-audio"),
-    Case("WAV with 65535 channels", lambda m: raw(wav_header(channels=65535, data_bytes=2**31) + bytes(1000)), 400, "undecodable-audio"),
+    Case(
+        "WAV with zero samples",
+        lambda m: raw(encode_samples(np.zeros(0, np.float32), 16000, "WAV", "PCM_16")),
+        422,
+        "empty-audio",
+    ),
+    Case(
+        "WAV with 65535 channels",
+        lambda m: raw(wav_header(channels=65535, data_bytes=2**31) + bytes(1000)),
+        400,
+        "undecodable-audio",
+    ),
     Case("WAV at 0 Hz", lambda m: raw(wav_header(rate=0, data_bytes=1000) + bytes(1000)), 400, "undecodable-audio"),
     Case("float WAV with NaN", lambda m: raw(with_value(m, np.nan)), 400, "undecodable-audio"),
     Case("float WAV with Inf", lambda m: raw(with_value(m, -np.inf)), 400, "undecodable-audio"),
     Case("float WAV with 1e30", lambda m: raw(with_value(m, 1e30)), 400, "undecodable-audio"),
-    Case("audio over the duration limit", lambda m: upload(noise_seconds(MAX_AUDIO_SECONDS + 1)), 422, "audio-too-long"),
-    Case("JSON file part", lambda m: upload(b"{}" * 10_000, b"clip.json", b"application/json"), 400, "undecodable-audio"),
+    Case(
+        "audio over the duration limit", lambda m: upload(noise_seconds(MAX_AUDIO_SECONDS + 1)), 422, "audio-too-long"
+    ),
+    Case(
+        "JSON file part", lambda m: upload(b"{}" * 10_000, b"clip.json", b"application/json"), 400, "undecodable-audio"
+    ),
     # Valid but odd: answered like any clip.
     Case("10 ms of audio", lambda m: raw(noise_seconds(0.01)), 200),
     Case("one sample", lambda m: raw(encode_samples(np.array([0.5], np.float32), 16000, "WAV", "PCM_16")), 200),
     Case("truncated WAV", lambda m: raw(m.clip()[: len(m.clip()) // 2 + 1]), 200),
-    Case("WAV header claiming 4 GB before real speech", lambda m: raw(wav_header(data_bytes=2**32 - 100) + m.clip()[44:]), 200),
+    Case(
+        "WAV header claiming 4 GB before real speech",
+        lambda m: raw(wav_header(data_bytes=2**32 - 100) + m.clip()[44:]),
+        200,
+    ),
     Case("8-bit WAV", lambda m: raw(m.clip(subtype="PCM_U8")), 200),
     Case("24-bit WAV", lambda m: raw(m.clip(subtype="PCM_24")), 200),
     Case("32-bit float WAV", lambda m: raw(m.clip(subtype="FLOAT")), 200),
@@ -203,7 +274,11 @@ CORPUS = [
     Case("stereo", lambda m: raw(m.clip(channels=2)), 200),
     Case("6 channels", lambda m: raw(m.clip(channels=6)), 200),
     Case("pure silence", lambda m: raw(encode_samples(np.zeros(16000, np.float32), 16000, "WAV", "PCM_16")), 200),
-    Case("full-scale clipping", lambda m: raw(encode_samples(np.clip(m.samples * 50, -1, 1), m.rate, "WAV", "PCM_16")), 200),
+    Case(
+        "full-scale clipping",
+        lambda m: raw(encode_samples(np.clip(m.samples * 50, -1, 1), m.rate, "WAV", "PCM_16")),
+        200,
+    ),
     Case("FLAC", lambda m: upload(m.clip("FLAC"), b"clip.flac", b"audio/flac"), 200),
     Case("OGG Vorbis", lambda m: upload(m.clip("OGG", "VORBIS"), b"clip.ogg", b"audio/ogg"), 200),
     Case("MP3", lambda m: upload(m.clip("MP3", "MPEG_LAYER_III"), b"clip.mp3", b"audio/mpeg"), 200),
@@ -212,16 +287,54 @@ CORPUS = [
     Case("file part without a content type", lambda m: upload(m.clip(), b"clip.wav", None), 200),
     Case("filename with ../", lambda m: upload(m.clip(), b"../../../../etc/passwd"), 200),
     Case("filename with NUL", lambda m: upload(m.clip(), b"clip\x00.wav"), 200),
-    Case("filename in UTF-8 with a right-to-left mark", lambda m: upload(m.clip(), "\u202evaw.\U0001f3a4.wav".encode()), 200),
+    Case(
+        "filename in UTF-8 with a right-to-left mark",
+        lambda m: upload(m.clip(), "\u202evaw.\U0001f3a4.wav".encode()),
+        200,
+    ),
     # Browser and phone containers (PyAV): valid ones answered, broken or lying ones refused.
-    Case("WebM/Opus from a browser", lambda m: upload(container(m, "webm", "libopus", 48000), b"clip.webm", b"audio/webm"), 200),
+    Case(
+        "WebM/Opus from a browser",
+        lambda m: upload(container(m, "webm", "libopus", 48000), b"clip.webm", b"audio/webm"),
+        200,
+    ),
     Case("M4A/AAC from a phone", lambda m: raw(container(m, "ipod", "aac", 44100, "stereo"), "audio/mp4"), 200),
-    Case("WebM header only", lambda m: raw(container(m, "webm", "libopus", 48000)[:40], "audio/webm"), 400, "undecodable-audio"),
-    Case("MP4 header then garbage", lambda m: raw(container(m, "mp4", "aac", 16000)[:40] + np.random.default_rng(1).bytes(5000), "audio/mp4"), 400, "undecodable-audio"),
-    Case("WebM magic then random bytes", lambda m: raw(b"\x1a\x45\xdf\xa3" + np.random.default_rng(2).bytes(5000), "audio/webm"), 400, "undecodable-audio"),
-    Case("WebM claiming two hours", lambda m: raw(webm_claiming_hours(container(m, "webm", "libopus", 48000)), "audio/webm"), 422, "audio-too-long"),
-    Case("WebM over the duration limit", lambda m: raw(encode_container(np.zeros((MAX_AUDIO_SECONDS + 2) * 16000, np.float32), "webm", "libopus", 48000), "audio/webm"), 422, "audio-too-long"),
-    Case("filename of 10,000 characters", lambda m: upload(m.clip(), b"x" * 10_000), 400, "malformed-multipart"),  # a part header over python-multipart's 4 KiB
+    Case(
+        "WebM header only",
+        lambda m: raw(container(m, "webm", "libopus", 48000)[:40], "audio/webm"),
+        400,
+        "undecodable-audio",
+    ),
+    Case(
+        "MP4 header then garbage",
+        lambda m: raw(container(m, "mp4", "aac", 16000)[:40] + np.random.default_rng(1).bytes(5000), "audio/mp4"),
+        400,
+        "undecodable-audio",
+    ),
+    Case(
+        "WebM magic then random bytes",
+        lambda m: raw(b"\x1a\x45\xdf\xa3" + np.random.default_rng(2).bytes(5000), "audio/webm"),
+        400,
+        "undecodable-audio",
+    ),
+    Case(
+        "WebM claiming two hours",
+        lambda m: raw(webm_claiming_hours(container(m, "webm", "libopus", 48000)), "audio/webm"),
+        422,
+        "audio-too-long",
+    ),
+    Case(
+        "WebM over the duration limit",
+        lambda m: raw(
+            encode_container(np.zeros((MAX_AUDIO_SECONDS + 2) * 16000, np.float32), "webm", "libopus", 48000),
+            "audio/webm",
+        ),
+        422,
+        "audio-too-long",
+    ),
+    Case(
+        "filename of 10,000 characters", lambda m: upload(m.clip(), b"x" * 10_000), 400, "malformed-multipart"
+    ),  # a part header over python-multipart's 4 KiB
 ]
 
 
@@ -305,7 +418,8 @@ def test_lying_content_length_never_lets_more_than_it_declared_in(served, materi
     clip = material.clip()
     payload = (
         b"POST /intent?top_k=6 HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav\r\nContent-Length: %d\r\n\r\n" % declared
-        + clip + bytes(MAX_BODY_BYTES + 100_000)
+        + clip
+        + bytes(MAX_BODY_BYTES + 100_000)
     )
     responses = read_responses(exchange(served.server.port, payload))
 
@@ -326,7 +440,14 @@ def test_lying_content_length_never_lets_more_than_it_declared_in(served, materi
         b"POST /intent HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
         b"POST /intent HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
     ],
-    ids=["not HTTP", "unterminated 20 KiB head", "non-numeric Content-Length", "two Content-Lengths", "unsupported transfer coding", "bad chunk size"],
+    ids=[
+        "not HTTP",
+        "unterminated 20 KiB head",
+        "non-numeric Content-Length",
+        "two Content-Lengths",
+        "unsupported transfer coding",
+        "bad chunk size",
+    ],
 )
 def test_malformed_http_gets_a_problem_400(served, request_bytes):
     responses = read_responses(exchange(served.server.port, request_bytes))
@@ -392,7 +513,10 @@ def test_slow_clients_are_cut_off_and_hold_nothing(served, speech_wav):
 
     assert meanwhile.status_code == 200 and meanwhile_seconds < BODY_TIMEOUT_SECONDS  # not queued behind them
     for client, (answer, seconds) in zip(SLOW_CLIENTS, outcomes):
-        assert BODY_TIMEOUT_SECONDS - 0.2 <= seconds <= BODY_TIMEOUT_SECONDS + CUT_OFF_SLACK_SECONDS, (client.name, seconds)
+        assert BODY_TIMEOUT_SECONDS - 0.2 <= seconds <= BODY_TIMEOUT_SECONDS + CUT_OFF_SLACK_SECONDS, (
+            client.name,
+            seconds,
+        )
         if client.answer is None:
             assert answer == b"", client.name
         else:

@@ -26,8 +26,9 @@ def imported_packages(package: str) -> dict[str, set[str]]:
     return found
 
 
-@pytest.mark.parametrize("package, forbidden", [("core", {"service", "training", "bench"}),
-                                                ("service", {"training", "bench"})])
+@pytest.mark.parametrize(
+    "package, forbidden", [("core", {"service", "training", "bench"}), ("service", {"training", "bench"})]
+)
 def test_a_layer_never_imports_the_ones_above_it(package, forbidden):
     files = imported_packages(package)
     assert len(files) >= 8

@@ -79,7 +79,9 @@ def test_a_flood_of_retrying_clients_gets_paced_refusals_and_the_model_keeps_ans
     most one per waiting client per second beyond it, instead of as fast as the CPU allows, and
     the model keeps answering. bench/bench_overload.py measures the rates."""
     rate, clients = 10, 24
-    server = start(tmp_path, checkpoint_path, QUADS_MAX_QUEUE="2", QUADS_MAX_BATCH_SIZE="1", QUADS_REFUSALS_PER_SECOND=str(rate))
+    server = start(
+        tmp_path, checkpoint_path, QUADS_MAX_QUEUE="2", QUADS_MAX_BATCH_SIZE="1", QUADS_REFUSALS_PER_SECOND=str(rate)
+    )
     try:
         result = asyncio.run(run_load(server.url, speech_wav, 150, clients, max_seconds=60))
         with httpx.Client(base_url=server.url) as client:
@@ -95,14 +97,18 @@ def test_a_flood_of_retrying_clients_gets_paced_refusals_and_the_model_keeps_ans
     assert refused / result.seconds <= max(rate, clients - 3) + 3, (refused, result.seconds)
     assert min(result.latencies["503"]) < 0.5 < max(result.latencies["503"]) <= 1.5  # some at once, some paced
     # The refusals are counted under the route they were for, like every other answer.
-    assert durations[("quads_http_request_duration_seconds_count", (("route", "/intent"), ("status", "503")))] == refused
+    assert (
+        durations[("quads_http_request_duration_seconds_count", (("route", "/intent"), ("status", "503")))] == refused
+    )
 
 
 def test_a_client_that_leaves_mid_body_is_logged_as_499_without_a_traceback(tmp_path, checkpoint_path):
     server = start(tmp_path, checkpoint_path)
     try:
         with socket.create_connection(("127.0.0.1", server.port)) as raw:
-            raw.sendall(b"POST /intent HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav\r\nContent-Length: 100000\r\n\r\nRIFF")
+            raw.sendall(
+                b"POST /intent HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav\r\nContent-Length: 100000\r\n\r\nRIFF"
+            )
             time.sleep(0.3)
         deadline = time.monotonic() + 10
         with httpx.Client(base_url=server.url) as client:
@@ -123,9 +129,25 @@ def test_soak_has_no_errors_and_memory_stops_growing(tmp_path, checkpoint_path, 
     try:
         result = load(server, speech_wav, requests=1200, concurrency=4, warmup=120, pid=server.process.pid)
         report = subprocess.run(  # the script's command line, briefly, against the same server
-            [sys.executable, str(PROJECT / "bench" / "load_test.py"), "--url", server.url, "--pid", str(server.process.pid),
-             "-n", "40", "-c", "2", "--warmup", "4", "--clip", str(write(tmp_path / "clip.wav", speech_wav))],
-            capture_output=True, text=True, timeout=120,
+            [
+                sys.executable,
+                str(PROJECT / "bench" / "load_test.py"),
+                "--url",
+                server.url,
+                "--pid",
+                str(server.process.pid),
+                "-n",
+                "40",
+                "-c",
+                "2",
+                "--warmup",
+                "4",
+                "--clip",
+                str(write(tmp_path / "clip.wav", speech_wav)),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
     finally:
         server.stop()
@@ -153,23 +175,30 @@ def test_sigterm_with_requests_in_flight_and_a_stalled_upload(tmp_path, checkpoi
     process exits within the drain plus the shutdown timeout, the stalled upload cut off with a 503."""
     drain, shutdown_timeout = 1.0, 3.0
     server = start(
-        tmp_path, checkpoint_path,
-        QUADS_DRAIN_SECONDS=str(drain), QUADS_SHUTDOWN_TIMEOUT_SECONDS=str(shutdown_timeout),
-        QUADS_MAX_BATCH_SIZE="8", QUADS_MAX_WAIT_MS="2500",  # a batch of fewer than 8 waits 2.5 s to fill
+        tmp_path,
+        checkpoint_path,
+        QUADS_DRAIN_SECONDS=str(drain),
+        QUADS_SHUTDOWN_TIMEOUT_SECONDS=str(shutdown_timeout),
+        QUADS_MAX_BATCH_SIZE="8",
+        QUADS_MAX_WAIT_MS="2500",  # a batch of fewer than 8 waits 2.5 s to fill
         QUADS_BODY_TIMEOUT_SECONDS="60",  # the stalled upload outlives the grace period ...
         QUADS_MIN_UPLOAD_BYTES_PER_SECOND="0",  # ... and no minimum upload rate cuts it first
     )
     answers: dict[int, httpx.Response] = {}
 
     def classify(i: int) -> None:
-        answers[i] = httpx.post(f"{server.url}/intent", content=speech_wav, headers={"Content-Type": "audio/wav"}, timeout=30)
+        answers[i] = httpx.post(
+            f"{server.url}/intent", content=speech_wav, headers={"Content-Type": "audio/wav"}, timeout=30
+        )
 
     try:
         in_flight = [threading.Thread(target=classify, args=(i,)) for i in range(5)]
         for thread in in_flight:
             thread.start()
         stalled = socket.create_connection(("127.0.0.1", server.port))
-        stalled.sendall(b"POST /intent HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav\r\nContent-Length: 100000\r\n\r\nRIFF")
+        stalled.sendall(
+            b"POST /intent HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav\r\nContent-Length: 100000\r\n\r\nRIFF"
+        )
         deadline = time.monotonic() + 10
         while "quads_requests_in_flight 5.0" not in httpx.get(f"{server.url}/metrics").text:
             assert time.monotonic() < deadline, "the requests never reached the engine"
@@ -212,7 +241,7 @@ async def slow_uploads_and_normal_requests(server: Server, clip: bytes, slow: in
     """``slow`` connections send a complete head and then a byte a second of their body; after a
     second, ``normal`` requests go one after the other. Returns (the normal requests' (status,
     seconds), what each slow connection was answered, seconds until it was closed)."""
-    head = (b"POST /intent HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav\r\nContent-Length: %d\r\n\r\n" % len(clip))
+    head = b"POST /intent HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav\r\nContent-Length: %d\r\n\r\n" % len(clip)
 
     async def trickler():
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)

@@ -29,13 +29,26 @@ def golden_run():
     model = IntentClassifier(SMALL, 3)
     cfg, cpu = Config(), torch.device("cpu")
     loss = DistillationLoss(0.5)
-    d = train_epoch(TrainStep(model, loss), loader, make_optimizer("D", model, loss, cfg), device=cpu, targets=targets,
-                    progress=False)
+    d = train_epoch(
+        TrainStep(model, loss),
+        loader,
+        make_optimizer("D", model, loss, cfg),
+        device=cpu,
+        targets=targets,
+        progress=False,
+    )
     quantizer = KMeansQuantizer(model, 2)
     qloss = QuantizationLoss(quantizer)
     qloss.fit()
-    q = train_epoch(TrainStep(model, qloss), loader, make_optimizer("Q", model, qloss, cfg), device=cpu,
-                    snap=qloss.snap, schedule=PhaseSchedule(0, 2, decay=True), progress=False)
+    q = train_epoch(
+        TrainStep(model, qloss),
+        loader,
+        make_optimizer("Q", model, qloss, cfg),
+        device=cpu,
+        snap=qloss.snap,
+        schedule=PhaseSchedule(0, 2, decay=True),
+        progress=False,
+    )
     return d, q, model, quantizer
 
 
@@ -95,4 +108,6 @@ def test_mixed_precision_steps_keep_float32_state_and_follow_the_float32_loss():
     assert mixed.item() != exact.item()  # the products really ran in bfloat16
     assert mixed.item() == pytest.approx(exact.item(), rel=2e-2)
     mixed.backward()
-    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in model.parameters() if p.grad is not None)
+    assert all(
+        p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in model.parameters() if p.grad is not None
+    )

@@ -13,13 +13,15 @@ from training.losses import (
     StudentProjection,
     channel_pool_geometry,
 )
-from training.teacher import TeacherTargets
 from training.quantize import KMeansQuantizer, quantize_model
+from training.teacher import TeacherTargets
 
 
 def reference_channel_pool(x: torch.Tensor, stride: int, dilation: int, c_out: int) -> torch.Tensor:
     """out[..., j] = max(x[..., s*j], x[..., s*j + d], x[..., s*j + 2d]), written out."""
-    cols = [torch.stack([x[..., stride * j + m * dilation] for m in range(3)], dim=-1).amax(dim=-1) for j in range(c_out)]
+    cols = [
+        torch.stack([x[..., stride * j + m * dilation] for m in range(3)], dim=-1).amax(dim=-1) for j in range(c_out)
+    ]
     return torch.stack(cols, dim=-1)
 
 
@@ -82,7 +84,9 @@ def test_distillation_with_a_learned_projection_trains_the_projection():
 
 def test_distillation_refuses_unmatched_widths_with_a_hint():
     with pytest.raises(ValueError, match="ChannelMaxPool"):
-        DistillationLoss(0.5)(torch.randn(2, 8), torch.randn(2, 3), torch.tensor([0, 1]), TeacherTargets(torch.randn(2, 16)))
+        DistillationLoss(0.5)(
+            torch.randn(2, 8), torch.randn(2, 3), torch.tensor([0, 1]), TeacherTargets(torch.randn(2, 16))
+        )
     with pytest.raises(ValueError, match="teacher"):
         DistillationLoss(0.5)(torch.randn(2, 8), torch.randn(2, 3), torch.tensor([0, 1]), None)
     with pytest.raises(ValueError):
@@ -99,9 +103,12 @@ def test_quantization_loss_is_centroid_loss_plus_ce():
     embedding, logits = model(torch.randn(2, 8, 10))
     labels = torch.tensor([1, 2])
     out = QuantizationLoss(quantizer, centroid_weight=2.0)(embedding, logits, labels)
-    centroid = torch.stack([
-        ((p.reshape(-1) - quantizer.centroids[n][quantizer.labels[n]]) ** 2).mean() for n, p in quantizer.params.items()
-    ]).mean()
+    centroid = torch.stack(
+        [
+            ((p.reshape(-1) - quantizer.centroids[n][quantizer.labels[n]]) ** 2).mean()
+            for n, p in quantizer.params.items()
+        ]
+    ).mean()
     assert float(centroid.detach()) > 0
     torch.testing.assert_close(out.total, 2.0 * centroid + F.cross_entropy(logits, labels))
     out.total.backward()  # the centroid term pulls every quantized weight toward its centroid
@@ -142,9 +149,15 @@ def test_quantization_loss_skips_the_exact_zero_right_after_a_snap_and_computes_
 def test_logit_distillation_is_t_squared_kl_of_the_softened_distributions(temperature):
     g = torch.Generator().manual_seed(5)
     student, teacher = torch.randn(3, 8, generator=g), torch.randn(3, 8, generator=g)
-    logits, teacher_logits, labels = torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g), torch.tensor([0, 3, 1])
+    logits, teacher_logits, labels = (
+        torch.randn(3, 4, generator=g),
+        torch.randn(3, 4, generator=g),
+        torch.tensor([0, 3, 1]),
+    )
     plain = DistillationLoss(0.5)(student, logits, labels, TeacherTargets(teacher, teacher_logits))
-    out = DistillationLoss(0.5, kl_weight=0.7, temperature=temperature)(student, logits, labels, TeacherTargets(teacher, teacher_logits))
+    out = DistillationLoss(0.5, kl_weight=0.7, temperature=temperature)(
+        student, logits, labels, TeacherTargets(teacher, teacher_logits)
+    )
     p = torch.softmax(teacher_logits / temperature, -1)
     kl = (p * (p.log() - torch.log_softmax(logits / temperature, -1))).sum(-1).mean() * temperature**2
     assert out.parts["kl"] == pytest.approx(float(kl), rel=1e-5)

@@ -43,7 +43,9 @@ def test_served_model_keeps_its_answers_size_and_count(checkpoint, speech_wav):
     model = copy.deepcopy(checkpoint.model)
     assert pack_linear_layers(model)
     assert not any(type(m) is nn.Linear for m in model.modules())
-    assert sum(isinstance(m, OneDnnLinear) for m in model.modules()) == sum(type(m) is nn.Linear for m in checkpoint.model.modules())
+    assert sum(isinstance(m, OneDnnLinear) for m in model.modules()) == sum(
+        type(m) is nn.Linear for m in checkpoint.model.modules()
+    )
     mel = log_mel_spectrogram(decode_audio(speech_wav), checkpoint.dims.n_mels)[None]
     with torch.inference_mode():
         (emb, logits), (emb_ref, logits_ref) = model(mel), checkpoint.model(mel)

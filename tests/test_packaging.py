@@ -2,11 +2,11 @@
 
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from core.version import package_version
 
@@ -15,8 +15,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 def test_wheel_declares_the_mit_licence_and_ships_its_text(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path), str(REPO)],
-                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path), str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     (wheel,) = tmp_path.glob("quads-*.whl")
     with zipfile.ZipFile(wheel) as z:
@@ -27,7 +31,9 @@ def test_wheel_declares_the_mit_licence_and_ships_its_text(tmp_path):
     assert licences and "Permission is hereby granted" in zipfile.ZipFile(wheel).read(licences[0]).decode()
 
 
-@pytest.mark.parametrize("module", ["service.cli", "training.train_cli", "training.eval_cli", "training.synth_cli", "training.demo"])
+@pytest.mark.parametrize(
+    "module", ["service.cli", "training.train_cli", "training.eval_cli", "training.synth_cli", "training.demo"]
+)
 def test_every_command_answers_version(module, capsys):
     cli = __import__(module, fromlist=["cli"]).cli
     with pytest.raises(SystemExit) as exit_info:
@@ -44,21 +50,33 @@ def test_training_commands_without_the_train_extra_say_how_to_get_it(monkeypatch
     from training import commands
 
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "yaml" else real_find_spec(name, *a))
-    for entry, command in ((commands.train, "quads-train"), (commands.evaluate, "quads-eval"),
-                           (commands.synth, "quads-synth"), (commands.demo, "quads-demo")):  # fmt: skip
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "yaml" else real_find_spec(name, *a)
+    )
+    for entry, command in (
+        (commands.train, "quads-train"),
+        (commands.evaluate, "quads-eval"),
+        (commands.synth, "quads-synth"),
+        (commands.demo, "quads-demo"),
+    ):
         with pytest.raises(SystemExit) as exit_info:
             entry()
-        assert str(exit_info.value) == (f"{command}: needs the training extra, which is not installed (missing: pyyaml); "
-                                        "install it with: pip install 'quads[train]'")  # fmt: skip
+        assert str(exit_info.value) == (
+            f"{command}: needs the training extra, which is not installed (missing: pyyaml); "
+            "install it with: pip install 'quads[train]'"
+        )
 
 
 def test_installed_commands_run(tmp_path):
     # The console scripts as pip wrote them (an editable install points at this tree).
     bin_dir = Path(sys.executable).parent
     for command in ("quads-serve", "quads-train", "quads-eval", "quads-synth", "quads-demo"):
-        result = subprocess.run([str(bin_dir / command), "--version"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
-        assert result.returncode == 0 and result.stdout.strip() == f"{command} {package_version()}", result.stderr[-1000:]
+        result = subprocess.run(
+            [str(bin_dir / command), "--version"], capture_output=True, text=True, timeout=120, cwd=tmp_path
+        )
+        assert result.returncode == 0 and result.stdout.strip() == f"{command} {package_version()}", result.stderr[
+            -1000:
+        ]
 
 
 @pytest.mark.slow
@@ -79,18 +97,28 @@ def test_a_built_wheel_serves_the_default_model_from_any_folder(tmp_path):
     for name in ("core", "service", "training", "models"):
         shutil.copytree(REPO / name, src / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
     wheels = tmp_path / "wheels"
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(wheels), str(src)],
-                           capture_output=True, text=True, timeout=600)  # fmt: skip
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(wheels), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert build.returncode == 0, build.stderr[-2000:]
     (wheel,) = wheels.glob("quads-*.whl")
     with zipfile.ZipFile(wheel) as z:
-        assert {"service/models/quads-fsc-4bit.safetensors", "service/models/quads-fsc-8bit.safetensors"} <= set(z.namelist())
+        assert {"service/models/quads-fsc-4bit.safetensors", "service/models/quads-fsc-8bit.safetensors"} <= set(
+            z.namelist()
+        )
 
     # Installed alone (its dependencies come from this environment), run from an unrelated folder.
     target, elsewhere = tmp_path / "site", tmp_path / "elsewhere"
     elsewhere.mkdir()
-    install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target", str(target), str(wheel)],
-                             capture_output=True, text=True, timeout=600)  # fmt: skip
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target", str(target), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert install.returncode == 0, install.stderr[-2000:]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -98,8 +126,14 @@ def test_a_built_wheel_serves_the_default_model_from_any_folder(tmp_path):
     code = "import sys; from service.cli import cli; sys.exit(cli())"
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("QUADS_")}
     env["PYTHONPATH"] = str(target)  # the wheel's service package, not this checkout's
-    server = subprocess.Popen([sys.executable, "-c", code, "--port", str(port)], cwd=elsewhere, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    server = subprocess.Popen(
+        [sys.executable, "-c", code, "--port", str(port)],
+        cwd=elsewhere,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
@@ -112,8 +146,11 @@ def test_a_built_wheel_serves_the_default_model_from_any_folder(tmp_path):
             time.sleep(0.3)
         assert httpx.get(f"http://127.0.0.1:{port}/v1/model", timeout=5).json()["bits"] == 4
         if shutil.which("espeak-ng"):
-            answer = httpx.post(f"http://127.0.0.1:{port}/intent", files={"file": ("a.wav", espeak_wav_bytes("turn on the lights"))},
-                                timeout=30).json()  # fmt: skip
+            answer = httpx.post(
+                f"http://127.0.0.1:{port}/intent",
+                files={"file": ("a.wav", espeak_wav_bytes("turn on the lights"))},
+                timeout=30,
+            ).json()
             assert answer["intent"] == "activate_lights_none"
     finally:
         server.terminate()
@@ -139,7 +176,8 @@ print("torch loaded" if "torch" in sys.modules else "no torch")
 def test_help_and_version_answer_without_loading_torch(command, flag):
     """torch takes over a second to import; --help and --version never wait for it."""
     entry = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"][command]
-    result = subprocess.run([sys.executable, "-c", _ENTRY_POINT_WATCH, entry, flag], capture_output=True, text=True,
-                            timeout=60, cwd=REPO)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", _ENTRY_POINT_WATCH, entry, flag], capture_output=True, text=True, timeout=60, cwd=REPO
+    )
     assert result.stdout.strip().endswith("no torch"), result.stdout[-500:] + result.stderr[-2000:]
     assert command in result.stdout

@@ -179,10 +179,12 @@ def test_centroid_loss_is_mean_squared_distance_to_centroids():
     with torch.no_grad():
         for p in quantizer.params.values():
             p.add_(torch.randn_like(p) * 0.01)
-    expected = torch.stack([
-        ((p.detach().reshape(-1) - quantizer.centroids[n][quantizer.labels[n]]) ** 2).mean()
-        for n, p in quantizer.params.items()
-    ]).mean()
+    expected = torch.stack(
+        [
+            ((p.detach().reshape(-1) - quantizer.centroids[n][quantizer.labels[n]]) ** 2).mean()
+            for n, p in quantizer.params.items()
+        ]
+    ).mean()
     torch.testing.assert_close(quantizer.centroid_loss().detach(), expected)
 
 
@@ -237,4 +239,6 @@ def test_fixed_assignments_are_kept_and_centroids_follow_the_weights():
     again = KMeansQuantizer(model, 3).reuse(first)
     for name in first.params:
         assert torch.equal(again.labels[name], first.labels[name])
-        torch.testing.assert_close(again.centroids[name], loop_update(moved[name], first.labels[name], first.centroids[name]))
+        torch.testing.assert_close(
+            again.centroids[name], loop_update(moved[name], first.labels[name], first.centroids[name])
+        )

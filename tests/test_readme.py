@@ -4,8 +4,8 @@
   directory, serves the shipped 4-bit model; espeak-ng's default voice (never used in training)
   says "turn on the lights"; curl gets the intent, and the JSON shown in the README is that answer.
 - Every other ``curl`` line runs against that server, and shown answers match the real ones.
-- Every other command is either run by ``.ci/run`` (the install, test-setup and test-command
-  blocks), run here, or parsed by the very tool it calls (training runs last an hour; their
+- Every other command is either run by ``.ci/run`` (the install, test-setup, lint and
+  test-command blocks), run here, or parsed by the very tool it calls (training runs last an hour; their
   argument lists are checked by the tools' own parsers, and small runs of the same tools are in
   tests/test_e2e_training.py). A command this file does not know fails the test.
 """
@@ -32,9 +32,24 @@ from tests.live_server import Server, free_port, serve_command
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text()
 DEFAULT_MODEL = REPO / "models" / "quads-fsc-4bit.safetensors"
-CI_BLOCKS = ("install", "test-setup", "test-command")
-COMMAND_WORDS = {"quads-serve", "quads-train", "quads-synth", "quads-eval", "quads-demo", "torchrun", "python",
-                 "python3", "pip", "curl", "espeak-ng", "docker", "kubectl", "sudo"}
+CI_BLOCKS = ("install", "test-setup", "lint", "test-command")
+COMMAND_WORDS = {
+    "quads-serve",
+    "quads-train",
+    "quads-synth",
+    "quads-eval",
+    "quads-demo",
+    "torchrun",
+    "python",
+    "python3",
+    "pip",
+    "curl",
+    "espeak-ng",
+    "docker",
+    "kubectl",
+    "sudo",
+    "ruff",
+}
 
 
 def marked(name: str) -> str:
@@ -94,8 +109,9 @@ def quickstart(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if not k.startswith("QUADS_")}
     log = workdir / "server.log"
     with open(log, "wb") as out:
-        process = subprocess.Popen([*serve_command(), "--port", str(port)], cwd=workdir, env=env,
-                                   stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [*serve_command(), "--port", str(port)], cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -153,8 +169,9 @@ def test_every_curl_line_in_the_readme_works(quickstart):
         if "@README.md" in shlex.join(command):  # the error example
             shown = json_after(shlex.join(command).replace("'", ""))
             problem = json.loads(out)
-            assert {k: problem[k] for k in ("type", "title", "status", "instance")} == \
-                   {k: shown[k] for k in ("type", "title", "status", "instance")}
+            assert {k: problem[k] for k in ("type", "title", "status", "instance")} == {
+                k: shown[k] for k in ("type", "title", "status", "instance")
+            }
             assert problem.keys() == shown.keys()  # request_id included; its value is new each time
         elif "/intent" in shlex.join(command):
             assert json.loads(out).get("intent") == "activate_lights_none", f"{shlex.join(command)}: {out}"
@@ -179,12 +196,15 @@ def test_the_own_commands_section_builds_serves_and_shows_the_real_answer(tmp_pa
         subprocess.run(say, cwd=tmp_path, check=True, timeout=60)
         port = serve[serve.index("--port") + 1]
         argv = [a.replace(f"localhost:{port}", f"127.0.0.1:{server.port}") for a in send]
-        answer = json.loads(subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, check=True,
-                                           timeout=60).stdout)
+        answer = json.loads(
+            subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, check=True, timeout=60).stdout
+        )
     finally:
         server.stop()
     shown = json.loads(marked("own-commands-answer").strip())
-    assert {k: answer[k] for k in ("understood", "intent", "slots")} == {k: shown[k] for k in ("understood", "intent", "slots")}
+    assert {k: answer[k] for k in ("understood", "intent", "slots")} == {
+        k: shown[k] for k in ("understood", "intent", "slots")
+    }
     assert answer["confidence"] == pytest.approx(shown["confidence"], abs=0.05)
     assert answer["model"]["name"] == shown["model"]["name"] == built.stem
 
@@ -242,8 +262,9 @@ def check_python(command: list[str], monkeypatch) -> None:
         assert command[2:] == ["pytest", "-q"], "the only other python -m command is the test command"
         return
     if command[1] == "-c":  # the compute example: run it, and it prints the README's figures
-        out = subprocess.run([sys.executable, *command[1:]], cwd=REPO, capture_output=True, text=True, timeout=300,
-                             check=True).stdout
+        out = subprocess.run(
+            [sys.executable, *command[1:]], cwd=REPO, capture_output=True, text=True, timeout=300, check=True
+        ).stdout
         real_length, padded = (float(x) for x in out.split())
         assert f"| {real_length:.2f} |" in README and f"| {padded:.2f} |" in README
         return
@@ -288,9 +309,19 @@ def check_ci(command: list[str], monkeypatch) -> None:
     raise AssertionError("install and test commands belong in the blocks .ci/run runs")
 
 
-CHECKS = {"quads-train": check_training_cli, "quads-eval": check_training_cli, "quads-synth": check_training_cli,
-          "quads-demo": check_training_cli, "torchrun": check_training_cli, "python": check_python,
-          "docker": check_deploy, "kubectl": check_deploy, "pip": check_pip, "sudo": check_ci, "python3": check_ci}
+CHECKS = {
+    "quads-train": check_training_cli,
+    "quads-eval": check_training_cli,
+    "quads-synth": check_training_cli,
+    "quads-demo": check_training_cli,
+    "torchrun": check_training_cli,
+    "python": check_python,
+    "docker": check_deploy,
+    "kubectl": check_deploy,
+    "pip": check_pip,
+    "sudo": check_ci,
+    "python3": check_ci,
+}
 
 
 def test_ci_runs_the_install_and_test_blocks():
@@ -298,8 +329,9 @@ def test_ci_runs_the_install_and_test_blocks():
     assert re.search(r"^for name in (.*); do$", ci, re.M).group(1).split() == list(CI_BLOCKS)
     function = re.search(r"^readme_block\(\) \{.*?^\}$", ci, re.M | re.S).group(0)
     for name in CI_BLOCKS:
-        extracted = subprocess.run(["bash", "-c", f"{function}\nreadme_block {name}"], cwd=REPO,
-                                   capture_output=True, text=True, check=True).stdout
+        extracted = subprocess.run(
+            ["bash", "-c", f"{function}\nreadme_block {name}"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout
         expected = commands(marked(name))
         if os.getuid() == 0:  # root needs no sudo, and a bare CI image may not have it
             expected = [c[1:] if c[0] == "sudo" else c for c in expected]

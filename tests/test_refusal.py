@@ -26,12 +26,14 @@ def test_refusal_index():
 
 
 def test_answers_and_metrics_by_hand():
-    probs = torch.tensor([
-        [0.7, 0.2, 0.1],  # lights_on, sure
-        [0.4, 0.35, 0.25],  # lights_on, unsure
-        [0.1, 0.3, 0.6],  # refused by the class
-        [0.2, 0.7, 0.1],  # lights_off
-    ])  # fmt: skip
+    probs = torch.tensor(
+        [
+            [0.7, 0.2, 0.1],  # lights_on, sure
+            [0.4, 0.35, 0.25],  # lights_on, unsure
+            [0.1, 0.3, 0.6],  # refused by the class
+            [0.2, 0.7, 0.1],  # lights_off
+        ]
+    )
     targets = torch.tensor([0, 0, 2, 2])
     assert answers(probs, LABELS, 0.0).tolist() == [0, 0, 2, 1]
     assert answers(probs, LABELS, 0.5).tolist() == [0, 2, 2, 1]
@@ -43,8 +45,9 @@ def test_answers_and_metrics_by_hand():
 
 def test_calibration_refuses_at_most_the_allowed_share_of_commands():
     # Commands' best-intent scores 0.9, 0.8, 0.6, 0.55 and one the refusal class outvotes (score 0).
-    probs = torch.tensor([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1], [0.6, 0.3, 0.1], [0.55, 0.25, 0.2],
-                          [0.2, 0.1, 0.7], [0.3, 0.1, 0.6]])  # fmt: skip
+    probs = torch.tensor(
+        [[0.9, 0.05, 0.05], [0.1, 0.8, 0.1], [0.6, 0.3, 0.1], [0.55, 0.25, 0.2], [0.2, 0.1, 0.7], [0.3, 0.1, 0.6]]
+    )
     targets = torch.tensor([0, 1, 0, 0, 1, 2])  # the last is a non-command: not counted
     # Sorted command scores: [0, 0.55, 0.6, 0.8, 0.9]; allowing 1 of 5 refused: the threshold is the 2nd, 0.55.
     assert calibrate_threshold(probs, targets, LABELS, max_refused=0.2) == pytest.approx(0.55)

@@ -41,7 +41,9 @@ def test_a_clip_the_refusal_class_wins_is_not_understood(refusing, speech_wav):
         assert body["understood"] is False and body["intent"] is None and body["slots"] == {}
         assert [s["intent"] for s in body["top_k"]] == [LABELS[i] for i in expected[:-1].argsort(descending=True)]
         assert REFUSAL_LABEL not in [s["intent"] for s in body["top_k"]]
-        assert body["confidence"] == pytest.approx(float(expected[:-1].max()), abs=1e-5) == body["top_k"][0]["confidence"]
+        assert (
+            body["confidence"] == pytest.approx(float(expected[:-1].max()), abs=1e-5) == body["top_k"][0]["confidence"]
+        )
         samples = metric_samples(client)
         assert samples[("quads_intent_answers_total", (("understood", "false"),))] == 1.0
         assert samples[("quads_intent_answers_total", (("understood", "true"),))] == 0.0

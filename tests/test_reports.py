@@ -1,4 +1,5 @@
 """Classification metrics against a hand-computed example, and the written reports."""
+
 import json
 
 import pytest
@@ -21,13 +22,48 @@ def test_metrics_match_a_hand_computed_example():
 
 
 def test_reports_are_written(tmp_path):
-    row = {"strategy": "mct", "init": "random", "bits": 4, "params": 1_000_000, "file_bytes": 600_000,
-           "gmacs_per_clip": 0.5, "gmacs_30s": 5.0, "accuracy": 0.9, "macro_f1": 0.88, "checkpoint": "x-4bit.safetensors",
-           "split": "test"}
-    history = [{"branch": "4bit", "epoch": e, "phase": p, "loss": 1.0 / e, "ce": 1.0 / e, "valid_accuracy": 0.5, "valid_f1": 0.4,
-                "seconds": 1.0} for e, p in [(1, "D"), (2, "Q")]]
-    report = {"run": {"name": "t", "strategy": "mct", "init": "random", "teacher": "t.pt", "schedule": "DQ", "seed": 0,
-                      "data": "/d", "n_train": 10, "n_valid": 5, "n_labels": 3}, "results": [row], "history": history}
+    row = {
+        "strategy": "mct",
+        "init": "random",
+        "bits": 4,
+        "params": 1_000_000,
+        "file_bytes": 600_000,
+        "gmacs_per_clip": 0.5,
+        "gmacs_30s": 5.0,
+        "accuracy": 0.9,
+        "macro_f1": 0.88,
+        "checkpoint": "x-4bit.safetensors",
+        "split": "test",
+    }
+    history = [
+        {
+            "branch": "4bit",
+            "epoch": e,
+            "phase": p,
+            "loss": 1.0 / e,
+            "ce": 1.0 / e,
+            "valid_accuracy": 0.5,
+            "valid_f1": 0.4,
+            "seconds": 1.0,
+        }
+        for e, p in [(1, "D"), (2, "Q")]
+    ]
+    report = {
+        "run": {
+            "name": "t",
+            "strategy": "mct",
+            "init": "random",
+            "teacher": "t.pt",
+            "schedule": "DQ",
+            "seed": 0,
+            "data": "/d",
+            "n_train": 10,
+            "n_valid": 5,
+            "n_labels": 3,
+        },
+        "results": [row],
+        "history": history,
+    }
     paths = write_report(tmp_path, report)
     assert json.loads(paths["json"].read_text())["results"][0]["bits"] == 4
     md = paths["md"].read_text()

@@ -18,8 +18,15 @@ def test_run_state_round_trips_model_optimizer_and_quantizer_exactly(tmp_path):
     _, logits = model(torch.randn(2, 16, 12))
     logits.sum().backward()
     optimizer.step()
-    state = RunState(7, model.state_dict(), optimizer.state_dict(), quantizer.state_dict(), None,
-                     [{"epoch": 1, "loss": 0.5}], {"plan": {"x": 1}})
+    state = RunState(
+        7,
+        model.state_dict(),
+        optimizer.state_dict(),
+        quantizer.state_dict(),
+        None,
+        [{"epoch": 1, "loss": 0.5}],
+        {"plan": {"x": 1}},
+    )
     save_state(tmp_path / "s.safetensors", state)
     back = load_state(tmp_path / "s.safetensors")
     assert back.done == 7 and back.history == state.history and back.info == state.info

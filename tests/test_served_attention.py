@@ -11,7 +11,12 @@ import torch.nn.functional as F
 from core.audio import decode_audio, log_mel_spectrogram
 from core.model import MultiHeadAttention
 from service.precision import compute_context, prepare_model
-from service.served_attention import SHORT_ATTENTION_POSITIONS, FusedQkvAttention, fuse_attention_projections, short_attention
+from service.served_attention import (
+    SHORT_ATTENTION_POSITIONS,
+    FusedQkvAttention,
+    fuse_attention_projections,
+    short_attention,
+)
 
 
 def _attention_and_mask(T: int = 40, n_state: int = 64, n_head: int = 4):
@@ -38,8 +43,8 @@ def test_fused_key_bias_is_zero_as_in_whisper():
     fused = FusedQkvAttention(attention)
     n = attention.query.in_features
     assert fused.qkv.weight.shape == (3 * n, n)
-    assert torch.equal(fused.qkv.bias[n: 2 * n], torch.zeros(n))
-    assert torch.equal(fused.qkv.weight[n: 2 * n], attention.key.weight)
+    assert torch.equal(fused.qkv.bias[n : 2 * n], torch.zeros(n))
+    assert torch.equal(fused.qkv.weight[n : 2 * n], attention.key.weight)
 
 
 @pytest.mark.parametrize("masked", [False, True])
@@ -47,7 +52,9 @@ def test_short_attention_equals_sdpa_in_float32(masked):
     torch.manual_seed(1)
     q, k, v = (torch.randn(2, 3, 30, 16) for _ in range(3))
     mask = (torch.arange(30) < torch.tensor([30, 11])[:, None])[:, None, None, :] if masked else None
-    torch.testing.assert_close(short_attention(q, k, v, mask), F.scaled_dot_product_attention(q, k, v, attn_mask=mask), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        short_attention(q, k, v, mask), F.scaled_dot_product_attention(q, k, v, attn_mask=mask), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_bfloat16_short_attention_is_within_bfloat16_rounding_of_sdpa():

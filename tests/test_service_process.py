@@ -130,7 +130,10 @@ def test_bad_model_path_exits_with_the_reason(tmp_path):
     missing = tmp_path / "nope" / "quads-fsc-4bit.safetensors"
     result = subprocess.run(
         [*serve_command(), "--port", str(free_port())],
-        env={**os.environ, "QUADS_MODEL": str(missing)}, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "QUADS_MODEL": str(missing)},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode != 0
     assert f"quads-serve: cannot start: {missing}: no such checkpoint file" in result.stderr
@@ -157,18 +160,30 @@ print(seen)
 def test_openmp_policy_is_set_before_torch_loads(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     env["QUADS_MODEL"] = str(tmp_path / "missing.safetensors")
-    result = subprocess.run([sys.executable, "-c", _TORCH_IMPORT_WATCH, "--port", str(free_port())],
-                            env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", _TORCH_IMPORT_WATCH, "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.stdout.strip() == "['10000']", result.stderr[-2000:]  # libgomp reads it when torch loads
     env["OMP_WAIT_POLICY"] = "PASSIVE"  # the operator's own policy is left alone
-    result = subprocess.run([sys.executable, "-c", _TORCH_IMPORT_WATCH, "--port", str(free_port())],
-                            env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", _TORCH_IMPORT_WATCH, "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.stdout.strip() == "[None]", result.stderr[-2000:]
 
 
 def test_a_bad_setting_is_named_without_loading_torch():
     env = {**os.environ, "QUADS_BITS": "12"}
-    result = subprocess.run([sys.executable, "-c", _TORCH_IMPORT_WATCH], env=env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", _TORCH_IMPORT_WATCH], env=env, capture_output=True, text=True, timeout=60
+    )
     assert "QUADS_BITS" in result.stderr and result.stdout.strip() == "[]"
 
 
@@ -176,7 +191,10 @@ def test_sigterm_drains_then_finishes_in_flight_requests(checkpoint_path, speech
     # The batch wait holds a lone request in flight for 2 s, across the SIGTERM and the 1-s drain below.
     server = Server(
         tmp_path / "server.log",
-        QUADS_MODEL=str(checkpoint_path), QUADS_DRAIN_SECONDS="1", QUADS_MAX_BATCH_SIZE="8", QUADS_MAX_WAIT_MS="2000",
+        QUADS_MODEL=str(checkpoint_path),
+        QUADS_DRAIN_SECONDS="1",
+        QUADS_MAX_BATCH_SIZE="8",
+        QUADS_MAX_WAIT_MS="2000",
     )
     try:
         server.wait_ready()
@@ -184,7 +202,9 @@ def test_sigterm_drains_then_finishes_in_flight_requests(checkpoint_path, speech
         request = threading.Thread(
             target=lambda: in_flight.setdefault(
                 "response",
-                httpx.post(f"{server.url}/intent", content=speech_wav, headers={"Content-Type": "audio/wav"}, timeout=60),
+                httpx.post(
+                    f"{server.url}/intent", content=speech_wav, headers={"Content-Type": "audio/wav"}, timeout=60
+                ),
             )
         )
         request.start()
@@ -225,7 +245,10 @@ def test_refuses_to_start_on_a_damaged_or_unsafe_checkpoint(tmp_path, damage):
     path.write_bytes(bytes(data))
     result = subprocess.run(
         [*serve_command(), "--port", str(free_port())],
-        env={**os.environ, "QUADS_MODEL": str(path)}, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "QUADS_MODEL": str(path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode != 0
     assert f"quads-serve: cannot start: {path}: " in result.stderr and expected in result.stderr
@@ -237,10 +260,13 @@ def test_json_logs_carry_request_ids_and_leave_probes_out(checkpoint_path, tmp_p
     server = Server(log, log_level="info", QUADS_MODEL=str(checkpoint_path), QUADS_LOG_FORMAT="json")
     try:
         server.wait_ready()  # polls /readyz: not an access line at info level
-        kept = httpx.post(f"{server.url}/intent", files={"file": ("a.wav", speech_wav)}, headers={"X-Request-ID": "client-42"})
+        kept = httpx.post(
+            f"{server.url}/intent", files={"file": ("a.wav", speech_wav)}, headers={"X-Request-ID": "client-42"}
+        )
         assert kept.status_code == 200 and kept.headers["x-request-id"] == "client-42"
-        forged = httpx.post(f"{server.url}/intent", content=b"nope", headers={"Content-Type": "audio/wav",
-                                                                             "X-Request-ID": "x\" forged"})  # fmt: skip
+        forged = httpx.post(
+            f"{server.url}/intent", content=b"nope", headers={"Content-Type": "audio/wav", "X-Request-ID": 'x" forged'}
+        )
         made = forged.headers["x-request-id"]
         assert re.fullmatch(r"[0-9a-f]{32}", made) and forged.json()["request_id"] == made
         httpx.get(f"{server.url}/metrics")

@@ -9,8 +9,8 @@ from tests.training_corpus import write_openai_checkpoint
 from training.config import StudentConfig
 from training.losses import ChannelMaxPool, StudentProjection
 from training.student import (
-    copy_teacher_head,
     StudentInitError,
+    copy_teacher_head,
     init_student,
     student_dims,
     teacher_layer_indices,
@@ -28,7 +28,9 @@ def test_teacher_layers_copies_evenly_spaced_blocks():
     cfg = StudentConfig(init="teacher-layers", n_state=32, n_head=2, n_layer=3)
     student = init_student(cfg, student_dims(cfg, 16), 4, teacher_encoder=teacher)
     for i, j in enumerate([0, 2, 4]):
-        for (name, s), (_, t) in zip(student.encoder.blocks[i].state_dict().items(), teacher.blocks[j].state_dict().items()):
+        for (name, s), (_, t) in zip(
+            student.encoder.blocks[i].state_dict().items(), teacher.blocks[j].state_dict().items()
+        ):
             assert torch.equal(s, t), name
     assert torch.equal(student.encoder.conv1.weight, teacher.conv1.weight)
     assert torch.equal(student.encoder.ln_post.weight, teacher.ln_post.weight)
@@ -57,11 +59,15 @@ def test_whisper_init_loads_the_encoder_and_explains_a_dims_mismatch(tmp_path):
 
 
 def test_a_shallower_student_takes_evenly_spaced_whisper_blocks(tmp_path):
-    reference = write_openai_checkpoint(tmp_path / "w.pt", ModelDims(n_mels=80, n_ctx=1500, n_state=64, n_head=2, n_layer=4))
+    reference = write_openai_checkpoint(
+        tmp_path / "w.pt", ModelDims(n_mels=80, n_ctx=1500, n_state=64, n_head=2, n_layer=4)
+    )
     cfg = StudentConfig(init=f"whisper:{tmp_path / 'w.pt'}", n_state=64, n_head=2, n_layer=2)
     student = init_student(cfg, student_dims(cfg, 80), 5)
     for i, j in enumerate([0, 3]):  # round(linspace(0, 3, 2))
-        for (name, s), (_, r) in zip(student.encoder.blocks[i].state_dict().items(), reference.blocks[j].state_dict().items()):
+        for (name, s), (_, r) in zip(
+            student.encoder.blocks[i].state_dict().items(), reference.blocks[j].state_dict().items()
+        ):
             assert torch.equal(s, r), f"block {i} {name}"
     assert torch.equal(student.encoder.conv1.weight, reference.conv1.weight)
     assert torch.equal(student.encoder.ln_post.weight, reference.ln_post.weight)
@@ -97,10 +103,16 @@ def test_teacher_cache_runs_the_teacher_once_and_reuses_the_file(tmp_path):
     first = cache.targets(teacher, data, pool, batch_size=4, progress=False)
     assert first.embeddings.shape == (6, 16) and first.logits.shape == (6, 2) and len(calls) == 2  # batches of 4
     second = TeacherCache(tmp_path / "cache").targets(teacher, data, pool, batch_size=4, progress=False)
-    assert len(calls) == 2 and torch.equal(first.embeddings, second.embeddings) and torch.equal(first.logits, second.logits)
+    assert (
+        len(calls) == 2
+        and torch.equal(first.embeddings, second.embeddings)
+        and torch.equal(first.logits, second.logits)
+    )
     # Row i is clip i, and each equals the teacher run on that clip alone; logits in the data's label order.
     mel = data[3][0][None]
-    torch.testing.assert_close(first.embeddings[3], teacher.targets(mel, None, pool).embeddings[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        first.embeddings[3], teacher.targets(mel, None, pool).embeddings[0], atol=1e-5, rtol=1e-5
+    )
     _, reference = load_checkpoint(path).model(mel)
     torch.testing.assert_close(first.logits[3], reference[0].flip(0), atol=1e-5, rtol=1e-5)
     # Other data, or another teacher, is another cache entry.
@@ -130,6 +142,10 @@ def test_the_student_head_starts_from_the_teacher_s_over_the_same_labels(tmp_pat
     projection = StudentProjection(16, SMALL.n_state)
     assert "through the width projection" in copy_teacher_head(narrow, teacher, ["z", "x", "y"], projection)
     student_embedding = torch.randn(5, 16)
-    torch.testing.assert_close(narrow.head(student_embedding), teacher.head(projection(student_embedding))[:, [2, 0, 1]])
+    torch.testing.assert_close(
+        narrow.head(student_embedding), teacher.head(projection(student_embedding))[:, [2, 0, 1]]
+    )
     assert copy_teacher_head(narrow, teacher, ["z", "x", "y"]).startswith("random: the teacher's head reads width")
-    assert copy_teacher_head(IntentClassifier(SMALL, 2), teacher, ["x", "q"]).startswith("random: the teacher has no head")
+    assert copy_teacher_head(IntentClassifier(SMALL, 2), teacher, ["x", "q"]).startswith(
+        "random: the teacher has no head"
+    )

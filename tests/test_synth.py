@@ -107,8 +107,10 @@ def test_a_generated_variant_changes_the_voice(tmp_path):
 
     def speak(voice: str) -> np.ndarray:
         out = tmp_path / f"{voice}.wav"
-        subprocess.run(["espeak-ng", f"--path={data}", "-v", voice, "-s", "150", "-p", "50", "-w", str(out),
-                        "turn on the lights"], check=True)  # fmt: skip
+        subprocess.run(
+            ["espeak-ng", f"--path={data}", "-v", voice, "-s", "150", "-p", "50", "-w", str(out), "turn on the lights"],
+            check=True,
+        )
         return soundfile.read(out)[0]
 
     plain, missing, generated = speak("en-us"), speak("en-us+qv9999"), speak("en-us+qv0001")
@@ -118,8 +120,15 @@ def test_a_generated_variant_changes_the_voice(tmp_path):
 
 def test_held_out_corpus_speaks_only_the_held_out_expressions(tmp_path):
     held_out = load_context("fsc-held-out")
-    root = synthesize_corpus(tmp_path / "p", context=held_out, intents=INTENTS, voices={"test": ["en-gb+f5", "en-us+m2"]},
-                             seed=0, noise=False, progress=False)
+    root = synthesize_corpus(
+        tmp_path / "p",
+        context=held_out,
+        intents=INTENTS,
+        voices={"test": ["en-gb+f5", "en-us+m2"]},
+        seed=0,
+        noise=False,
+        progress=False,
+    )
     for s in load_fsc(root, "test"):
         assert s.text in transcriptions(held_out.sentences(s.label))
         assert s.text not in transcriptions(FSC.sentences(s.label))
@@ -174,9 +183,15 @@ def test_refusal_clips_are_non_commands_and_sounds(tmp_path):
     from training.nonspeech import SOUND_KINDS
 
     not_commands = load_context("not-commands")
-    root = synthesize_corpus(tmp_path / "r", intents=INTENTS[:1], voices={"train": ["en-us+f2", "en-gb+m3"]},
-                             not_commands=not_commands, not_commands_per_voice=2,
-                             nonspeech_per_voice=len(SOUND_KINDS), progress=False)
+    root = synthesize_corpus(
+        tmp_path / "r",
+        intents=INTENTS[:1],
+        voices={"train": ["en-us+f2", "en-gb+m3"]},
+        not_commands=not_commands,
+        not_commands_per_voice=2,
+        nonspeech_per_voice=len(SOUND_KINDS),
+        progress=False,
+    )
     samples = load_fsc(root, "train")
     assert label_set(samples) == [INTENTS[0], REFUSAL_LABEL]  # refusal last
     refusals = [s for s in samples if s.label == REFUSAL_LABEL]
@@ -273,8 +288,22 @@ def test_an_earlier_corpus_is_replaced(tmp_path):
 
 def test_cli_writes_a_corpus_and_reports_bad_arguments(tmp_path, capsys):
     out = tmp_path / "demo"
-    cli([str(out), "--seed", "5", "--context", str(FOUR_COMMANDS), "--intents", "bring_newspaper_none",
-         "increase_volume_none", "--voices-per-split", "train=2,valid=1,test=1", "--no-noise", "--quiet"])  # fmt: skip
+    cli(
+        [
+            str(out),
+            "--seed",
+            "5",
+            "--context",
+            str(FOUR_COMMANDS),
+            "--intents",
+            "bring_newspaper_none",
+            "increase_volume_none",
+            "--voices-per-split",
+            "train=2,valid=1,test=1",
+            "--no-noise",
+            "--quiet",
+        ]
+    )
     assert re.search(r"wrote 8 clips \(train 4, valid 2, test 2\)", capsys.readouterr().err)
     train = load_fsc(out, "train")
     four = load_context(FOUR_COMMANDS)
@@ -299,8 +328,19 @@ def test_cli_writes_a_corpus_and_reports_bad_arguments(tmp_path, capsys):
 
 def test_cli_writes_the_held_out_family_and_expressions(tmp_path, capsys):
     out = tmp_path / "klatt"
-    cli([str(out), "--held-out-family", "2", "--context", "fsc-held-out", "--intents", "bring_socks_none",
-         "--no-noise", "--quiet"])  # fmt: skip
+    cli(
+        [
+            str(out),
+            "--held-out-family",
+            "2",
+            "--context",
+            "fsc-held-out",
+            "--intents",
+            "bring_socks_none",
+            "--no-noise",
+            "--quiet",
+        ]
+    )
     assert re.search(r"wrote 2 clips \(test 2\)", capsys.readouterr().err)
     test = load_fsc(out, "test")
     assert all(s.speaker.split("+")[1].startswith("klatt") for s in test)
@@ -309,10 +349,25 @@ def test_cli_writes_the_held_out_family_and_expressions(tmp_path, capsys):
 
 def test_cli_writes_only_the_splits_asked_for_with_the_full_corpus_voices(tmp_path, capsys):
     out = tmp_path / "held-out"
-    cli([str(out), "--context", "fsc-held-out", "--intents", "bring_socks_none", "--voices-per-split",
-         "train=3,valid=1,test=2", "--splits", "test", "--no-noise", "--quiet"])  # fmt: skip
+    cli(
+        [
+            str(out),
+            "--context",
+            "fsc-held-out",
+            "--intents",
+            "bring_socks_none",
+            "--voices-per-split",
+            "train=3,valid=1,test=2",
+            "--splits",
+            "test",
+            "--no-noise",
+            "--quiet",
+        ]
+    )
     assert re.search(r"wrote 2 clips \(test 2\)", capsys.readouterr().err)
-    assert {s.speaker for s in load_fsc(out, "test")} == set(default_voices({"train": 3, "valid": 1, "test": 2})["test"])
+    assert {s.speaker for s in load_fsc(out, "test")} == set(
+        default_voices({"train": 3, "valid": 1, "test": 2})["test"]
+    )
     with pytest.raises(SystemExit):
         cli([str(tmp_path / "x"), "--voices-per-split", "train=3,test=2", "--splits", "valid", "--quiet"])
 
@@ -324,8 +379,14 @@ CHANNELS = Path(__file__).resolve().parent / "contexts" / "channels.yaml"
 
 def test_a_context_with_slots_is_written_as_manifests_of_frame_labels(tmp_path):
     voices = {"train": ["en-us+f3", "en-029+m4"], "valid": ["en-gb+f5"]}
-    root = synthesize_corpus(tmp_path / "c", context=load_context(CHANNELS), voices=voices,
-                             utterances_per_voice={"Pause": 1, "SetChannel": 2}, noise=False, progress=False)
+    root = synthesize_corpus(
+        tmp_path / "c",
+        context=load_context(CHANNELS),
+        voices=voices,
+        utterances_per_voice={"Pause": 1, "SetChannel": 2},
+        noise=False,
+        progress=False,
+    )
     assert not (root / "data").exists()  # the labels are no FSC action_object_location
     with open(root / "train.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -335,7 +396,11 @@ def test_a_context_with_slots_is_written_as_manifests_of_frame_labels(tmp_path):
     for row in rows:
         by_label.setdefault(row["label"], []).append(row)
         assert (root / row["path"]).is_file()
-    assert {k: len(v) for k, v in by_label.items()} == {"Pause": 2, "SetChannel(channel=1)": 2, "SetChannel(channel=10)": 2}
+    assert {k: len(v) for k, v in by_label.items()} == {
+        "Pause": 2,
+        "SetChannel(channel=1)": 2,
+        "SetChannel(channel=10)": 2,
+    }
     assert {r["speaker"] for r in by_label["SetChannel(channel=1)"]} == set(voices["train"])
     assert all(r["text"] in ("channel one", "channel first") for r in by_label["SetChannel(channel=1)"])
     assert all(r["text"] == "channel ten" for r in by_label["SetChannel(channel=10)"])

@@ -29,25 +29,57 @@ def setup(tmp_path_factory):
     teacher = random_teacher(tmp / "teacher.safetensors", n_state=96)
 
     def args(out: Path) -> list[str]:
-        return ["--data", str(corpus), "--out", str(out), "--strategy", "mct", "--bits", "32,4", "--schedule", "DDQQDQ",
-                "--teacher", str(teacher), "--set", f"teacher.cache_dir={tmp / 'cache'}", "--batch-size", "4",
-                "--threads", "1", "--no-progress", "--set", "data.augment=false", "--set", "distill.lr_encoder=1e-3",
-                "--set", "train.eval_every_epoch=false", *tiny_student_args(64, 1)]
+        return [
+            "--data",
+            str(corpus),
+            "--out",
+            str(out),
+            "--strategy",
+            "mct",
+            "--bits",
+            "32,4",
+            "--schedule",
+            "DDQQDQ",
+            "--teacher",
+            str(teacher),
+            "--set",
+            f"teacher.cache_dir={tmp / 'cache'}",
+            "--batch-size",
+            "4",
+            "--threads",
+            "1",
+            "--no-progress",
+            "--set",
+            "data.augment=false",
+            "--set",
+            "distill.lr_encoder=1e-3",
+            "--set",
+            "train.eval_every_epoch=false",
+            *tiny_student_args(64, 1),
+        ]
 
     return tmp, args
 
 
 def start(args: list[str], module: str = "training.train_cli") -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for(condition, proc: subprocess.Popen, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if proc.poll() is not None:
-            raise AssertionError(f"training exited ({proc.returncode}) before the kill point: {proc.stderr.read()[-2000:]}")
+            raise AssertionError(
+                f"training exited ({proc.returncode}) before the kill point: {proc.stderr.read()[-2000:]}"
+            )
         if time.monotonic() > deadline:
             proc.kill()
             raise AssertionError("kill point not reached in time")
@@ -125,9 +157,14 @@ def test_sigkill_at_any_phase_then_resume_equals_an_uninterrupted_run(setup):
     assert_nothing_corrupt(out)
 
     # 4. Finish.
-    final = subprocess.run([sys.executable, "-m", "training.train_cli", *args(out), "--resume"], cwd=REPO,
-                           env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
-                           capture_output=True, text=True, timeout=300)
+    final = subprocess.run(
+        [sys.executable, "-m", "training.train_cli", *args(out), "--resume"],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert final.returncode == 0, final.stderr[-3000:]
     assert "resuming after epoch" in final.stderr
     assert not list((out / "resume").glob(".*.tmp"))
@@ -135,9 +172,11 @@ def test_sigkill_at_any_phase_then_resume_equals_an_uninterrupted_run(setup):
 
     ref_report = json.loads((tmp / "reference" / "report.json").read_text())
     report = json.loads((out / "report.json").read_text())
-    assert [(r["bits"], r["accuracy"], r["macro_f1"]) for r in report["results"]] == \
-           [(r["bits"], r["accuracy"], r["macro_f1"]) for r in ref_report["results"]]
+    assert [(r["bits"], r["accuracy"], r["macro_f1"]) for r in report["results"]] == [
+        (r["bits"], r["accuracy"], r["macro_f1"]) for r in ref_report["results"]
+    ]
     # Deterministic: the same weights to the bit (the content hash covers every tensor).
     assert [r["sha256"] for r in report["results"]] == [r["sha256"] for r in ref_report["results"]]
-    assert [(h["branch"], h["epoch"], h["phase"], h["loss"]) for h in report["history"]] == \
-           [(h["branch"], h["epoch"], h["phase"], h["loss"]) for h in ref_report["history"]]
+    assert [(h["branch"], h["epoch"], h["phase"], h["loss"]) for h in report["history"]] == [
+        (h["branch"], h["epoch"], h["phase"], h["loss"]) for h in ref_report["history"]
+    ]

@@ -39,7 +39,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def command_wav(tmp_path_factory) -> Path:
-    """"turn on the lights", then 2 s of silence, so a recording of ~2.5 s holds the command once."""
+    """ "turn on the lights", then 2 s of silence, so a recording of ~2.5 s holds the command once."""
     samples, rate = espeak("turn on the lights")
     padded = np.concatenate([np.zeros(rate // 4, np.float32), samples, np.zeros(2 * rate, np.float32)])
     path = tmp_path_factory.mktemp("audio") / "turn_on_the_lights.wav"
@@ -52,10 +52,18 @@ def browser(command_wav):
     webdriver = pytest.importorskip("selenium.webdriver")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--window-size=900,900",
-                 "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                 f"--use-file-for-fake-audio-capture={command_wav}%noloop"):  # fmt: skip
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--window-size=900,900",
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={command_wav}%noloop",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=CHROMEDRIVER), options=options)
     yield driver
@@ -65,8 +73,10 @@ def browser(command_wav):
 def shown_answer(browser, timeout: float = 30) -> dict:
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(browser, timeout).until(lambda d: d.find_element("id", "status").text in ("Done.", "Failed.")
-                                          or d.find_element("id", "status").text.startswith("The service answered"))
+    WebDriverWait(browser, timeout).until(
+        lambda d: d.find_element("id", "status").text in ("Done.", "Failed.")
+        or d.find_element("id", "status").text.startswith("The service answered")
+    )
     assert browser.find_element("id", "error").get_attribute("hidden"), browser.find_element("id", "error").text
     return {
         "intent": browser.find_element("id", "intent").text,
@@ -95,8 +105,9 @@ def test_a_picked_file_gets_the_same_answer_as_the_api(server, browser, command_
     browser.get(server.url + "/")
     browser.find_element("id", "file").send_keys(str(command_wav))
     shown = shown_answer(browser)
-    direct = httpx.post(server.url + "/intent", content=command_wav.read_bytes(),
-                        headers={"Content-Type": "audio/wav"}).json()  # fmt: skip
+    direct = httpx.post(
+        server.url + "/intent", content=command_wav.read_bytes(), headers={"Content-Type": "audio/wav"}
+    ).json()
     assert shown["intent"] == direct["intent"]
     assert shown["top"] == [f"{k['intent']}: {100 * k['confidence']:.1f}%" for k in direct["top_k"]]
 
@@ -129,7 +140,9 @@ def test_the_slots_of_a_context_model_are_shown(browser, tmp_path):
         browser.get(server.url + "/")
         browser.find_element("id", "file").send_keys(str(clip))
         shown = shown_answer(browser)
-        direct = httpx.post(server.url + "/intent", content=clip.read_bytes(), headers={"Content-Type": "audio/wav"}).json()
+        direct = httpx.post(
+            server.url + "/intent", content=clip.read_bytes(), headers={"Content-Type": "audio/wav"}
+        ).json()
     finally:
         server.stop()
     assert direct["understood"] is True and direct["slots"]  # the model's answer has slots to show

@@ -32,9 +32,13 @@ def setup(warmup_steps=0, grad_clip=0.0):
 
 def test_learning_rates_warm_up_linearly_from_the_phase_start():
     model, cfg, step, opt = setup(warmup_steps=10)
-    train_epoch(step, batches(4), opt, device=torch.device("cpu"), schedule=PhaseSchedule(0, 12, warmup=10), progress=False)
+    train_epoch(
+        step, batches(4), opt, device=torch.device("cpu"), schedule=PhaseSchedule(0, 12, warmup=10), progress=False
+    )
     assert [g["lr"] for g in opt.param_groups] == [cfg.distill.lr_encoder * 0.4, cfg.distill.lr_head * 0.4]
-    train_epoch(step, batches(8), opt, device=torch.device("cpu"), schedule=PhaseSchedule(4, 12, warmup=10), progress=False)
+    train_epoch(
+        step, batches(8), opt, device=torch.device("cpu"), schedule=PhaseSchedule(4, 12, warmup=10), progress=False
+    )
     assert [g["lr"] for g in opt.param_groups] == [cfg.distill.lr_encoder, cfg.distill.lr_head]
 
 
@@ -64,8 +68,14 @@ def test_decay_runs_once_across_the_epochs_of_a_phase():
     optimizer_step = opt.step
     opt.step = lambda *a, **k: (seen.append(opt.param_groups[0]["lr"]), optimizer_step(*a, **k))[1]
     for epoch in range(3):
-        train_epoch(step, batches(4), opt, device=torch.device("cpu"),
-                    schedule=PhaseSchedule(4 * epoch, 12, decay=True), progress=False)
+        train_epoch(
+            step,
+            batches(4),
+            opt,
+            device=torch.device("cpu"),
+            schedule=PhaseSchedule(4 * epoch, 12, decay=True),
+            progress=False,
+        )
     expected = [cfg.distill.lr_encoder * 0.5 * (1 + math.cos(math.pi * k / 12)) for k in range(12)]
     assert seen == pytest.approx(expected, rel=1e-12)
     assert seen[0] == cfg.distill.lr_encoder and seen[-1] < 0.02 * cfg.distill.lr_encoder

@@ -36,11 +36,22 @@ def hf_whisper(tmp_path_factory):
     (path / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(specials + list("abcdefgh"))}))
     (path / "merges.txt").write_text("#version: 0.2\n")
     config = WhisperConfig(
-        num_mel_bins=80, d_model=64, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=96,
-        decoder_layers=1, decoder_attention_heads=4, decoder_ffn_dim=96, vocab_size=64,
-        max_source_positions=1500, max_target_positions=8,
-        pad_token_id=0, bos_token_id=0, eos_token_id=0, decoder_start_token_id=1,
-    )  # fmt: skip
+        num_mel_bins=80,
+        d_model=64,
+        encoder_layers=2,
+        encoder_attention_heads=4,
+        encoder_ffn_dim=96,
+        decoder_layers=1,
+        decoder_attention_heads=4,
+        decoder_ffn_dim=96,
+        vocab_size=64,
+        max_source_positions=1500,
+        max_target_positions=8,
+        pad_token_id=0,
+        bos_token_id=0,
+        eos_token_id=0,
+        decoder_start_token_id=1,
+    )
     model = WhisperForConditionalGeneration(config).eval()
     with torch.no_grad():  # LayerNorms and biases start at 1/0: randomise them so a mis-mapped one shows.
         for p in model.model.encoder.parameters():
@@ -66,7 +77,9 @@ def ct2_encode(directory, mel: torch.Tensor) -> torch.Tensor:
     # compute_type float32: CTranslate2 dequantizes the stored weights as we do, so any difference
     # left is the import's, not the arithmetic's.
     model = ctranslate2.models.Whisper(str(directory), device="cpu", compute_type="float32")
-    return torch.from_numpy(np.array(model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(mel.numpy())), to_cpu=True)))
+    return torch.from_numpy(
+        np.array(model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(mel.numpy())), to_cpu=True))
+    )
 
 
 @pytest.mark.parametrize("quantization", QUANTIZATIONS)
@@ -119,7 +132,9 @@ def write_model_bin(path, variables: dict[str, np.ndarray], spec="WhisperSpec", 
 
 def test_not_a_whisper_spec_is_refused(tmp_path):
     write_model_bin(tmp_path / "m", {"encoder/x": np.zeros(2, np.float32)}, spec="TransformerSpec")
-    with pytest.raises(WhisperImportError, match=r"m/model\.bin: a CTranslate2 TransformerSpec model; expected a WhisperSpec"):
+    with pytest.raises(
+        WhisperImportError, match=r"m/model\.bin: a CTranslate2 TransformerSpec model; expected a WhisperSpec"
+    ):
         load_whisper_encoder(tmp_path / "m")
 
 
@@ -147,12 +162,17 @@ def test_absurd_dims_are_refused_before_allocating(tmp_path):
         load_whisper_encoder(path)
 
     # Consistent sizes, but a width no Whisper has.
-    write_model_bin(path, {
-        "encoder/conv1/weight": np.zeros((9000, 1, 1), np.float16),
-        "encoder/position_encodings/encodings": np.zeros((1, 1), np.float16),
-        "encoder/layer_0/ffn/linear_0/weight": np.zeros((1, 1), np.float16),
-    })  # fmt: skip
-    with pytest.raises(WhisperImportError, match=r"huge/model\.bin: encoder dims n_state=9000.*outside what any Whisper uses"):
+    write_model_bin(
+        path,
+        {
+            "encoder/conv1/weight": np.zeros((9000, 1, 1), np.float16),
+            "encoder/position_encodings/encodings": np.zeros((1, 1), np.float16),
+            "encoder/layer_0/ffn/linear_0/weight": np.zeros((1, 1), np.float16),
+        },
+    )
+    with pytest.raises(
+        WhisperImportError, match=r"huge/model\.bin: encoder dims n_state=9000.*outside what any Whisper uses"
+    ):
         load_whisper_encoder(path)
 
 

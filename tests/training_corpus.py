@@ -30,8 +30,16 @@ def tiny_corpus(tmp_path_factory) -> Path:
     """The shared corpus: 64 train, 16 valid, 24 test clips of 4 intents (made on first use)."""
     root = tmp_path_factory.getbasetemp() / "quads-tiny-corpus"
     if not (root / "data" / "test_data.csv").is_file():  # the CSVs are written last
-        synthesize_corpus(root, context=load_context(CONTEXT), voices=default_voices(VOICES, seed=1),
-                          utterances_per_voice=2, seed=1, noise=False, workers=2, progress=False)
+        synthesize_corpus(
+            root,
+            context=load_context(CONTEXT),
+            voices=default_voices(VOICES, seed=1),
+            utterances_per_voice=2,
+            seed=1,
+            noise=False,
+            workers=2,
+            progress=False,
+        )
     return root
 
 
@@ -49,8 +57,9 @@ def tiny_student_args(n_state: int = 64, n_layer: int = 1) -> list[str]:
 def run_cli(module: str, args: list[str], timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """``python -m <module> <args>`` in the repository, one torch thread, output captured."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **(env or {})}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=full_env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def write_openai_checkpoint(path, dims: ModelDims, seed=0):
@@ -59,6 +68,17 @@ def write_openai_checkpoint(path, dims: ModelDims, seed=0):
     encoder = AudioEncoder(dims)
     state = {f"encoder.{k}": v for k, v in encoder.state_dict().items()}
     state["encoder.positional_embedding"] = encoder.positional_embedding.clone()
-    torch.save({"dims": {"n_mels": dims.n_mels, "n_audio_ctx": dims.n_ctx, "n_audio_state": dims.n_state,
-                         "n_audio_head": dims.n_head, "n_audio_layer": dims.n_layer}, "model_state_dict": state}, path)
+    torch.save(
+        {
+            "dims": {
+                "n_mels": dims.n_mels,
+                "n_audio_ctx": dims.n_ctx,
+                "n_audio_state": dims.n_state,
+                "n_audio_head": dims.n_head,
+                "n_audio_layer": dims.n_layer,
+            },
+            "model_state_dict": state,
+        },
+        path,
+    )
     return encoder

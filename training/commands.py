@@ -21,8 +21,10 @@ def missing_train_extra() -> list[str]:
 
 def _run(command: str, module: str) -> int | None:
     if missing := missing_train_extra():
-        sys.exit(f"{command}: needs the training extra, which is not installed (missing: {', '.join(missing)}); "
-                 "install it with: pip install 'quads[train]'")  # fmt: skip
+        sys.exit(
+            f"{command}: needs the training extra, which is not installed (missing: {', '.join(missing)}); "
+            "install it with: pip install 'quads[train]'"
+        )
     return importlib.import_module(module).cli()
 
 

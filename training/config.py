@@ -48,7 +48,9 @@ class DataConfig(Section):
     n_mels: int = Field(80, ge=1)
     pad_to_30s: bool = False  # the paper's 30-s zero padding; off: clips run at their real length
     max_seconds: float = Field(30.0, gt=0)
-    on_error: Literal["skip", "raise"] = "skip"  # a bad sample (unreadable, missing, unknown label): "skip" (reported) or "raise"
+    on_error: Literal["skip", "raise"] = (
+        "skip"  # a bad sample (unreadable, missing, unknown label): "skip" (reported) or "raise"
+    )
     augment: bool = True  # train split only
     feature_cache: str = ""  # folder for cached log-mels; "" computes them every epoch
     batch_size: int = Field(16, ge=1)
@@ -84,7 +86,9 @@ class TeacherConfig(Section):
 
 class DistillConfig(Section):
     alpha: float = Field(0.5, ge=0, le=1)  # L = alpha * L1(teacher, student) + (1 - alpha) * CE
-    width_match: Literal["maxpool", "projection"] = "maxpool"  # "maxpool": the paper's channel max-pool of the teacher; "projection": learned student->teacher
+    width_match: Literal["maxpool", "projection"] = (
+        "maxpool"  # "maxpool": the paper's channel max-pool of the teacher; "projection": learned student->teacher
+    )
     lr_encoder: float = 1e-5  # Adam; the authors' code uses 1e-5 (the paper says 1e-6) from a pre-trained init
     lr_head: float = 1e-3
     # D and F phases: linear warm-up of both learning rates over this many steps at the start of
@@ -115,7 +119,9 @@ class QuantConfig(Section):
 
 
 class TrainConfig(Section):
-    strategy: Literal["finetune", "distill", "qad", "mct"] = "mct"  # finetune | distill | qad | mct (see docs/training.md)
+    strategy: Literal["finetune", "distill", "qad", "mct"] = (
+        "mct"  # finetune | distill | qad | mct (see docs/training.md)
+    )
     bits: list[int] = Field(default_factory=lambda: [32, 16, 8, 4], min_length=1)
     schedule: str = PAPER_SCHEDULE  # one letter per epoch: D = distillation, Q = quantization
     seed: int = 0
@@ -168,7 +174,9 @@ class Config(Section):
                 f"for {codebook} bits use --strategy qad (k-means after training) or mct"
             )
         if t.post_hoc_bits and (t.strategy != "mct" or not [b for b in t.bits if storage(b) != "codebook"]):
-            raise ConfigError("train.post_hoc_bits quantizes MCT's float branch: use --strategy mct with 32 or 16 in --bits")
+            raise ConfigError(
+                "train.post_hoc_bits quantizes MCT's float branch: use --strategy mct with 32 or 16 in --bits"
+            )
         if bad := [b for b in t.post_hoc_bits if storage(b) != "codebook"]:
             raise ConfigError(f"train.post_hoc_bits: {bad} are not codebook widths (1..8)")
         if not self.data.root:

@@ -75,8 +75,7 @@ class Context:
         """The context with only the phrases for which ``keep(intent, phrase)`` holds (intents
         left with none dropped), its frames labelled as in the whole context."""
         intents = {name: [p for p in phrases if keep(name, p)] for name, phrases in self.intents.items()}
-        return Context(self.path, self.language, {k: v for k, v in intents.items() if v}, self.sha256,
-                       self.frame_table)
+        return Context(self.path, self.language, {k: v for k, v in intents.items() if v}, self.sha256, self.frame_table)
 
     @property
     def names(self) -> list[str]:
@@ -125,8 +124,9 @@ def context_path(name_or_path: str | Path) -> Path:
     return CONTEXTS_DIR / f"{name_or_path}.yaml"
 
 
-def load_context(path: str | Path, *, max_sentences: int = MAX_SENTENCES_PER_INTENT,
-                 reserved: tuple[str, ...] = ()) -> Context:
+def load_context(
+    path: str | Path, *, max_sentences: int = MAX_SENTENCES_PER_INTENT, reserved: tuple[str, ...] = ()
+) -> Context:
     """Read, check and expand the context file at ``path``; ``reserved``: names no intent may take."""
     path = context_path(path)
     try:
@@ -159,20 +159,25 @@ def load_context(path: str | Path, *, max_sentences: int = MAX_SENTENCES_PER_INT
             lists = {**intents.slot_lists, **block.slot_lists}
             for s, template in enumerate(block.sentence_texts):
                 where = f"{lines.of(name, b, s)}: intent {name!r}"
-                sentences, plain = _expand(template, lists, rules, block.wildcard_list_names, where,
-                                           max_sentences - len(phrases) + 1)
+                sentences, plain = _expand(
+                    template, lists, rules, block.wildcard_list_names, where, max_sentences - len(phrases) + 1
+                )
                 for sentence, list_slots in sentences:
                     key, slots = normalize(sentence), {**_fixed_slots(block.slots), **list_slots}
                     if key in owner and owner[key][:2] != (name, slots):
                         other, other_slots, other_template = owner[key]
-                        also = (f"intent {other!r}" if other != name else f"the same intent with slots {other_slots}")
-                        raise ContextError(f"{where}, sentence {template!r}: {sentence!r} (slots {slots}) is also a "
-                                           f"sentence of {also} ({other_template!r}): ambiguous")
+                        also = f"intent {other!r}" if other != name else f"the same intent with slots {other_slots}"
+                        raise ContextError(
+                            f"{where}, sentence {template!r}: {sentence!r} (slots {slots}) is also a "
+                            f"sentence of {also} ({other_template!r}): ambiguous"
+                        )
                     owner[key] = (name, slots, template)
                     phrases.setdefault(key, Phrase(sentence, slots, templates, sentence in plain))
                     if len(phrases) > max_sentences:
-                        raise ContextError(f"{where}, sentence {template!r}: the intent expands to more "
-                                           f"than {max_sentences} sentences; split it or use fewer optional words")
+                        raise ContextError(
+                            f"{where}, sentence {template!r}: the intent expands to more "
+                            f"than {max_sentences} sentences; split it or use fewer optional words"
+                        )
                 templates += 1
         expanded[name] = list(phrases.values())
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -184,8 +189,9 @@ def _fixed_slots(slots: dict) -> dict[str, str]:
     return {str(k): str(v) for k, v in (slots or {}).items()}
 
 
-def _expand(template: str, lists: dict, rules: dict, wildcards: set[str], where: str,
-            limit: int) -> tuple[list[tuple[str, dict[str, str]]], set[str]]:
+def _expand(
+    template: str, lists: dict, rules: dict, wildcards: set[str], where: str, limit: int
+) -> tuple[list[tuple[str, dict[str, str]]], set[str]]:
     """Every sentence of one template (at most ``limit``), whitespace normalized, each with the
     slot values its lists put in it; and the sentences of its plain form (optional parts left out).
 
@@ -197,15 +203,20 @@ def _expand(template: str, lists: dict, rules: dict, wildcards: set[str], where:
         sentence = parse_sentence(template, keep_text=True)
         refs = list(sentence.expression.list_references(rules))
         if wild := sorted({r.list_name for r in refs} & wildcards):
-            raise ContextError(f"{prefix}: wildcard list(s) {wild} hold free text, which cannot be synthesised; "
-                               "give the list values")
+            raise ContextError(
+                f"{prefix}: wildcard list(s) {wild} hold free text, which cannot be synthesised; give the list values"
+            )
         slot_of = {r.list_name: r.slot_name for r in refs}
         if len(slot_of) < len({(r.list_name, r.slot_name) for r in refs}):
             raise ContextError(f"{prefix}: a list is put into two different slots; use one list per slot")
         values = {name: _list_values(lists, name, prefix) for name in slot_of}
         texts = _fill(sample_sentence(sentence, lists, rules, expand_lists=False), values, slot_of, limit)
-        plain = {t for t, _ in _fill(sample_sentence(sentence, lists, rules, expand_lists=False, skip_optionals=True),
-                                     values, slot_of, limit)}
+        plain = {
+            t
+            for t, _ in _fill(
+                sample_sentence(sentence, lists, rules, expand_lists=False, skip_optionals=True), values, slot_of, limit
+            )
+        }
     except MissingListError as e:
         raise ContextError(f"{prefix}: unknown list ({e}); define it under lists:") from None
     except MissingRuleError as e:
@@ -236,8 +247,9 @@ def _list_values(lists: dict, name: str, where: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def _fill(texts, values: dict[str, list[tuple[str, str]]], slot_of: dict[str, str],
-          limit: int) -> list[tuple[str, dict[str, str]]]:
+def _fill(
+    texts, values: dict[str, list[tuple[str, str]]], slot_of: dict[str, str], limit: int
+) -> list[tuple[str, dict[str, str]]]:
     """Each sampled text with its ``{list}`` references replaced by every combination of the lists' values."""
     filled = []
     for text in texts:
@@ -267,14 +279,18 @@ def _check_layout(data, lines: _Lines, reserved: tuple[str, ...]) -> None:
     for name, intent in data["intents"].items():
         where = lines.of_key("intents", name)
         if name in reserved:
-            raise ContextError(f"{where}: intent {name!r}: the name is reserved (it marks speech that is not a command)")
+            raise ContextError(
+                f"{where}: intent {name!r}: the name is reserved (it marks speech that is not a command)"
+            )
         blocks = intent.get("data") if isinstance(intent, dict) else None
         if not isinstance(blocks, list) or not blocks:
             raise ContextError(f"{where}: intent {name!r} needs 'data:', a list of blocks with 'sentences:'")
         for b, block in enumerate(blocks):
             sentences = block.get("sentences") if isinstance(block, dict) else None
             if not isinstance(sentences, list) or not sentences:
-                raise ContextError(f"{where}: intent {name!r}, data block {b + 1}: 'sentences:' must be a non-empty list")
+                raise ContextError(
+                    f"{where}: intent {name!r}, data block {b + 1}: 'sentences:' must be a non-empty list"
+                )
             for s, sentence in enumerate(sentences):
                 if not isinstance(sentence, str) or not sentence.strip():
                     raise ContextError(f"{lines.of(name, b, s)}: intent {name!r}: sentence {s + 1} is not a template")
@@ -317,16 +333,22 @@ class _Lines:
 def shared_sentences(a: Context, b: Context) -> list[tuple[str, str, str]]:
     """(sentence, intent in ``a``, intent in ``b``) for every sentence both contexts produce."""
     in_a = {normalize(p.text): name for name, phrases in a.intents.items() for p in phrases}
-    return [(p.text, in_a[normalize(p.text)], name) for name, phrases in b.intents.items() for p in phrases
-            if normalize(p.text) in in_a]
+    return [
+        (p.text, in_a[normalize(p.text)], name)
+        for name, phrases in b.intents.items()
+        for p in phrases
+        if normalize(p.text) in in_a
+    ]
 
 
 def check_disjoint(a: Context, b: Context) -> None:
     """Refuse ``b`` when it says a sentence of ``a`` (held-out expressions, or non-commands that are commands)."""
     if shared := shared_sentences(a, b):
         text, intent_a, intent_b = shared[0]
-        raise ContextError(f"{b.path}: intent {intent_b!r} says {text!r}, a sentence of intent {intent_a!r} in {a.path} "
-                           f"({len(shared)} shared sentence(s) in all)")
+        raise ContextError(
+            f"{b.path}: intent {intent_b!r} says {text!r}, a sentence of intent {intent_a!r} in {a.path} "
+            f"({len(shared)} shared sentence(s) in all)"
+        )
 
 
 def combined(name: str, *contexts: Context) -> Context:

@@ -70,12 +70,28 @@ class BuildPreset:
 BUILD_PRESETS = {
     # A context's corpus is a tenth of the FSC demo's, so an epoch is ~100 steps: more epochs, and a
     # larger encoder rate than the FSC recipe's 1e-5 (chosen on the validation split, docs/contexts.md).
-    "full": BuildPreset(voices={"train": 60, "valid": 6, "test": 10}, clips_per_frame=30, min_utterances=2,
-                        not_commands_per_voice=8, nonspeech_per_voice=3, ood_per_voice=12, ood_sounds_per_voice=6,
-                        schedule="DDDDDDQ", common={"distill": {"lr_encoder": 1e-4, "warmup_steps": 50}}),
-    "quick": BuildPreset(voices={"train": 8, "valid": 2, "test": 2}, clips_per_frame=4, min_utterances=1,
-                         not_commands_per_voice=2, nonspeech_per_voice=1, ood_per_voice=4, ood_sounds_per_voice=2,
-                         bits=[32, 4], schedule="DQ"),
+    "full": BuildPreset(
+        voices={"train": 60, "valid": 6, "test": 10},
+        clips_per_frame=30,
+        min_utterances=2,
+        not_commands_per_voice=8,
+        nonspeech_per_voice=3,
+        ood_per_voice=12,
+        ood_sounds_per_voice=6,
+        schedule="DDDDDDQ",
+        common={"distill": {"lr_encoder": 1e-4, "warmup_steps": 50}},
+    ),
+    "quick": BuildPreset(
+        voices={"train": 8, "valid": 2, "test": 2},
+        clips_per_frame=4,
+        min_utterances=1,
+        not_commands_per_voice=2,
+        nonspeech_per_voice=1,
+        ood_per_voice=4,
+        ood_sounds_per_voice=2,
+        bits=[32, 4],
+        schedule="DQ",
+    ),
 }
 
 
@@ -84,8 +100,10 @@ def check_context(path: str | Path) -> Context:
     context = load_context(path, reserved=(REFUSAL_LABEL,))
     frames = len(context.frame_table.frames)
     if frames > MAX_FRAMES:
-        raise ContextError(f"{context.path}: {frames} combinations of intent and slot values (frames), more than "
-                           f"{MAX_FRAMES}; each needs its own training clips: use fewer list values or split the context")
+        raise ContextError(
+            f"{context.path}: {frames} combinations of intent and slot values (frames), more than "
+            f"{MAX_FRAMES}; each needs its own training clips: use fewer list values or split the context"
+        )
     return context
 
 
@@ -97,8 +115,10 @@ def model_name(context: Context) -> str:
 def utterance_counts(context: Context, preset: BuildPreset) -> dict[str, int]:
     """Per voice and intent: enough that each of the intent's frames gets ``clips_per_frame`` training clips."""
     voices = preset.voices["train"]
-    return {intent: max(preset.min_utterances, math.ceil(preset.clips_per_frame * len(context.frames(intent)) / voices))
-            for intent in context.names}
+    return {
+        intent: max(preset.min_utterances, math.ceil(preset.clips_per_frame * len(context.frames(intent)) / voices))
+        for intent in context.names
+    }
 
 
 def hold_out(context: Context, seed: int) -> tuple[Context, Context | None]:
@@ -114,8 +134,7 @@ def hold_out(context: Context, seed: int) -> tuple[Context, Context | None]:
             held |= {(intent, candidates[i]) for i in rng.choice(len(candidates), size=n, replace=False)}
     if not held:
         return context, None
-    return (context.subset(lambda i, p: (i, p.text) not in held),
-            context.subset(lambda i, p: (i, p.text) in held))
+    return (context.subset(lambda i, p: (i, p.text) not in held), context.subset(lambda i, p: (i, p.text) in held))
 
 
 def out_of_domain(context: Context, non_commands: str, commands: str) -> Context:
@@ -127,10 +146,13 @@ def out_of_domain(context: Context, non_commands: str, commands: str) -> Context
     others = load_context(commands)
     shared = {name for name, phrases in others.intents.items() if any(normalize(p.text) in said for p in phrases)}
     if shared:
-        log.info("out-of-domain: %s's intents %s are commands of the context too: left out", others.path.stem,
-                 sorted(shared))
+        log.info(
+            "out-of-domain: %s's intents %s are commands of the context too: left out", others.path.stem, sorted(shared)
+        )
     others = others.subset(lambda name, _: name not in shared)
-    return combined("out-of-domain", load_context(non_commands), others).subset(lambda _, p: normalize(p.text) not in said)
+    return combined("out-of-domain", load_context(non_commands), others).subset(
+        lambda _, p: normalize(p.text) not in said
+    )
 
 
 def make_corpora(out: Path, context: Context, preset: BuildPreset, seed: int, progress: bool) -> None:
@@ -144,25 +166,52 @@ def make_corpora(out: Path, context: Context, preset: BuildPreset, seed: int, pr
     if held_out is not None and not corpus_complete(out / "corpus-held-out"):
         log.info("step corpus: corpus-held-out, %d sentences training never says", len(held_out))
         per_voice = {i: max(1, math.ceil(2 * len(held_out.frames(i)) / preset.voices["test"])) for i in held_out.names}
-        synthesize_corpus(out / "corpus-held-out", context=held_out, voices={"test": voices["test"]},
-                          utterances_per_voice=per_voice, seed=seed, progress=progress)
+        synthesize_corpus(
+            out / "corpus-held-out",
+            context=held_out,
+            voices={"test": voices["test"]},
+            utterances_per_voice=per_voice,
+            seed=seed,
+            progress=progress,
+        )
     if not corpus_complete(out / "corpus"):
         log.info("step corpus: %d sentences, %d frames", len(context), len(context.frame_table.frames))
-        synthesize_corpus(out / "corpus", context=context, voices=voices,
-                          utterances_per_voice=utterance_counts(context, preset),
-                          not_commands=training_ood,
-                          not_commands_per_voice=preset.not_commands_per_voice,
-                          nonspeech_per_voice=preset.nonspeech_per_voice, seed=seed, progress=progress)
+        synthesize_corpus(
+            out / "corpus",
+            context=context,
+            voices=voices,
+            utterances_per_voice=utterance_counts(context, preset),
+            not_commands=training_ood,
+            not_commands_per_voice=preset.not_commands_per_voice,
+            nonspeech_per_voice=preset.nonspeech_per_voice,
+            seed=seed,
+            progress=progress,
+        )
     if not corpus_complete(out / "corpus-ood"):
         log.info("step corpus: corpus-ood")
-        synthesize_corpus(out / "corpus-ood", context=context, voices={"test": voices["test"]}, utterances_per_voice=0,
-                          not_commands=test_ood,
-                          not_commands_per_voice=preset.ood_per_voice,
-                          nonspeech_per_voice=preset.ood_sounds_per_voice, seed=seed, progress=progress)
+        synthesize_corpus(
+            out / "corpus-ood",
+            context=context,
+            voices={"test": voices["test"]},
+            utterances_per_voice=0,
+            not_commands=test_ood,
+            not_commands_per_voice=preset.ood_per_voice,
+            nonspeech_per_voice=preset.ood_sounds_per_voice,
+            seed=seed,
+            progress=progress,
+        )
 
 
-def train_model(out: Path, context: Context, preset: BuildPreset, seed: int, progress: bool, teacher: Path,
-                init: str, autocast: str = "none") -> dict:
+def train_model(
+    out: Path,
+    context: Context,
+    preset: BuildPreset,
+    seed: int,
+    progress: bool,
+    teacher: Path,
+    init: str,
+    autocast: str = "none",
+) -> dict:
     """The MCT run into ``out/model``, resumed if it was interrupted; its report if it finished."""
     from training.config import load_config
     from training.train import train
@@ -171,10 +220,21 @@ def train_model(out: Path, context: Context, preset: BuildPreset, seed: int, pro
     if report.exists():
         return json.loads(report.read_text())
     sections = {
-        "data": {"root": str(out / "corpus"), "feature_cache": str(out / "features"),
-                 "context": str(context.path.resolve())},
-        "train": {"strategy": "mct", "bits": preset.bits, "schedule": preset.schedule, "name": model_name(context),
-                  "out": str(out / "model"), "seed": seed, "progress": progress, "autocast": autocast},
+        "data": {
+            "root": str(out / "corpus"),
+            "feature_cache": str(out / "features"),
+            "context": str(context.path.resolve()),
+        },
+        "train": {
+            "strategy": "mct",
+            "bits": preset.bits,
+            "schedule": preset.schedule,
+            "name": model_name(context),
+            "out": str(out / "model"),
+            "seed": seed,
+            "progress": progress,
+            "autocast": autocast,
+        },
         "teacher": {"path": str(teacher), "cache_dir": str(out / "teacher-cache")},
         "student": {"init": init, **preset.student},
     }
@@ -190,8 +250,17 @@ def add_build_seconds(out: Path, seconds: float) -> float:
     return total
 
 
-def build(context_path: str | Path, out: Path, preset: BuildPreset, *, seed: int = 0, progress: bool = True,
-          whisper_from: Path | None = None, teacher: Path | None = None, init: str | None = None) -> Path:
+def build(
+    context_path: str | Path,
+    out: Path,
+    preset: BuildPreset,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+    whisper_from: Path | None = None,
+    teacher: Path | None = None,
+    init: str | None = None,
+) -> Path:
     """Every step; returns the 4-bit checkpoint (the lowest width built when 4 is not among them).
 
     ``teacher``/``init``: a teacher checkpoint and a student init (``quads-train``'s ``--init``)

@@ -158,9 +158,7 @@ def _slurp_audio_dir(root: Path, name: str) -> Path:
     return root / "audio" / name  # missing audio is reported per sample by MelDataset
 
 
-def load_slurp(
-    root: str | os.PathLike, split: str, *, headset: bool = True, synthetic: bool = False
-) -> list[Sample]:
+def load_slurp(root: str | os.PathLike, split: str, *, headset: bool = True, synthetic: bool = False) -> list[Sample]:
     """Samples of one SLURP split (``train``, ``devel``/``valid`` or ``test``): one per recording.
 
     ``headset=False`` drops the close-talk ``*-headset.flac`` recordings. ``synthetic=True`` adds

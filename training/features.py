@@ -338,4 +338,3 @@ def mix_at_snr(signal: np.ndarray, noise: np.ndarray, snr_db: float, signal_rms:
     noise_rms = max(float(np.sqrt(np.mean(noise.astype(np.float64) ** 2))), 1e-12)
     scale = signal_rms / noise_rms / 10 ** (snr_db / 20)
     return (signal + scale * noise).astype(np.float32)
-

@@ -124,8 +124,13 @@ def make_optimizer(kind: str, model: IntentClassifier, loss: nn.Module, cfg: Con
         quantizer = loss.quantizer
         centroids = quantizer.centroid_parameters()
         coded = {id(p) for p in quantizer.params.values()} if centroids else set()
-        groups = [{"params": [p for p in model.parameters() if id(p) not in coded], "lr": cfg.quant.lr,
-                   "base_lr": cfg.quant.lr}]  # fmt: skip
+        groups = [
+            {
+                "params": [p for p in model.parameters() if id(p) not in coded],
+                "lr": cfg.quant.lr,
+                "base_lr": cfg.quant.lr,
+            }
+        ]
         if centroids:
             groups.append({"params": centroids, "lr": cfg.quant.centroid_lr, "base_lr": cfg.quant.centroid_lr})
         optimizer = torch.optim.SGD(groups, momentum=cfg.quant.momentum)
@@ -133,7 +138,13 @@ def make_optimizer(kind: str, model: IntentClassifier, loss: nn.Module, cfg: Con
             optimizer.register_step_pre_hook(lambda *_: quantizer.accumulate_centroid_grads())
         return optimizer
     head = [*model.head.parameters(), *loss.parameters()]  # the head, and a learned projection if any
-    return torch.optim.Adam([
-        {"params": list(model.encoder.parameters()), "lr": cfg.distill.lr_encoder, "base_lr": cfg.distill.lr_encoder},
-        {"params": head, "lr": cfg.distill.lr_head, "base_lr": cfg.distill.lr_head},
-    ])
+    return torch.optim.Adam(
+        [
+            {
+                "params": list(model.encoder.parameters()),
+                "lr": cfg.distill.lr_encoder,
+                "base_lr": cfg.distill.lr_encoder,
+            },
+            {"params": head, "lr": cfg.distill.lr_head, "base_lr": cfg.distill.lr_head},
+        ]
+    )

@@ -101,8 +101,13 @@ class DistillationLoss(nn.Module):
     covers the student's labels.
     """
 
-    def __init__(self, alpha: float, projection: StudentProjection | None = None, kl_weight: float = 0.0,
-                 temperature: float = 1.0):  # fmt: skip
+    def __init__(
+        self,
+        alpha: float,
+        projection: StudentProjection | None = None,
+        kl_weight: float = 0.0,
+        temperature: float = 1.0,
+    ):
         super().__init__()
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -127,8 +132,16 @@ class DistillationLoss(nn.Module):
             if teacher.logits is None:
                 raise ValueError("the KL term needs the teacher's logits: a QUADS teacher over the student's labels")
             t = self.temperature
-            kl = F.kl_div(F.log_softmax(logits / t, -1), F.log_softmax(teacher.logits / t, -1), log_target=True,
-                          reduction="batchmean") * t * t  # fmt: skip
+            kl = (
+                F.kl_div(
+                    F.log_softmax(logits / t, -1),
+                    F.log_softmax(teacher.logits / t, -1),
+                    log_target=True,
+                    reduction="batchmean",
+                )
+                * t
+                * t
+            )
             total = total + self.kl_weight * kl
             parts["kl"] = kl.item()
         return LossParts(total, {"loss": total.item(), **parts})

@@ -27,8 +27,17 @@ from training.synth import write_wav
 NOISE_KINDS = ("pink", "babble")
 
 
-def noisy_copy(src: Path, dst: Path, kind: str, snr_db: float, *, seed: int = 0, split: str = "test",
-               babble_from: Path | None = None, progress: bool = True) -> Path:
+def noisy_copy(
+    src: Path,
+    dst: Path,
+    kind: str,
+    snr_db: float,
+    *,
+    seed: int = 0,
+    split: str = "test",
+    babble_from: Path | None = None,
+    progress: bool = True,
+) -> Path:
     """Write ``src``'s ``split`` mixed with ``kind`` noise at ``snr_db`` dB into ``dst`` (FSC layout)."""
     if kind not in NOISE_KINDS:
         raise ValueError(f"noise kind must be one of {NOISE_KINDS}, got {kind!r}")
@@ -59,8 +68,12 @@ def _speech_clips(root: Path) -> list[Path]:
     """The speech clips of a corpus's test split that are not commands (sounds have "<kind>" transcriptions)."""
     with open(root / "data" / "test_data.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    clips = [root / r["path"] for r in rows if "_".join((r["action"], r["object"], r["location"])) == REFUSAL_LABEL
-             and not r["transcription"].startswith("<")]
+    clips = [
+        root / r["path"]
+        for r in rows
+        if "_".join((r["action"], r["object"], r["location"])) == REFUSAL_LABEL
+        and not r["transcription"].startswith("<")
+    ]
     if not clips:
         raise ValueError(f"{root}: no non-command speech clips to make babble from")
     return clips

@@ -31,7 +31,9 @@ def nonspeech(kind: str, rng: np.random.Generator, seconds: float) -> np.ndarray
         wave = _clicks(rng, n)
     elif kind == "hum":
         base = rng.choice([50.0, 60.0, 100.0, 120.0])
-        wave = sum(rng.uniform(0.1, 1.0) / k * np.sin(2 * np.pi * base * k * t + rng.uniform(0, 6.3)) for k in range(1, 6))
+        wave = sum(
+            rng.uniform(0.1, 1.0) / k * np.sin(2 * np.pi * base * k * t + rng.uniform(0, 6.3)) for k in range(1, 6)
+        )
         wave = wave + 0.05 * colored_noise(rng, n, "pink")
     else:
         raise ValueError(f"sound kind must be one of {SOUND_KINDS[:-1]} (babble needs speech), got {kind!r}")

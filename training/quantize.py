@@ -81,7 +81,9 @@ def _reseed_empty(values: Tensor, prefix: Tensor, centroids: Tensor) -> tuple[Te
     empty = (counts == 0).nonzero().flatten()
     last = values.numel() - 1
     splittable = (counts >= 2) & (values[(ends - 1).clamp(0, last)] > values[starts.clamp(0, last)])
-    donors = torch.argsort(torch.where(splittable, counts, 0), descending=True)[: min(empty.numel(), int(splittable.sum()))]
+    donors = torch.argsort(torch.where(splittable, counts, 0), descending=True)[
+        : min(empty.numel(), int(splittable.sum()))
+    ]
     if donors.numel() == 0:
         return centroids, False
     s, e = starts[donors], ends[donors]
@@ -143,7 +145,9 @@ class KMeansQuantizer:
     def _set_codebooks(self, centroids: dict[str, Tensor], labels: dict[str, Tensor]) -> None:
         self.labels, self._counts = dict(labels), {}
         # Under eq. 4 the centroids are trained: leaf tensors with gradients of their own.
-        self.centroids = {n: c.detach().float().requires_grad_(self.centroid_update == "sum") for n, c in centroids.items()}
+        self.centroids = {
+            n: c.detach().float().requires_grad_(self.centroid_update == "sum") for n, c in centroids.items()
+        }
 
     @torch.no_grad()
     def fit(self) -> KMeansQuantizer:
@@ -158,8 +162,10 @@ class KMeansQuantizer:
         centroid becomes the mean of its cluster's current weights."""
         if other.bits != self.bits or set(other.labels) != set(self.params):
             raise ValueError("the quantizers are for different bit widths or weights")
-        centroids = {n: update_centroids(p.reshape(-1).float(), other.labels[n], other.centroids[n].detach())
-                     for n, p in self.params.items()}  # fmt: skip
+        centroids = {
+            n: update_centroids(p.reshape(-1).float(), other.labels[n], other.centroids[n].detach())
+            for n, p in self.params.items()
+        }
         self._set_codebooks(centroids, other.labels)
         return self.snap(update=False)
 
@@ -204,11 +210,16 @@ class KMeansQuantizer:
         """Each weight matrix's codebook, as ``core.checkpoint.save_checkpoint`` stores it."""
         if not self.clusters:
             return {}
-        return {n: Codebook(self.centroids[n].detach().float().cpu(), self.labels[n].cpu(), self.bits) for n in self.params}
+        return {
+            n: Codebook(self.centroids[n].detach().float().cpu(), self.labels[n].cpu(), self.bits) for n in self.params
+        }
 
     def state_dict(self) -> dict:
-        return {"bits": self.bits, "centroids": {n: c.detach() for n, c in self.centroids.items()},
-                "labels": dict(self.labels)}  # fmt: skip
+        return {
+            "bits": self.bits,
+            "centroids": {n: c.detach() for n, c in self.centroids.items()},
+            "labels": dict(self.labels),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if state["bits"] != self.bits:

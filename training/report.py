@@ -11,6 +11,7 @@ Sizes are in MiB (2**20 bytes), as in the paper's tables (Whisper base: 19.85 M 
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -23,6 +24,10 @@ from core.tensor_files import atomic_write  # noqa: E402
 
 MB = 2**20
 COLORS = {"finetune": "tab:gray", "distill": "tab:blue", "qad": "tab:orange", "mct": "tab:green"}
+
+
+def history_cell(h: dict, key: str, scale: float = 1.0, fmt: str = ".4f") -> str:
+    return "" if h.get(key) is None else format(scale * h[key], fmt)
 
 
 def markdown(report: dict) -> str:
@@ -48,12 +53,15 @@ def markdown(report: dict) -> str:
             f"{100 * r['macro_f1']:.2f} | `{Path(r['checkpoint']).name}` |"
         )
     if report.get("history"):
-        lines += ["", "## Epochs", "", "| Branch | Epoch | Phase | Loss | CE | L1 | L_centroid | Valid acc (%) | Valid F1 (%) | Seconds |",
-                  "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "## Epochs",
+            "",
+            "| Branch | Epoch | Phase | Loss | CE | L1 | L_centroid | Valid acc (%) | Valid F1 (%) | Seconds |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for h in report["history"]:
-            def f(key, scale=1.0, fmt=".4f"):
-                return "" if h.get(key) is None else format(scale * h[key], fmt)
-
+            f = functools.partial(history_cell, h)
             lines.append(
                 f"| {h['branch']} | {h['epoch']} | {h['phase']} | {f('loss')} | {f('ce')} | {f('l1')} | {f('centroid', fmt='.3g')} "
                 f"| {f('valid_accuracy', 100, '.2f')} | {f('valid_f1', 100, '.2f')} | {f('seconds', fmt='.1f')} |"
@@ -70,11 +78,22 @@ def bubble_chart(results: list[dict], path: Path) -> Path:
     top = max((r["gmacs_per_clip"] for r in results), default=1.0) or 1.0
     for r in results:
         size = r["file_bytes"] / MB
-        ax.scatter(size, 100 * r["macro_f1"], s=300 + 1500 * r["gmacs_per_clip"] / top, alpha=0.45,
-                   color=COLORS.get(r["strategy"], "tab:purple"), edgecolors="black")
+        ax.scatter(
+            size,
+            100 * r["macro_f1"],
+            s=300 + 1500 * r["gmacs_per_clip"] / top,
+            alpha=0.45,
+            color=COLORS.get(r["strategy"], "tab:purple"),
+            edgecolors="black",
+        )
         ax.scatter(size, 100 * r["macro_f1"], marker="*", color="black", s=40)
-        ax.annotate(r.get("label") or f"{r['strategy']} {r['bits']}-bit", (size, 100 * r["macro_f1"]), textcoords="offset points",
-                    xytext=(8, 8), fontsize=8)
+        ax.annotate(
+            r.get("label") or f"{r['strategy']} {r['bits']}-bit",
+            (size, 100 * r["macro_f1"]),
+            textcoords="offset points",
+            xytext=(8, 8),
+            fontsize=8,
+        )
     ax.set_xscale("log")
     ax.margins(x=0.3, y=0.3)  # room for the bubbles and their labels
     ax.set_xlabel("model size (MB, log scale)")
@@ -99,8 +118,12 @@ def curves_chart(history: list[dict], path: Path) -> Path:
         epochs = [h["epoch"] for h in rows]
         ax_loss.plot(epochs, [h["loss"] for h in rows], marker="o", label=branch)
         if any(h.get("valid_accuracy") is not None for h in rows):
-            ax_acc.plot(epochs, [100 * h["valid_accuracy"] if h.get("valid_accuracy") is not None else float("nan")
-                                 for h in rows], marker="o", label=branch)
+            ax_acc.plot(
+                epochs,
+                [100 * h["valid_accuracy"] if h.get("valid_accuracy") is not None else float("nan") for h in rows],
+                marker="o",
+                label=branch,
+            )
     for epoch in sorted({h["epoch"] for h in history if h["phase"] == "Q"}):
         for ax in (ax_loss, ax_acc):
             ax.axvspan(epoch - 0.5, epoch + 0.5, color="tab:orange", alpha=0.08, lw=0)
@@ -121,7 +144,12 @@ def curves_chart(history: list[dict], path: Path) -> Path:
 def write_report(out: Path, report: dict) -> dict[str, Path]:
     """Write report.json, report.md, bubbles.png and curves.png into ``out``; returns their paths."""
     out = Path(out)
-    paths = {"json": out / "report.json", "md": out / "report.md", "bubbles": out / "bubbles.png", "curves": out / "curves.png"}
+    paths = {
+        "json": out / "report.json",
+        "md": out / "report.md",
+        "bubbles": out / "bubbles.png",
+        "curves": out / "curves.png",
+    }
     text = json.dumps(report, indent=1, default=str)
     atomic_write(paths["json"], lambda tmp: tmp.write_text(text))
     md = markdown(report)

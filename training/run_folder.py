@@ -20,7 +20,6 @@ from training.schedule import Plan
 log = logging.getLogger("quads.train")
 
 
-
 @dataclass
 class Run:
     """The run folder and what was found there: ``state`` is the saved state when resuming."""
@@ -60,17 +59,30 @@ def open_run(cfg: Config, procs: Processes, resume: bool) -> Run:
         for stale in [*out.glob(".*.tmp"), *(out / "resume").glob(".*.tmp")]:  # temp files of a killed write
             stale.unlink(missing_ok=True)
         save_config(cfg, out / "config.yaml")
-    log.info("run %s: strategy %s, bits %s, %d process(es) on %s", out, cfg.train.strategy, cfg.train.bits,
-             procs.world, procs.device)
+    log.info(
+        "run %s: strategy %s, bits %s, %d process(es) on %s",
+        out,
+        cfg.train.strategy,
+        cfg.train.bits,
+        procs.world,
+        procs.device,
+    )
     return run
 
 
 def provenance_of(cfg: Config, plan: Plan, n_train: int) -> dict:
     """What every checkpoint of the run records about how it was made."""
     return {
-        "strategy": cfg.train.strategy, "init": cfg.student.init, "teacher": cfg.teacher.path or None,
-        "schedule": plan.pattern, "seed": cfg.train.seed, "data": cfg.data.root, "n_train": n_train,
-        "pad_to_30s": cfg.data.pad_to_30s, "alpha": cfg.distill.alpha, "width_match": cfg.distill.width_match,
+        "strategy": cfg.train.strategy,
+        "init": cfg.student.init,
+        "teacher": cfg.teacher.path or None,
+        "schedule": plan.pattern,
+        "seed": cfg.train.seed,
+        "data": cfg.data.root,
+        "n_train": n_train,
+        "pad_to_30s": cfg.data.pad_to_30s,
+        "alpha": cfg.distill.alpha,
+        "width_match": cfg.distill.width_match,
     }
 
 
@@ -98,8 +110,10 @@ def enter_branch(run: Run, plan: Plan, i: int, model: IntentClassifier, projecti
     first_own = next(b for b, branch in enumerate(plan.branches) if not branch.shared)
     if plan.epochs[i].branch == first_own:
         if run.procs.main:
-            save_state(run.fork_path, RunState(i, model.state_dict(),
-                                               projection=projection.state_dict() if projection is not None else None))
+            save_state(
+                run.fork_path,
+                RunState(i, model.state_dict(), projection=projection.state_dict() if projection is not None else None),
+            )
     else:
         fork = load_state(run.fork_path)
         model.load_state_dict(fork.model)

@@ -95,7 +95,7 @@ def load_state(path: str | os.PathLike) -> RunState:
         raise RunStateError(f"{path}: not a readable QUADS training state ({e})") from None
 
     def section(prefix: str) -> dict[str, Tensor]:
-        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
     optimizer = None
     if "optimizer" in meta:

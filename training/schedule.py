@@ -137,8 +137,10 @@ class Plan:
         parts = []
         for branch in self.branches:
             what = "shared" if branch.shared else f"exports {','.join(map(str, branch.exports))} bit"
-            parts.append(f"{branch.name}: {branch.letters} (epochs {branch.first_epoch + 1}-"
-                         f"{branch.first_epoch + len(branch.letters)}, {what})")
+            parts.append(
+                f"{branch.name}: {branch.letters} (epochs {branch.first_epoch + 1}-"
+                f"{branch.first_epoch + len(branch.letters)}, {what})"
+            )
         return "; ".join(parts)
 
 

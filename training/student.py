@@ -111,12 +111,25 @@ def init_student(
         differing = [k for k in _COMPARED if getattr(encoder.dims, k) != getattr(dims, k)]
         if differing == ["n_layer"] and dims.n_layer < encoder.dims.n_layer:
             indices = copy_teacher_layers(model.encoder, encoder)  # a shallower student: evenly spaced blocks
-            log.info("student: Whisper checkpoint %s, blocks %s of %d (%s)", path, indices, encoder.dims.n_layer,
-                     _describe(dims))
+            log.info(
+                "student: Whisper checkpoint %s, blocks %s of %d (%s)",
+                path,
+                indices,
+                encoder.dims.n_layer,
+                _describe(dims),
+            )
             return model
         if differing:
-            matching = [name for name, p in PRESETS.items() if all(getattr(p, k) == getattr(encoder.dims, k) for k in _COMPARED if k != "n_mels")]
-            hint = f"--set student.preset={matching[0]}" if matching else "set student.n_state/n_head/n_layer/n_mlp to the checkpoint's"
+            matching = [
+                name
+                for name, p in PRESETS.items()
+                if all(getattr(p, k) == getattr(encoder.dims, k) for k in _COMPARED if k != "n_mels")
+            ]
+            hint = (
+                f"--set student.preset={matching[0]}"
+                if matching
+                else "set student.n_state/n_head/n_layer/n_mlp to the checkpoint's"
+            )
             raise StudentInitError(
                 f"student.init={cfg.init}: the student's dims ({_describe(dims, differing)}) differ from the "
                 f"Whisper checkpoint's ({_describe(encoder.dims, differing)}); {hint}"
@@ -137,8 +150,9 @@ def init_student(
 
 
 @torch.no_grad()
-def copy_teacher_head(model: IntentClassifier, teacher: Teacher | None, labels: list[str],
-                      projection: torch.nn.Linear | None = None) -> str:
+def copy_teacher_head(
+    model: IntentClassifier, teacher: Teacher | None, labels: list[str], projection: torch.nn.Linear | None = None
+) -> str:
     """Start ``model``'s head from the teacher's when the teacher has one over the same labels,
     its rows put in the student's label order. At equal widths it is copied; otherwise it is
     composed with the learned width projection (head(P e + p) = (W P) e + (W p + b)). Returns
@@ -155,5 +169,7 @@ def copy_teacher_head(model: IntentClassifier, teacher: Teacher | None, labels: 
         model.head.weight.copy_(weight @ projection.weight)
         model.head.bias.copy_(weight @ projection.bias + bias)
         return "the teacher's head through the width projection"
-    return (f"random: the teacher's head reads width {weight.shape[1]}, the student's {model.head.in_features}, "
-            "and the max-pool width match has no inverse (distill.width_match=projection composes them)")
+    return (
+        f"random: the teacher's head reads width {weight.shape[1]}, the student's {model.head.in_features}, "
+        "and the max-pool width match has no inverse (distill.width_match=projection composes them)"
+    )

@@ -101,22 +101,32 @@ class Utterance:
         return f"wavs/speakers/{self.voice.spec}/{self.utterance_id}.wav"
 
 
-def espeak_command(voice: Voice, text: str, out_wav: Path, rng: np.random.Generator, data_path: Path | None = None) -> list[str]:
+def espeak_command(
+    voice: Voice, text: str, out_wav: Path, rng: np.random.Generator, data_path: Path | None = None
+) -> list[str]:
     """espeak-ng arguments for one utterance: the voice's prosody, jittered (``data_path``: generated variants)."""
     return [
         "espeak-ng",
         *([f"--path={data_path}"] if data_path else []),
-        "-v", voice.spec,
-        "-s", str(int(np.clip(voice.rate + rng.integers(-15, 16), 80, 260))),
-        "-p", str(int(np.clip(voice.pitch + rng.integers(-8, 9), 0, 99))),
-        "-a", str(voice.amplitude),
-        "-g", str(voice.word_gap + int(rng.integers(0, 2))),
-        "-w", str(out_wav),
+        "-v",
+        voice.spec,
+        "-s",
+        str(int(np.clip(voice.rate + rng.integers(-15, 16), 80, 260))),
+        "-p",
+        str(int(np.clip(voice.pitch + rng.integers(-8, 9), 0, 99))),
+        "-a",
+        str(voice.amplitude),
+        "-g",
+        str(voice.word_gap + int(rng.integers(0, 2))),
+        "-w",
+        str(out_wav),
         text,
-    ]  # fmt: skip
+    ]
 
 
-def speak(voice: Voice, text: str, rng: np.random.Generator, tmp_dir: Path, data_path: Path | None = None) -> np.ndarray:
+def speak(
+    voice: Voice, text: str, rng: np.random.Generator, tmp_dir: Path, data_path: Path | None = None
+) -> np.ndarray:
     """espeak-ng saying ``text`` in ``voice``, float32 at 16 kHz."""
     text = text + str(rng.choice(["", ".", "!", "?"], p=[0.4, 0.35, 0.1, 0.15]))  # sets the intonation
     with tempfile.NamedTemporaryFile(suffix=".wav", dir=tmp_dir) as tmp:
@@ -217,7 +227,9 @@ def synthesize_corpus(
     voices = default_voices(DEFAULT_VOICES_PER_SPLIT, seed) if voices is None else voices
     if isinstance(utterances_per_voice, int):
         utterances_per_voice = dict.fromkeys(intents, utterances_per_voice)
-    _check_arguments(context, intents, voices, utterances_per_voice, not_commands_per_voice + nonspeech_per_voice, workers)
+    _check_arguments(
+        context, intents, voices, utterances_per_voice, not_commands_per_voice + nonspeech_per_voice, workers
+    )
     if not_commands_per_voice and not_commands is None:
         raise ValueError("not_commands_per_voice needs a not_commands context")
     if shutil.which("espeak-ng") is None:
@@ -228,7 +240,9 @@ def synthesize_corpus(
     refusals = refusal_phrases(context, not_commands) if not_commands_per_voice else []
     utterances = plan_utterances(voice_objects, context, intents, utterances_per_voice, seed)
     babble_phrases = refusals or [p for phrases in context.intents.values() for p in phrases]
-    utterances += plan_refusals(voice_objects, refusals, not_commands_per_voice, nonspeech_per_voice, seed, babble_phrases)
+    utterances += plan_refusals(
+        voice_objects, refusals, not_commands_per_voice, nonspeech_per_voice, seed, babble_phrases
+    )
     metadata = {
         "generator": "quads-synth",
         "seed": seed,
@@ -238,8 +252,11 @@ def synthesize_corpus(
         "not_commands": {"path": str(not_commands.path), "sha256": not_commands.sha256} if refusals else None,
         "intents": intents,
         "refusal_label": REFUSAL_LABEL,
-        "utterances_per_voice": (next(iter(set(utterances_per_voice.values()))) if len(set(utterances_per_voice.values())) == 1
-                                 else utterances_per_voice),
+        "utterances_per_voice": (
+            next(iter(set(utterances_per_voice.values())))
+            if len(set(utterances_per_voice.values())) == 1
+            else utterances_per_voice
+        ),
         "not_commands_per_voice": not_commands_per_voice,
         "nonspeech_per_voice": nonspeech_per_voice,
         "noise": noise,
@@ -278,8 +295,13 @@ def choose_phrase(phrases: list[Phrase], rng: np.random.Generator) -> Phrase:
     return pool[int(rng.integers(len(pool)))]
 
 
-def plan_utterances(voices: dict[str, list[Voice]], context: Context, intents: list[str],
-                    utterances_per_voice: dict[str, int], seed: int) -> list[Utterance]:
+def plan_utterances(
+    voices: dict[str, list[Voice]],
+    context: Context,
+    intents: list[str],
+    utterances_per_voice: dict[str, int],
+    seed: int,
+) -> list[Utterance]:
     """Every command clip: each voice says each intent ``utterances_per_voice[intent]`` times.
     Its frames (slot values) take turns across the split's clips of the intent, in an order
     shuffled per intent, so every frame is said about equally often and by different voices; a
@@ -310,8 +332,14 @@ def refusal_phrases(context: Context, not_commands: Context) -> list[Phrase]:
     return phrases
 
 
-def plan_refusals(voices: dict[str, list[Voice]], phrases: list[Phrase], per_voice: int, sounds_per_voice: int,
-                  seed: int, babble_phrases: list[Phrase]) -> list[Utterance]:
+def plan_refusals(
+    voices: dict[str, list[Voice]],
+    phrases: list[Phrase],
+    per_voice: int,
+    sounds_per_voice: int,
+    seed: int,
+    babble_phrases: list[Phrase],
+) -> list[Utterance]:
     """Each voice's non-command sentences, then its folder's non-speech sounds (kinds in turn
     across the split); a babble clip is voices of the split saying ``babble_phrases`` at once."""
     utterances = []
@@ -325,7 +353,9 @@ def plan_refusals(voices: dict[str, list[Voice]], phrases: list[Phrase], per_voi
                 text, others = f"<{kind}>", ()
                 if kind == "babble":
                     rng = np.random.default_rng([seed, stable_int(voice.spec), k, 3])
-                    talkers = [split_voices[int(i)] for i in rng.integers(len(split_voices), size=rng.integers(*BABBLE_VOICES))]
+                    talkers = [
+                        split_voices[int(i)] for i in rng.integers(len(split_voices), size=rng.integers(*BABBLE_VOICES))
+                    ]
                     text, others = " | ".join(choose_phrase(babble_phrases, rng).text for _ in talkers), tuple(talkers)
                 utterances.append(Utterance(split, voice, REFUSAL_LABEL, per_voice + k, text, kind, others))
     return utterances
@@ -372,10 +402,17 @@ def _check_arguments(context, intents, voices, utterances_per_voice, refusals_pe
             if spec in seen:
                 raise ValueError(f"voice {spec!r} is in both {seen[spec]} and {split}: splits must not share voices")
             seen[spec] = split
-    if (set(utterances_per_voice) != set(intents) or min(utterances_per_voice.values()) < 0 or refusals_per_voice < 0
-            or workers < 1 or max(utterances_per_voice.values()) + refusals_per_voice < 1):
-        raise ValueError("utterances_per_voice and the refusals must not be negative, some clips must be asked for, "
-                         "and workers must be at least 1")
+    if (
+        set(utterances_per_voice) != set(intents)
+        or min(utterances_per_voice.values()) < 0
+        or refusals_per_voice < 0
+        or workers < 1
+        or max(utterances_per_voice.values()) + refusals_per_voice < 1
+    ):
+        raise ValueError(
+            "utterances_per_voice and the refusals must not be negative, some clips must be asked for, "
+            "and workers must be at least 1"
+        )
 
 
 def _prepare_root(root: Path) -> None:

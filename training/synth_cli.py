@@ -24,7 +24,6 @@ from training.espeak_voices import DEFAULT_VOICES_PER_SPLIT, HELD_OUT_FAMILY, de
 DEFAULT_UTTERANCES_PER_VOICE = 1
 
 
-
 def _parse_voice_counts(text: str) -> dict[str, int]:
     counts = {}
     for part in text.split(","):
@@ -41,10 +40,16 @@ def cli(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("out_dir", type=Path, help="corpus folder (created; an earlier corpus there is replaced)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--context", default="fsc",
-                        help="the commands: a Home Assistant intent file, or a name in contexts/ (default: fsc)")
     parser.add_argument(
-        "--intents", nargs="+", metavar="INTENT", help="intents of the context (default: all); quote 'change language_...'"
+        "--context",
+        default="fsc",
+        help="the commands: a Home Assistant intent file, or a name in contexts/ (default: fsc)",
+    )
+    parser.add_argument(
+        "--intents",
+        nargs="+",
+        metavar="INTENT",
+        help="intents of the context (default: all); quote 'change language_...'",
     )
     parser.add_argument(
         "--voices-per-split",
@@ -53,22 +58,44 @@ def cli(argv: list[str] | None = None) -> None:
         metavar="train=K,valid=K,test=K",
         help="number of voices per split (default: %(default)s)",
     )
-    parser.add_argument("--utterances-per-voice", type=int, default=DEFAULT_UTTERANCES_PER_VOICE,
-                        help="utterances of each intent per voice (default: %(default)s)")  # fmt: skip
-    parser.add_argument("--not-commands", default="not-commands",
-                        help="speech to refuse: an intent file or a name in contexts/ (default: not-commands)")
-    parser.add_argument("--not-commands-per-voice", type=int, default=0,
-                        help="sentences of --not-commands per voice, labelled none_none_none (default: 0)")
-    parser.add_argument("--nonspeech-per-voice", type=int, default=0,
-                        help="non-speech sounds per voice (silence, noise, tones, music, clicks, hum, babble), "
-                             "labelled none_none_none (default: 0)")
-    parser.add_argument("--splits", type=lambda t: [x.strip() for x in t.split(",") if x.strip()],
-                        metavar="test[,valid...]",
-                        help="write only these splits, with the voices --voices-per-split gives them (so a test corpus "
-                             "of held-out wordings has the test voices of a full corpus, never its training voices)")
-    parser.add_argument("--held-out-family", type=int, metavar="K",
-                        help=f"instead of --voices-per-split: a test split of K voices of the held-out "
-                             f"{HELD_OUT_FAMILY} family (an unseen-engine proxy)")  # fmt: skip
+    parser.add_argument(
+        "--utterances-per-voice",
+        type=int,
+        default=DEFAULT_UTTERANCES_PER_VOICE,
+        help="utterances of each intent per voice (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--not-commands",
+        default="not-commands",
+        help="speech to refuse: an intent file or a name in contexts/ (default: not-commands)",
+    )
+    parser.add_argument(
+        "--not-commands-per-voice",
+        type=int,
+        default=0,
+        help="sentences of --not-commands per voice, labelled none_none_none (default: 0)",
+    )
+    parser.add_argument(
+        "--nonspeech-per-voice",
+        type=int,
+        default=0,
+        help="non-speech sounds per voice (silence, noise, tones, music, clicks, hum, babble), "
+        "labelled none_none_none (default: 0)",
+    )
+    parser.add_argument(
+        "--splits",
+        type=lambda t: [x.strip() for x in t.split(",") if x.strip()],
+        metavar="test[,valid...]",
+        help="write only these splits, with the voices --voices-per-split gives them (so a test corpus "
+        "of held-out wordings has the test voices of a full corpus, never its training voices)",
+    )
+    parser.add_argument(
+        "--held-out-family",
+        type=int,
+        metavar="K",
+        help=f"instead of --voices-per-split: a test split of K voices of the held-out "
+        f"{HELD_OUT_FAMILY} family (an unseen-engine proxy)",
+    )
     parser.add_argument("--no-noise", action="store_true", help="clean speech: no background noise or reverberation")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

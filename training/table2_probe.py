@@ -26,9 +26,22 @@ def probe(out: Path, whisper: Path, plan: Table2Plan) -> str:
     arms = {"as chosen": dict(quant), "frozen": {**quant, "centroid_lr": FROZEN_CENTROID_LR}}
     lines = ["| centroids in Q | branch | epoch 1 | epoch 2 | epoch 3 | epoch 4 |", "|---|---|---:|---:|---:|---:|"]
     for label, settings in arms.items():
-        report = run(out, out / "corpus", whisper, plan, f"probe/{label.replace(' ', '-')}", init="whisper", seed=0,
-                     strategy="mct", bits=[32, 8], schedule=plan.schedules["qad"], quant=settings, progress=False,
-                     data={"test_split": "valid"}, eval_every_epoch=True)  # fmt: skip
+        report = run(
+            out,
+            out / "corpus",
+            whisper,
+            plan,
+            f"probe/{label.replace(' ', '-')}",
+            init="whisper",
+            seed=0,
+            strategy="mct",
+            bits=[32, 8],
+            schedule=plan.schedules["qad"],
+            quant=settings,
+            progress=False,
+            data={"test_split": "valid"},
+            eval_every_epoch=True,
+        )
         shared = [h for h in report["history"] if h["branch"] == "shared"]
         for branch in ("float", "8bit"):
             epochs = shared + [h for h in report["history"] if h["branch"] == branch]
@@ -38,8 +51,11 @@ def probe(out: Path, whisper: Path, plan: Table2Plan) -> str:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.table2_probe", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="python -m training.table2_probe",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--whisper", type=Path, default=Path("runs/demo/whisper"))
     p.add_argument("--out", type=Path, default=Path("runs/table2"))
     args = p.parse_args(argv)

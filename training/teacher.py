@@ -83,8 +83,13 @@ class Teacher:
         return self.encoder.dims.n_state
 
     @torch.no_grad()
-    def targets(self, mel: Tensor, lengths: Tensor | None, frame_pool: nn.Module | None = None,
-                label_order: list[int] | None = None) -> TeacherTargets:
+    def targets(
+        self,
+        mel: Tensor,
+        lengths: Tensor | None,
+        frame_pool: nn.Module | None = None,
+        label_order: list[int] | None = None,
+    ) -> TeacherTargets:
         """Targets of mel (B, n_mels, T): the embedding is ``frame_pool`` on each frame, then the
         masked time mean (B, C); with ``label_order``, also the head's logits (B, n_labels).
 
@@ -140,8 +145,14 @@ def load_teacher(path: str | Path) -> Teacher:
     encoder.eval()
     for p in encoder.parameters():
         p.requires_grad_(False)
-    log.info("teacher: %s encoder from %s (%d layers, width %d, %d mel bins)",
-             kind, path, encoder.dims.n_layer, encoder.dims.n_state, encoder.dims.n_mels)
+    log.info(
+        "teacher: %s encoder from %s (%d layers, width %d, %d mel bins)",
+        kind,
+        path,
+        encoder.dims.n_layer,
+        encoder.dims.n_state,
+        encoder.dims.n_mels,
+    )
     return Teacher(encoder, path, sha, kind, head, labels)
 
 
@@ -186,8 +197,10 @@ class TeacherCache:
             log.warning("ignoring the teacher cache %s: it was written for another teacher or data", path)
             return None
         targets = TeacherTargets(tensors.get("embeddings"), tensors.get("logits"))
-        if any(t is not None and (t.dim() != 2 or t.shape[0] != n) for t in (targets.embeddings, targets.logits)) \
-                or targets.embeddings is None:  # fmt: skip
+        if (
+            any(t is not None and (t.dim() != 2 or t.shape[0] != n) for t in (targets.embeddings, targets.logits))
+            or targets.embeddings is None
+        ):
             log.warning("ignoring the teacher cache %s: it does not hold targets for %d samples", path, n)
             return None
         return targets
@@ -217,7 +230,10 @@ class TeacherCache:
         targets = compute_targets(teacher, dataset, frame_pool, batch_size=batch_size, device=device, progress=progress)
         if write:
             metadata = {"key": key, "teacher": str(teacher.source), "n": str(len(dataset))}
-            tensors = {"embeddings": targets.embeddings, **({"logits": targets.logits} if targets.logits is not None else {})}
+            tensors = {
+                "embeddings": targets.embeddings,
+                **({"logits": targets.logits} if targets.logits is not None else {}),
+            }
             write_tensors(self.path(key), tensors, metadata)
             log.info("teacher embeddings of %d clips written to %s", len(dataset), self.path(key))
         return targets
@@ -228,8 +244,14 @@ def teacher_view(teacher: Teacher, dataset: MelDataset, progress: bool = True) -
     if not dataset.augment and dataset.n_mels == teacher.dims.n_mels:
         return dataset
     view = MelDataset(
-        dataset.samples, dataset.labels, n_mels=teacher.dims.n_mels, pad_to_30s=dataset.pad_to_30s,
-        on_error="raise", augment=False, max_seconds=dataset.max_seconds, progress=progress,
+        dataset.samples,
+        dataset.labels,
+        n_mels=teacher.dims.n_mels,
+        pad_to_30s=dataset.pad_to_30s,
+        on_error="raise",
+        augment=False,
+        max_seconds=dataset.max_seconds,
+        progress=progress,
     )
     if len(view) != len(dataset):
         raise RuntimeError(f"the teacher's view of the data has {len(view)} clips, the student's {len(dataset)}")

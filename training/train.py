@@ -75,8 +75,9 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
 
     teacher = load_teacher(cfg.teacher.path) if cfg.teacher.path else None
     dims = student_dims(cfg.student, cfg.data.n_mels)
-    model = init_student(cfg.student, dims, len(labels), teacher_encoder=teacher.encoder if teacher else None,
-                         seed=cfg.train.seed).to(procs.device)
+    model = init_student(
+        cfg.student, dims, len(labels), teacher_encoder=teacher.encoder if teacher else None, seed=cfg.train.seed
+    ).to(procs.device)
     match = match_widths(cfg, teacher, dims, train_ds, procs)
     if cfg.student.head == "teacher":
         log.info("student head: %s", copy_teacher_head(model, teacher, labels, match.projection))
@@ -85,19 +86,23 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
     plan = make_plan(cfg.train.strategy, cfg.train.schedule, cfg.train.bits)
     log.info("plan: %s", plan.describe())
     if cfg.train.autocast == "bfloat16" and procs.device.type == "cpu" and not native_bfloat16():
-        log.warning("train.autocast bfloat16: this CPU has no bfloat16 matrix hardware, so epochs run slower "
-                    "than in float32 (set train.autocast: none)")
+        log.warning(
+            "train.autocast bfloat16: this CPU has no bfloat16 matrix hardware, so epochs run slower "
+            "than in float32 (set train.autocast: none)"
+        )
     history, first = restore(run, plan, model, match.projection)
     provenance = provenance_of(cfg, plan, len(train_ds))
     sampler = DistributedSampler(train_ds, num_replicas=procs.world, rank=procs.rank, shuffle=True, seed=cfg.train.seed)
-    loader = DataLoader(train_ds, batch_size=cfg.data.batch_size, sampler=sampler, collate_fn=collate,
-                        num_workers=cfg.data.num_workers)
+    loader = DataLoader(
+        train_ds, batch_size=cfg.data.batch_size, sampler=sampler, collate_fn=collate, num_workers=cfg.data.num_workers
+    )
 
     epochs = plan.epochs
     phase: Phase | None = None
     kept = kept_codebooks(cfg, plan, first, model, run.state, procs)  # the branch's codebooks, between its Q phases
-    epoch_bar = tqdm(total=len(epochs), initial=first, desc="epochs", unit="epoch", disable=not run.progress,
-                     dynamic_ncols=True)
+    epoch_bar = tqdm(
+        total=len(epochs), initial=first, desc="epochs", unit="epoch", disable=not run.progress, dynamic_ncols=True
+    )
     with logging_redirect_tqdm():
         for i in range(first, len(epochs)):
             epoch = epochs[i]
@@ -134,28 +139,44 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
 def load_data(cfg: Config, progress: bool) -> tuple[MelDataset, MelDataset | None]:
     """(train, valid) splits; valid is None (with a warning) when the data has none."""
     if Path(cfg.data.root).expanduser().is_file():
-        log.warning("%s is a single manifest: it serves as train, validation and test split alike, so the "
-                    "scores are on training data; pass a folder of train/valid/test manifests", cfg.data.root)
+        log.warning(
+            "%s is a single manifest: it serves as train, validation and test split alike, so the "
+            "scores are on training data; pass a folder of train/valid/test manifests",
+            cfg.data.root,
+        )
     train_ds = load_split(cfg, cfg.data.train_split, None, train=True, progress=progress)
     try:
         valid_ds = load_split(cfg, cfg.data.valid_split, train_ds.labels, train=False, progress=progress)
     except (DatasetError, BadSampleError) as e:
         log.warning("no validation split (%s): per-epoch accuracy is not reported", e)
         valid_ds = None
-    log.info("data: %d training clips, %s validation clips, %d labels", len(train_ds),
-             len(valid_ds) if valid_ds is not None else "no", len(train_ds.labels))
+    log.info(
+        "data: %d training clips, %s validation clips, %d labels",
+        len(train_ds),
+        len(valid_ds) if valid_ds is not None else "no",
+        len(train_ds.labels),
+    )
     return train_ds, valid_ds
 
 
 def load_split(cfg: Config, split: str, labels: list[str] | None, *, train: bool, progress: bool) -> MelDataset:
     d = cfg.data
-    samples = load_samples(Path(d.root).expanduser(), split, headset=d.slurp_headset, synthetic=d.slurp_synthetic and train)
+    samples = load_samples(
+        Path(d.root).expanduser(), split, headset=d.slurp_headset, synthetic=d.slurp_synthetic and train
+    )
     if labels is None:
         labels = label_set(samples)
     return MelDataset(
-        samples, labels, n_mels=d.n_mels, pad_to_30s=d.pad_to_30s, on_error=d.on_error,
-        augment=d.augment and train, seed=cfg.train.seed, max_seconds=d.max_seconds,
-        cache_dir=Path(d.feature_cache).expanduser() if d.feature_cache else None, progress=progress,
+        samples,
+        labels,
+        n_mels=d.n_mels,
+        pad_to_30s=d.pad_to_30s,
+        on_error=d.on_error,
+        augment=d.augment and train,
+        seed=cfg.train.seed,
+        max_seconds=d.max_seconds,
+        cache_dir=Path(d.feature_cache).expanduser() if d.feature_cache else None,
+        progress=progress,
     )
 
 
@@ -174,30 +195,39 @@ class WidthMatch:
     online_teacher: Callable[[Tensor, Tensor], TeacherTargets] | None = None
 
 
-def match_widths(cfg: Config, teacher: Teacher | None, dims: ModelDims, train_ds: MelDataset,
-                 procs: Processes) -> WidthMatch:
+def match_widths(
+    cfg: Config, teacher: Teacher | None, dims: ModelDims, train_ds: MelDataset, procs: Processes
+) -> WidthMatch:
     if cfg.train.strategy == "finetune":
         return WidthMatch(DistillationLoss(cfg.distill.alpha))
     if cfg.distill.kl_weight and teacher.label_order(train_ds.labels) is None:
-        raise ConfigError("distill.kl_weight needs the teacher's logits over the student's labels: a QUADS checkpoint "
-                          f"trained on them, and {teacher.source} is a {teacher.kind} teacher of other labels or none")
+        raise ConfigError(
+            "distill.kl_weight needs the teacher's logits over the student's labels: a QUADS checkpoint "
+            f"trained on them, and {teacher.source} is a {teacher.kind} teacher of other labels or none"
+        )
     frame_pool, projection = None, None
     if cfg.distill.width_match == "maxpool":
         frame_pool = ChannelMaxPool(teacher.width, dims.n_state)
     else:
         torch.manual_seed(cfg.train.seed + 1)
         projection = StudentProjection(dims.n_state, teacher.width).to(procs.device)
-    log.info("width match: %s", frame_pool.describe() if frame_pool else f"learned projection {dims.n_state}->{teacher.width}")
+    log.info(
+        "width match: %s",
+        frame_pool.describe() if frame_pool else f"learned projection {dims.n_state}->{teacher.width}",
+    )
     loss = DistillationLoss(cfg.distill.alpha, projection, cfg.distill.kl_weight, cfg.distill.temperature)
     match = WidthMatch(loss, projection)
     if cfg.teacher.cache:
         match.targets = teacher_targets(cfg, teacher, train_ds, frame_pool, procs)
     elif teacher.dims.n_mels != cfg.data.n_mels:
-        raise ConfigError(f"teacher.cache=false runs the teacher on the student's features, but it takes "
-                          f"{teacher.dims.n_mels} mel bins and data.n_mels={cfg.data.n_mels}; enable the cache")
+        raise ConfigError(
+            f"teacher.cache=false runs the teacher on the student's features, but it takes "
+            f"{teacher.dims.n_mels} mel bins and data.n_mels={cfg.data.n_mels}; enable the cache"
+        )
     else:
-        match.online_teacher = partial(teacher.to(procs.device).targets, frame_pool=frame_pool,
-                                       label_order=teacher.label_order(train_ds.labels))
+        match.online_teacher = partial(
+            teacher.to(procs.device).targets, frame_pool=frame_pool, label_order=teacher.label_order(train_ds.labels)
+        )
     return match
 
 
@@ -226,16 +256,25 @@ class Phase:
     quantizer: KMeansQuantizer | None = None
 
 
-def start_phase(cfg: Config, plan: Plan, epoch: Epoch, model: IntentClassifier, match: WidthMatch,
-                procs: Processes, resumed: RunState | None, kept: KMeansQuantizer | None) -> Phase:
+def start_phase(
+    cfg: Config,
+    plan: Plan,
+    epoch: Epoch,
+    model: IntentClassifier,
+    match: WidthMatch,
+    procs: Processes,
+    resumed: RunState | None,
+    kept: KMeansQuantizer | None,
+) -> Phase:
     """A fresh optimizer (the weights just jumped, to or from the codebooks), and for Q the k-means
     fit, or ``kept``'s assignments with ``quant.labels: fixed``. When a resume lands in the middle
     of a phase, the codebooks and the optimizer come back from the ``resumed`` state instead."""
     quantizer = None
     mid_phase = resumed is not None and epoch.epoch_in_phase > 0
     if epoch.kind == "Q":
-        quantizer = KMeansQuantizer(model, plan.branches[epoch.branch].train_bits, cfg.quant.kmeans_iters,
-                                    cfg.quant.centroid_update)  # fmt: skip
+        quantizer = KMeansQuantizer(
+            model, plan.branches[epoch.branch].train_bits, cfg.quant.kmeans_iters, cfg.quant.centroid_update
+        )
         loss = QuantizationLoss(quantizer, cfg.quant.centroid_weight)
         if mid_phase and resumed.quantizer is not None:
             quantizer.load_state_dict(quantizer_state(resumed, procs))
@@ -248,20 +287,27 @@ def start_phase(cfg: Config, plan: Plan, epoch: Epoch, model: IntentClassifier, 
         optimizer.load_state_dict(resumed.optimizer)
     step_module = TrainStep(model, loss, autocast=None if cfg.train.autocast == "none" else torch.bfloat16)
     if procs.world > 1:
-        step_module = DistributedDataParallel(step_module, broadcast_buffers=False,
-                                              device_ids=[procs.device.index] if procs.device.type == "cuda" else None)
+        step_module = DistributedDataParallel(
+            step_module,
+            broadcast_buffers=False,
+            device_ids=[procs.device.index] if procs.device.type == "cuda" else None,
+        )
     return Phase(loss, optimizer, step_module, quantizer)
 
 
 def quantizer_state(state: RunState, procs: Processes) -> dict:
     """The saved codebooks of ``state``, on this process's device."""
     q = state.quantizer
-    return {"bits": q["bits"], "centroids": {n: t.to(procs.device) for n, t in q["centroids"].items()},
-            "labels": {n: t.to(procs.device) for n, t in q["labels"].items()}}  # fmt: skip
+    return {
+        "bits": q["bits"],
+        "centroids": {n: t.to(procs.device) for n, t in q["centroids"].items()},
+        "labels": {n: t.to(procs.device) for n, t in q["labels"].items()},
+    }
 
 
-def kept_codebooks(cfg: Config, plan: Plan, i: int, model: IntentClassifier, state: RunState | None,
-                   procs: Processes) -> KMeansQuantizer | None:
+def kept_codebooks(
+    cfg: Config, plan: Plan, i: int, model: IntentClassifier, state: RunState | None, procs: Processes
+) -> KMeansQuantizer | None:
     """On resuming at epoch ``i`` inside a branch with ``quant.labels: fixed``: the assignments
     its earlier Q phase fitted, from the saved state (None when there is nothing to keep)."""
     if state is None or state.quantizer is None or cfg.quant.labels != "fixed" or plan.starts_branch(i):
@@ -271,57 +317,117 @@ def kept_codebooks(cfg: Config, plan: Plan, i: int, model: IntentClassifier, sta
     return kept
 
 
-def run_epoch(cfg: Config, plan: Plan, epoch: Epoch, phase: Phase, model: IntentClassifier, loader: DataLoader,
-              match: WidthMatch, valid_ds: MelDataset | None, run: Run) -> dict:
+def run_epoch(
+    cfg: Config,
+    plan: Plan,
+    epoch: Epoch,
+    phase: Phase,
+    model: IntentClassifier,
+    loader: DataLoader,
+    match: WidthMatch,
+    valid_ds: MelDataset | None,
+    run: Run,
+) -> dict:
     """Train one epoch, evaluate on the validation split, log it; returns its history record."""
     steps, distilling = len(loader), epoch.kind == "D"
-    schedule = (PhaseSchedule(epoch.epoch_in_phase * steps, epoch.phase_epochs * steps, decay=True) if epoch.kind == "Q"
-                else PhaseSchedule(epoch.epoch_in_phase * steps, epoch.phase_epochs * steps,
-                                   warmup=cfg.distill.warmup_steps, decay=cfg.distill.decay))
+    schedule = (
+        PhaseSchedule(epoch.epoch_in_phase * steps, epoch.phase_epochs * steps, decay=True)
+        if epoch.kind == "Q"
+        else PhaseSchedule(
+            epoch.epoch_in_phase * steps,
+            epoch.phase_epochs * steps,
+            warmup=cfg.distill.warmup_steps,
+            decay=cfg.distill.decay,
+        )
+    )
     branch = plan.branches[epoch.branch]
     desc = f"epoch {epoch.index + 1}/{len(plan.pattern)} {branch.name} {epoch.kind}"
     started = time.perf_counter()
-    parts = train_epoch(phase.step_module, loader, phase.optimizer, device=run.procs.device,
-                        snap=phase.loss.snap if phase.quantizer is not None else None,
-                        targets=match.targets if distilling else None,
-                        online_teacher=match.online_teacher if distilling else None,
-                        schedule=schedule, grad_clip=cfg.distill.grad_clip if epoch.kind != "Q" else 0.0,
-                        desc=desc, progress=run.progress)
+    parts = train_epoch(
+        phase.step_module,
+        loader,
+        phase.optimizer,
+        device=run.procs.device,
+        snap=phase.loss.snap if phase.quantizer is not None else None,
+        targets=match.targets if distilling else None,
+        online_teacher=match.online_teacher if distilling else None,
+        schedule=schedule,
+        grad_clip=cfg.distill.grad_clip if epoch.kind != "Q" else 0.0,
+        desc=desc,
+        progress=run.progress,
+    )
     parts = all_reduce_mean(parts, run.procs)
-    record = {"branch": branch.name, "epoch": epoch.index + 1, "phase": epoch.kind, **parts,
-              "lr": phase.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
+    record = {
+        "branch": branch.name,
+        "epoch": epoch.index + 1,
+        "phase": epoch.kind,
+        **parts,
+        "lr": phase.optimizer.param_groups[0]["lr"],
+        "seconds": time.perf_counter() - started,
+    }
     if run.procs.main and valid_ds is not None and cfg.train.eval_every_epoch:
         metrics = evaluate_model(model, valid_ds, device=run.procs.device)  # its own batch size: throughput only
         record.update(valid_accuracy=metrics["accuracy"], valid_f1=metrics["macro_f1"])
-    log.info("%s (%s): %s%s, %.1f s", desc, PHASE_NAMES[epoch.kind], " ".join(f"{k} {v:.4g}" for k, v in parts.items()),
-             f" | valid accuracy {100 * record['valid_accuracy']:.2f}% F1 {100 * record['valid_f1']:.2f}%"
-             if "valid_accuracy" in record else "", record["seconds"])
+    log.info(
+        "%s (%s): %s%s, %.1f s",
+        desc,
+        PHASE_NAMES[epoch.kind],
+        " ".join(f"{k} {v:.4g}" for k, v in parts.items()),
+        f" | valid accuracy {100 * record['valid_accuracy']:.2f}% F1 {100 * record['valid_f1']:.2f}%"
+        if "valid_accuracy" in record
+        else "",
+        record["seconds"],
+    )
     return record
 
 
-def end_epoch(cfg: Config, run: Run, plan: Plan, i: int, model: IntentClassifier, labels: list[str], phase: Phase,
-              kept: KMeansQuantizer | None, match: WidthMatch, history: list[dict], provenance: dict,
-              valid_ds: MelDataset | None) -> None:
+def end_epoch(
+    cfg: Config,
+    run: Run,
+    plan: Plan,
+    i: int,
+    model: IntentClassifier,
+    labels: list[str],
+    phase: Phase,
+    kept: KMeansQuantizer | None,
+    match: WidthMatch,
+    history: list[dict],
+    provenance: dict,
+    valid_ds: MelDataset | None,
+) -> None:
     """Rank 0 writes the branch's checkpoints if it ends here, then the resume state that says this
     epoch is done: a kill between the two repeats the epoch and rewrites the same files."""
     if run.procs.main:
         branch = plan.branches[plan.epochs[i].branch]
         if plan.ends_branch(i) and not branch.shared:
             export_branch(cfg, model, labels, branch, phase.quantizer, provenance, valid_ds)
-        save_state(run.state_path, RunState(
-            i + 1, model.state_dict(), phase.optimizer.state_dict(),
-            kept.state_dict() if kept is not None else None,  # the branch's codebooks, in D epochs too
-            match.projection.state_dict() if match.projection is not None else None,
-            history, {"plan": plan_info(plan)},
-        ))
+        save_state(
+            run.state_path,
+            RunState(
+                i + 1,
+                model.state_dict(),
+                phase.optimizer.state_dict(),
+                kept.state_dict() if kept is not None else None,  # the branch's codebooks, in D epochs too
+                match.projection.state_dict() if match.projection is not None else None,
+                history,
+                {"plan": plan_info(plan)},
+            ),
+        )
     run.procs.barrier()
 
 
 # ---------------------------------------------------------------------------------- report
 
 
-def final_report(cfg: Config, plan: Plan, labels: list[str], train_ds: MelDataset, valid_ds: MelDataset | None,
-                 history: list[dict], procs: Processes) -> dict:
+def final_report(
+    cfg: Config,
+    plan: Plan,
+    labels: list[str],
+    train_ds: MelDataset,
+    valid_ds: MelDataset | None,
+    history: list[dict],
+    procs: Processes,
+) -> dict:
     """Evaluate every exported checkpoint on the test split (else validation) and write the reports."""
     split, dataset = cfg.data.test_split, None
     try:
@@ -335,14 +441,27 @@ def final_report(cfg: Config, plan: Plan, labels: list[str], train_ds: MelDatase
         result = evaluate_checkpoint(checkpoint, dataset, split, device=procs.device)
         made = {k: checkpoint.provenance.get(k) for k in ("branch", "quantization")}
         rows.append({"strategy": cfg.train.strategy, "init": cfg.student.init, **made, **summary(result)})
-        log.info("%s: %s accuracy %.2f%%, macro F1 %.2f%%, %.2f MB", path.name, split, 100 * result["accuracy"],
-                 100 * result["macro_f1"], result["file_bytes"] / 2**20)
+        log.info(
+            "%s: %s accuracy %.2f%%, macro F1 %.2f%%, %.2f MB",
+            path.name,
+            split,
+            100 * result["accuracy"],
+            100 * result["macro_f1"],
+            result["file_bytes"] / 2**20,
+        )
     report = {
         "run": {
-            "name": cfg.train.name, "strategy": cfg.train.strategy, "init": cfg.student.init,
-            "teacher": cfg.teacher.path, "schedule": plan.pattern, "seed": cfg.train.seed, "data": cfg.data.root,
-            "n_train": len(train_ds), "n_valid": len(valid_ds) if valid_ds is not None else 0,
-            "n_labels": len(labels), "skipped_train": [f"{p}: {r}" for p, r in train_ds.skipped],
+            "name": cfg.train.name,
+            "strategy": cfg.train.strategy,
+            "init": cfg.student.init,
+            "teacher": cfg.teacher.path,
+            "schedule": plan.pattern,
+            "seed": cfg.train.seed,
+            "data": cfg.data.root,
+            "n_train": len(train_ds),
+            "n_valid": len(valid_ds) if valid_ds is not None else 0,
+            "n_labels": len(labels),
+            "skipped_train": [f"{p}: {r}" for p, r in train_ds.skipped],
         },
         "config": cfg.model_dump(),
         "results": rows,

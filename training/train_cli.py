@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="quads-train",
         description="Train a QUADS intent classifier: fine-tune, distil, and k-means quantize (MCT).",
         epilog="Any config value: --set section.key=value (sections: data, student, teacher, distill, quant, train). "
-               "See docs/training.md.",
+        "See docs/training.md.",
     )
     p.add_argument("--config", help="YAML config file (see config.yaml in any run's output folder)")
     p.add_argument("--data", help="FSC root, SLURP root, or a manifest (.csv/.jsonl)")
@@ -50,10 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> Config:
     """Defaults < --config file (or, with --resume, the run's saved config.yaml) < flags < --set."""
     flags = {
-        ("data", "root"): args.data, ("train", "out"): args.out, ("train", "name"): args.name,
-        ("train", "strategy"): args.strategy, ("train", "bits"): args.bits, ("teacher", "path"): args.teacher,
-        ("student", "init"): args.init, ("train", "schedule"): args.schedule, ("train", "seed"): args.seed,
-        ("data", "batch_size"): args.batch_size, ("train", "device"): args.device, ("train", "threads"): args.threads,
+        ("data", "root"): args.data,
+        ("train", "out"): args.out,
+        ("train", "name"): args.name,
+        ("train", "strategy"): args.strategy,
+        ("train", "bits"): args.bits,
+        ("teacher", "path"): args.teacher,
+        ("student", "init"): args.init,
+        ("train", "schedule"): args.schedule,
+        ("train", "seed"): args.seed,
+        ("data", "batch_size"): args.batch_size,
+        ("train", "device"): args.device,
+        ("train", "threads"): args.threads,
         ("train", "progress"): False if args.no_progress else None,
     }
     updates = [{section: {key: value}} for (section, key), value in flags.items() if value is not None]
@@ -73,8 +81,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
         requested = cfg if args.config else resolve(saved_path)
         changed = [k for k in differences(load_config(saved_path), requested) if k not in RESUMABLE_CHANGES]
         if changed:
-            raise ConfigError(f"--resume continues the run saved in {saved_path}, but these settings differ: "
-                              f"{', '.join(changed)}; drop them, or start a new run with another --out")
+            raise ConfigError(
+                f"--resume continues the run saved in {saved_path}, but these settings differ: "
+                f"{', '.join(changed)}; drop them, or start a new run with another --out"
+            )
         cfg = requested
     return cfg
 
@@ -93,8 +103,15 @@ def cli(argv: list[str] | None = None) -> int:
     try:
         cfg = config_from_args(args)
         train(cfg, resume=args.resume)
-    except (ConfigError, DatasetError, BadSampleError, StudentInitError, CheckpointError, RunStateError,
-            WhisperImportError) as e:
+    except (
+        ConfigError,
+        DatasetError,
+        BadSampleError,
+        StudentInitError,
+        CheckpointError,
+        RunStateError,
+        WhisperImportError,
+    ) as e:
         print(f"quads-train: error: {e}", file=sys.stderr)
         return 2
     return 0

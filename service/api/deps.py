@@ -42,7 +42,9 @@ async def get_engine(request: Request) -> InferenceEngine:
     engine = request.app.state.engine
     if engine is None:
         raise ProblemError(
-            503, "not-ready", "the model is not loaded yet (or the service is stopping); retry shortly",
+            503,
+            "not-ready",
+            "the model is not loaded yet (or the service is stopping); retry shortly",
             headers={"Retry-After": "1"},
         )
     return engine
@@ -86,7 +88,8 @@ async def read_audio(request: Request, max_bytes: int) -> bytes:
     if carries_audio(media_type):
         return await request.body()
     raise ProblemError(
-        415, "unsupported-media-type",
+        415,
+        "unsupported-media-type",
         f"content type {media_type or '(none)'!r} is not accepted; send multipart/form-data with the audio "
         f"in field {FILE_FIELD!r} (curl -F {FILE_FIELD}=@clip.wav) or a raw body with an audio/* "
         "content type (curl -H 'Content-Type: audio/wav' --data-binary @clip.wav)",
@@ -104,17 +107,18 @@ async def _read_multipart_file(request: Request, max_bytes: int) -> bytes:
         if upload is None:
             present = ", ".join(repr(k) for k in form.keys()) or "none"
             raise ProblemError(
-                422, "missing-file",
+                422,
+                "missing-file",
                 f"the multipart body has no field {FILE_FIELD!r} (fields present: {present}); "
                 f"send the audio as curl -F {FILE_FIELD}=@clip.wav",
             )
         if not isinstance(upload, UploadFile):
             raise ProblemError(
-                422, "file-not-uploaded",
+                422,
+                "file-not-uploaded",
                 f"field {FILE_FIELD!r} is a plain form value, not a file; send it as a file part with a filename "
                 f"(curl -F {FILE_FIELD}=@clip.wav)",
             )
         return await upload.read()
     finally:
         await form.close()
-

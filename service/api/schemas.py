@@ -9,15 +9,17 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from core.frames import Frame, FrameTable
 
-
 if TYPE_CHECKING:
     from service.engine import InferenceEngine
 
 
 class IntentScore(BaseModel):
     intent: str = Field(description="An intent of the model.", examples=["activate_lights_none"])
-    slots: dict[str, str] = Field(default_factory=dict, description="The slot values this intent is scored with "
-                                  "(a model built from a context scores each combination of intent and slots).")
+    slots: dict[str, str] = Field(
+        default_factory=dict,
+        description="The slot values this intent is scored with "
+        "(a model built from a context scores each combination of intent and slots).",
+    )
     confidence: float = Field(ge=0, le=1, description="Softmax probability of this intent.")
 
 
@@ -53,43 +55,65 @@ class StageTimings(BaseModel):
 
 
 class IntentResponse(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "understood": True,
-        "intent": "activate_lights_none",
-        "confidence": 0.353,
-        "slots": {},
-        "top_k": [{"intent": "activate_lights_none", "slots": {}, "confidence": 0.353},
-                  {"intent": "deactivate_lights_none", "slots": {}, "confidence": 0.235},
-                  {"intent": "decrease_volume_none", "slots": {}, "confidence": 0.159}],
-        "audio_seconds": 1.196,
-        "model": {"name": "quads-fsc-4bit", "bits": 4, "file_bytes": 3906792},
-        "timing_ms": {"decode": 6.3, "features": 1.6, "inference": 9.9, "total": 20.5},
-    }, {
-        "understood": False,
-        "intent": None,
-        "confidence": 0.001,
-        "slots": {},
-        "top_k": [{"intent": "increase_heat_none", "slots": {}, "confidence": 0.001},
-                  {"intent": "decrease_volume_none", "slots": {}, "confidence": 0.001},
-                  {"intent": "increase_volume_none", "slots": {}, "confidence": 0.001}],
-        "audio_seconds": 1.105,
-        "model": {"name": "quads-fsc-4bit", "bits": 4, "file_bytes": 3906792},
-        "timing_ms": {"decode": 3.4, "features": 0.7, "inference": 9.4, "total": 14.0},
-    }]})  # the README's quickstart answer, then a question ("what time is it?") the model refuses
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "understood": True,
+                    "intent": "activate_lights_none",
+                    "confidence": 0.353,
+                    "slots": {},
+                    "top_k": [
+                        {"intent": "activate_lights_none", "slots": {}, "confidence": 0.353},
+                        {"intent": "deactivate_lights_none", "slots": {}, "confidence": 0.235},
+                        {"intent": "decrease_volume_none", "slots": {}, "confidence": 0.159},
+                    ],
+                    "audio_seconds": 1.196,
+                    "model": {"name": "quads-fsc-4bit", "bits": 4, "file_bytes": 3906792},
+                    "timing_ms": {"decode": 6.3, "features": 1.6, "inference": 9.9, "total": 20.5},
+                },
+                {
+                    "understood": False,
+                    "intent": None,
+                    "confidence": 0.001,
+                    "slots": {},
+                    "top_k": [
+                        {"intent": "increase_heat_none", "slots": {}, "confidence": 0.001},
+                        {"intent": "decrease_volume_none", "slots": {}, "confidence": 0.001},
+                        {"intent": "increase_volume_none", "slots": {}, "confidence": 0.001},
+                    ],
+                    "audio_seconds": 1.105,
+                    "model": {"name": "quads-fsc-4bit", "bits": 4, "file_bytes": 3906792},
+                    "timing_ms": {"decode": 3.4, "features": 0.7, "inference": 9.4, "total": 14.0},
+                },
+            ]
+        }
+    )  # the README's quickstart answer, then a question ("what time is it?") the model refuses
 
-    understood: bool = Field(description="False when the clip is none of the model's commands (speech or a sound "
-                             "that is not a command, or a command heard too unsure): then `intent` is null.")
-    intent: str | None = Field(description="The command understood; null when `understood` is false.",
-                               examples=["activate_lights_none"])
-    confidence: float = Field(ge=0, le=1, description="Softmax probability of the most probable intent "
-                              "(given also when it is not understood).")
-    slots: dict[str, str] = Field(default_factory=dict, description="Slot values of the intent, as the context's "
-                                  "lists give them (a value's `out` form when it has one), plus the sentence's fixed "
-                                  "slots; a slot the sentence leaves out is absent. Empty when not understood, and "
-                                  "for models whose intents name every slot (the FSC models).",
-                                  examples=[{"channel": "four"}])
-    top_k: list[IntentScore] = Field(description="The top_k most probable intents, most probable first (given also "
-                                     "when not understood, for debugging).")
+    understood: bool = Field(
+        description="False when the clip is none of the model's commands (speech or a sound "
+        "that is not a command, or a command heard too unsure): then `intent` is null."
+    )
+    intent: str | None = Field(
+        description="The command understood; null when `understood` is false.", examples=["activate_lights_none"]
+    )
+    confidence: float = Field(
+        ge=0,
+        le=1,
+        description="Softmax probability of the most probable intent (given also when it is not understood).",
+    )
+    slots: dict[str, str] = Field(
+        default_factory=dict,
+        description="Slot values of the intent, as the context's "
+        "lists give them (a value's `out` form when it has one), plus the sentence's fixed "
+        "slots; a slot the sentence leaves out is absent. Empty when not understood, and "
+        "for models whose intents name every slot (the FSC models).",
+        examples=[{"channel": "four"}],
+    )
+    top_k: list[IntentScore] = Field(
+        description="The top_k most probable intents, most probable first (given also "
+        "when not understood, for debugging)."
+    )
     audio_seconds: float = Field(description="Duration of the decoded audio.")
     model: ModelSummary
     timing_ms: StageTimings
@@ -105,22 +129,32 @@ class ContextInfo(BaseModel):
 class ModelInfo(BaseModel):
     name: str
     labels: list[str] = Field(description="The intents an answer can name (the refusal class is not one).")
-    context: ContextInfo | None = Field(None, description="The context the model understands; null for a "
-                                        "model trained on labelled data (the FSC models).")
+    context: ContextInfo | None = Field(
+        None,
+        description="The context the model understands; null for a model trained on labelled data (the FSC models).",
+    )
     can_refuse: bool = Field(description="Whether the model was trained to refuse non-commands and sounds.")
-    confidence_threshold: float = Field(description="Below this probability the best intent is not understood "
-                                        "(QUADS_CONFIDENCE_THRESHOLD, else the checkpoint's calibrated value).")
+    confidence_threshold: float = Field(
+        description="Below this probability the best intent is not understood "
+        "(QUADS_CONFIDENCE_THRESHOLD, else the checkpoint's calibrated value)."
+    )
     bits: int
     params: int = Field(description="Number of parameters.")
     file_bytes: int = Field(description="Size of the checkpoint file (packed codes).")
-    memory_bytes: int = Field(description="Bytes of the loaded model: dequantized, its matrix weights in the compute dtype.")
+    memory_bytes: int = Field(
+        description="Bytes of the loaded model: dequantized, its matrix weights in the compute dtype."
+    )
     dims: dict[str, int] = Field(description="Architecture (ModelDims).")
     sha256: str = Field(description="Content hash stored in the checkpoint.")
     max_audio_seconds: float = Field(description="Longest clip accepted.")
-    precision: str = Field(description="The matrix products' precision: float32, bfloat16 or int8 (QUADS_PRECISION; "
-                           "auto: chosen on this CPU at start).")
-    compute_path: str = Field(description="The precision and kernels chosen at start, e.g. float32-onednn or "
-                              "bfloat16-torch (service.compute_path).")
+    precision: str = Field(
+        description="The matrix products' precision: float32, bfloat16 or int8 (QUADS_PRECISION; "
+        "auto: chosen on this CPU at start)."
+    )
+    compute_path: str = Field(
+        description="The precision and kernels chosen at start, e.g. float32-onednn or "
+        "bfloat16-torch (service.compute_path)."
+    )
     # The head's outputs, refusal class included, and where it is: what answers are decided on.
     _outputs: list[str] = PrivateAttr(default_factory=list)
     _refusal_index: int | None = PrivateAttr(None)
@@ -132,16 +166,27 @@ class ModelInfo(BaseModel):
         ``threshold``: QUADS_CONFIDENCE_THRESHOLD (None: the checkpoint's)."""
         checkpoint = engine.checkpoint
         info = cls(
-            name=engine.model_name, labels=checkpoint.intents, can_refuse=checkpoint.refusal_index is not None,
+            name=engine.model_name,
+            labels=checkpoint.intents,
+            can_refuse=checkpoint.refusal_index is not None,
             confidence_threshold=checkpoint.threshold if threshold is None else threshold,
-            bits=checkpoint.bits, params=checkpoint.n_params,
-            file_bytes=checkpoint.file_bytes, memory_bytes=checkpoint.memory_bytes, dims=checkpoint.dims.to_dict(),
-            sha256=checkpoint.sha256, max_audio_seconds=engine.max_audio_seconds, precision=engine.compute_dtype,
+            bits=checkpoint.bits,
+            params=checkpoint.n_params,
+            file_bytes=checkpoint.file_bytes,
+            memory_bytes=checkpoint.memory_bytes,
+            dims=checkpoint.dims.to_dict(),
+            sha256=checkpoint.sha256,
+            max_audio_seconds=engine.max_audio_seconds,
+            precision=engine.compute_dtype,
             compute_path=engine.compute_path,
         )
         if (frames := checkpoint.frames) is not None:
-            info.context = ContextInfo(name=frames.context.get("name", ""), sha256=frames.context.get("sha256", ""),
-                                       language=frames.context.get("language", ""), slots=frames.slot_values)
+            info.context = ContextInfo(
+                name=frames.context.get("name", ""),
+                sha256=frames.context.get("sha256", ""),
+                language=frames.context.get("language", ""),
+                slots=frames.slot_values,
+            )
         info._outputs, info._refusal_index = list(checkpoint.labels), checkpoint.refusal_index
         info._frames = checkpoint.frames
         return info

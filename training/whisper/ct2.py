@@ -84,7 +84,9 @@ def _parse(reader: _Reader, prefix: str) -> dict[str, Tensor]:
     path = reader.path
     (version,) = reader.unpack("I", "the binary version")
     if not 1 <= version <= MAX_BINARY_VERSION:
-        raise CT2FormatError(f"{path}: binary version {version}; expected a CTranslate2 model.bin (1-{MAX_BINARY_VERSION})")
+        raise CT2FormatError(
+            f"{path}: binary version {version}; expected a CTranslate2 model.bin (1-{MAX_BINARY_VERSION})"
+        )
     spec = reader.string("the spec name") if version >= 2 else ""
     if spec != WHISPER_SPEC:
         raise CT2FormatError(f"{path}: a CTranslate2 {spec or 'unnamed'} model; expected a {WHISPER_SPEC} (Whisper)")
@@ -109,7 +111,7 @@ def _parse(reader: _Reader, prefix: str) -> dict[str, Tensor]:
         shape, dtype, span = index[target]
         data = bytearray(reader.buffer[span])
         tensor = torch.frombuffer(data, dtype=dtype) if data else torch.empty(0, dtype=dtype)
-        variables[name[len(prefix):]] = tensor.reshape(shape)
+        variables[name[len(prefix) :]] = tensor.reshape(shape)
     return variables
 
 
@@ -129,8 +131,9 @@ def _variable_header(reader: _Reader, name: str) -> tuple[tuple[int, ...], torch
     for d in shape:
         numel *= d
     if numel * dtype.itemsize != nbytes:
-        raise CT2FormatError(f"{path}: {name} has shape {shape} of {dtype} ({numel * dtype.itemsize} bytes) "
-                             f"but says {nbytes} bytes")  # fmt: skip
+        raise CT2FormatError(
+            f"{path}: {name} has shape {shape} of {dtype} ({numel * dtype.itemsize} bytes) but says {nbytes} bytes"
+        )
     return shape, dtype, reader.skip(nbytes, f"{name}'s {nbytes} bytes of data")
 
 
@@ -154,31 +157,42 @@ def read_ct2_encoder(directory: Path) -> tuple[ModelDims, dict[str, Tensor]]:
     """Dims and an openai-whisper-named encoder state dict from a CTranslate2 Whisper directory."""
     path = directory / "model.bin"
     if not path.is_file():
-        raise CT2FormatError(f"{directory}: no model.bin; expected a CTranslate2 Whisper directory (config.json + model.bin)")
+        raise CT2FormatError(
+            f"{directory}: no model.bin; expected a CTranslate2 Whisper directory (config.json + model.bin)"
+        )
     variables = _dequantize(read_ct2_variables(path), path)
     try:
         dims = _dims(variables, path)
     except KeyError as e:
         raise CT2FormatError(f"{path}: a WhisperSpec without the encoder variable {e}") from None
     state: dict[str, Tensor] = {
-        "conv1.weight": variables["conv1/weight"], "conv1.bias": variables["conv1/bias"],
-        "conv2.weight": variables["conv2/weight"], "conv2.bias": variables["conv2/bias"],
-        "ln_post.weight": variables["layer_norm/gamma"], "ln_post.bias": variables["layer_norm/beta"],
+        "conv1.weight": variables["conv1/weight"],
+        "conv1.bias": variables["conv1/bias"],
+        "conv2.weight": variables["conv2/weight"],
+        "conv2.bias": variables["conv2/bias"],
+        "ln_post.weight": variables["layer_norm/gamma"],
+        "ln_post.bias": variables["layer_norm/beta"],
         "positional_embedding": variables["position_encodings/encodings"],
-    }  # fmt: skip
+    }
     for i in range(dims.n_layer):
         src, dst = f"layer_{i}/", f"blocks.{i}."
         try:
             qkv_w = variables[src + "self_attention/linear_0/weight"]
             qkv_b = variables[src + "self_attention/linear_0/bias"]
             if qkv_w.shape[0] != 3 * dims.n_state:
-                raise CT2FormatError(f"{path}: {src}self_attention/linear_0 has {qkv_w.shape[0]} rows; "
-                                     f"a fused q,k,v projection of width {dims.n_state} has {3 * dims.n_state}")  # fmt: skip
+                raise CT2FormatError(
+                    f"{path}: {src}self_attention/linear_0 has {qkv_w.shape[0]} rows; "
+                    f"a fused q,k,v projection of width {dims.n_state} has {3 * dims.n_state}"
+                )
             for j, part in enumerate(("query", "key", "value")):
                 state[f"{dst}attn.{part}.weight"] = qkv_w[j * dims.n_state : (j + 1) * dims.n_state]
                 if part != "key":  # Whisper's key projection has no bias; CTranslate2 stores zeros there
                     state[f"{dst}attn.{part}.bias"] = qkv_b[j * dims.n_state : (j + 1) * dims.n_state]
-            for ours, theirs in (("attn.out", "self_attention/linear_1"), ("mlp.0", "ffn/linear_0"), ("mlp.2", "ffn/linear_1")):
+            for ours, theirs in (
+                ("attn.out", "self_attention/linear_1"),
+                ("mlp.0", "ffn/linear_0"),
+                ("mlp.2", "ffn/linear_1"),
+            ):
                 state[f"{dst}{ours}.weight"] = variables[f"{src}{theirs}/weight"]
                 state[f"{dst}{ours}.bias"] = variables[f"{src}{theirs}/bias"]
             for ours, theirs in (("attn_ln", "self_attention/layer_norm"), ("mlp_ln", "ffn/layer_norm")):
@@ -197,8 +211,10 @@ def _dims(variables: dict[str, Tensor], path: Path) -> ModelDims:
     n_layer = len({name.split("/")[0] for name in variables if re.match(r"layer_\d+/", name)})
     n_ctx = variables["position_encodings/encodings"].shape[0]
     if not (1 <= n_state <= MAX_STATE and 1 <= n_layer <= MAX_LAYERS and 1 <= n_mels <= 512 and 1 <= n_ctx <= 1 << 16):
-        raise CT2FormatError(f"{path}: encoder dims n_state={n_state}, n_layer={n_layer}, n_mels={n_mels}, n_ctx={n_ctx} "
-                             f"are outside what any Whisper uses (n_state <= {MAX_STATE}, n_layer <= {MAX_LAYERS})")  # fmt: skip
+        raise CT2FormatError(
+            f"{path}: encoder dims n_state={n_state}, n_layer={n_layer}, n_mels={n_mels}, n_ctx={n_ctx} "
+            f"are outside what any Whisper uses (n_state <= {MAX_STATE}, n_layer <= {MAX_LAYERS})"
+        )
     heads = variables.get("num_heads")
     # Every Whisper has 64-dimensional heads; older converters did not store the count.
     n_head = int(heads.item()) if heads is not None and heads.numel() == 1 else max(1, n_state // 64)

