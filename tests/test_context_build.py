@@ -1,4 +1,4 @@
-"""quads-demo --context (training.context_build): a tiny context built end to end, resumed, and
+"""quads-demo --context (training.experiments.context_build): a tiny context built end to end, resumed, and
 bad contexts refused before anything is written."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from core.refusal import REFUSAL_LABEL
 from tests.training_corpus import random_teacher
 from training import context_build
 from training.context import ContextError
-from training.context_build import BuildPreset, build
-from training.demo import cli
+from training.experiments.context_build import BuildPreset, build
+from training.experiments.demo import cli
 
 CHANNELS = Path(__file__).resolve().parent / "contexts" / "channels.yaml"
 TINY = BuildPreset(
@@ -86,7 +86,7 @@ def test_too_many_frames_are_refused_before_anything_is_written(tmp_path, monkey
 
 def test_intent_accuracy_counts_a_wrong_slot_as_the_right_intent():
     from core.frames import FrameTable
-    from training.context_report import intent_accuracy
+    from training.experiments.context_report import intent_accuracy
 
     class Checkpointish:  # what intent_accuracy asks of a checkpoint: each label's frame
         frames = FrameTable.of([Frame("Play"), Frame("Set", {"c": "1"}), Frame("Set", {"c": "2"})])
@@ -105,7 +105,7 @@ def test_intent_accuracy_counts_a_wrong_slot_as_the_right_intent():
 
 def test_held_out_sentences_are_a_tenth_of_each_large_frame_and_keep_its_label():
     from training.context import load_context
-    from training.context_build import hold_out
+    from training.experiments.context_build import hold_out
 
     context = load_context("coffee-machine")
     kept, held = hold_out(context, seed=0)
@@ -122,7 +122,7 @@ def test_held_out_sentences_are_a_tenth_of_each_large_frame_and_keep_its_label()
 
 def test_out_of_domain_speech_leaves_out_what_the_context_says():
     from training.context import load_context, normalize
-    from training.context_build import out_of_domain
+    from training.experiments.context_build import out_of_domain
 
     media = load_context("media-player")
     ood = out_of_domain(media, "not-commands", "fsc")

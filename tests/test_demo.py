@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from training.demo import PRESETS, TEST_CORPORA, cli, write_demo_report
+from training.experiments.demo import PRESETS, TEST_CORPORA, cli, write_demo_report
 
 
 def row(strategy, init, bits, acc):

@@ -1,4 +1,5 @@
-"""The package layers: ``core`` stands alone, ``service`` never reaches into ``training``.
+"""The package layers: ``core`` stands alone, ``service`` never reaches into ``training``, and the
+training library never imports its experiments (``training.experiments``: recipes that call it).
 
 Read from the source (every import statement, at any depth), so an import inside a function
 counts too.
@@ -12,18 +13,23 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def imported_packages(package: str) -> dict[str, set[str]]:
-    """file -> the top-level packages it imports."""
+def imported_modules(package: str) -> dict[str, set[str]]:
+    """file -> the modules it imports, by full name."""
     found = {}
     for path in sorted((REPO / package).rglob("*.py")):
         names = set()
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
-                names |= {alias.name.split(".")[0] for alias in node.names}
+                names |= {alias.name for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names.add(node.module.split(".")[0])
+                names.add(node.module)
         found[str(path.relative_to(REPO))] = names
     return found
+
+
+def imported_packages(package: str) -> dict[str, set[str]]:
+    """file -> the top-level packages it imports."""
+    return {path: {name.split(".")[0] for name in names} for path, names in imported_modules(package).items()}
 
 
 @pytest.mark.parametrize(
@@ -38,3 +44,14 @@ def test_a_layer_never_imports_the_ones_above_it(package, forbidden):
 
 def test_the_service_uses_the_shared_core():
     assert any("core" in names for names in imported_packages("service").values())
+
+
+def test_the_training_library_never_imports_an_experiment():
+    files = imported_modules("training")
+    library = {path: names for path, names in files.items() if not path.startswith("training/experiments/")}
+    assert len(library) >= 20 and len(files) > len(library)
+    offenders = {
+        path: sorted(n for n in names if n == "training.experiments" or n.startswith("training.experiments."))
+        for path, names in library.items()
+    }
+    assert not {path: names for path, names in offenders.items() if names}, offenders

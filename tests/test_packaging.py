@@ -32,7 +32,14 @@ def test_wheel_declares_the_mit_licence_and_ships_its_text(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "module", ["service.cli", "training.train_cli", "training.eval_cli", "training.synth_cli", "training.demo"]
+    "module",
+    [
+        "service.cli",
+        "training.train_cli",
+        "training.eval_cli",
+        "training.corpus.synth_cli",
+        "training.experiments.demo",
+    ],
 )
 def test_every_command_answers_version(module, capsys):
     cli = __import__(module, fromlist=["cli"]).cli

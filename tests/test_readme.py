@@ -140,8 +140,8 @@ def run_here(command: list[str], quickstart: dict) -> str:
 
 
 def test_quickstart_classifies_an_unseen_voice_and_the_readme_shows_the_real_answer(quickstart):
-    from training.demo import PRESETS
-    from training.espeak_voices import default_voices
+    from training.corpus.espeak_voices import default_voices
+    from training.experiments.demo import PRESETS
 
     say, send = quickstart["rest"]
     assert say[0] == "espeak-ng" and not any(a.startswith("-v") for a in say), "espeak-ng's default voice"
@@ -237,9 +237,9 @@ def parse_with(main, argv: list[str], monkeypatch) -> argparse.Namespace:
 
 
 def check_training_cli(command: list[str], monkeypatch) -> None:
-    from training.demo import cli as demo
+    from training.corpus.synth_cli import cli as synth
     from training.eval_cli import cli as evaluate
-    from training.synth_cli import cli as synth
+    from training.experiments.demo import cli as demo
     from training.train_cli import cli as train
     from training.train_cli import config_from_args
 
@@ -253,8 +253,8 @@ def check_training_cli(command: list[str], monkeypatch) -> None:
 
 
 def check_python(command: list[str], monkeypatch) -> None:
-    if command[1:3] == ["-m", "training.table2"]:  # the Table 2 analog: its arguments parse
-        from training.table2 import cli as table2
+    if command[1:3] == ["-m", "training.experiments.table2"]:  # the Table 2 analog: its arguments parse
+        from training.experiments.table2 import cli as table2
 
         parse_with(table2, command[3:], monkeypatch)
         return

@@ -17,8 +17,8 @@ from core.checkpoint import load_checkpoint
 from core.refusal import REFUSAL_LABEL, decide
 from tests.speech import espeak_16k, requires_espeak
 from training.context import load_context
+from training.corpus.nonspeech import nonspeech
 from training.datasets import FSC_INTENTS
-from training.nonspeech import nonspeech
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT = REPO / "models" / "quads-fsc-4bit.safetensors"

@@ -14,8 +14,7 @@ import soundfile
 
 from core.refusal import REFUSAL_LABEL
 from training.context import load_context
-from training.datasets import FSC_INTENTS, label_set, load_fsc, load_samples
-from training.espeak_voices import (
+from training.corpus.espeak_voices import (
     ACCENTS,
     TRAINABLE_VARIANTS,
     default_voices,
@@ -23,8 +22,9 @@ from training.espeak_voices import (
     is_generated,
     variant_file,
 )
-from training.synth import SynthError, synthesize_corpus
-from training.synth_cli import cli
+from training.corpus.synth import SynthError, synthesize_corpus
+from training.corpus.synth_cli import cli
+from training.datasets import FSC_INTENTS, label_set, load_fsc, load_samples
 
 INTENTS = ["activate_lights_kitchen", "change language_Chinese_none", "bring_juice_none"]
 VOICES = {
@@ -101,7 +101,7 @@ def test_generated_variants_are_deterministic_and_differ():
 def test_a_generated_variant_changes_the_voice(tmp_path):
     # espeak-ng falls back silently to the plain accent when a variant is unknown, so compare
     # the same text, rate and pitch with and without the generated variant.
-    from training.espeak_voices import build_variant_data_dir
+    from training.corpus.espeak_voices import build_variant_data_dir
 
     data = build_variant_data_dir(tmp_path, ["qv0001"], seed=0)
 
@@ -167,7 +167,7 @@ def test_voices_draw_different_sentences_and_plain_forms_often(corpus):
 
 
 def test_choose_phrase_weighs_templates_alike_and_prefers_plain_forms():
-    from training.synth import PLAIN_SHARE, choose_phrase
+    from training.corpus.synth import PLAIN_SHARE, choose_phrase
 
     phrases = FSC.intents["activate_lights_none"]
     rng = np.random.default_rng(0)
@@ -180,7 +180,7 @@ def test_choose_phrase_weighs_templates_alike_and_prefers_plain_forms():
 
 
 def test_refusal_clips_are_non_commands_and_sounds(tmp_path):
-    from training.nonspeech import SOUND_KINDS
+    from training.corpus.nonspeech import SOUND_KINDS
 
     not_commands = load_context("not-commands")
     root = synthesize_corpus(
@@ -209,7 +209,7 @@ def test_refusal_clips_are_non_commands_and_sounds(tmp_path):
 
 
 def test_non_commands_that_the_context_says_stay_commands():
-    from training.synth import refusal_phrases
+    from training.corpus.synth import refusal_phrases
 
     context = load_context(FOUR_COMMANDS)
     kept = {p.text for p in refusal_phrases(context, load_context(FOUR_COMMANDS))}

@@ -1,4 +1,4 @@
-"""The Table 2 analog (``training.table2``): its statistics on made-up numbers, and the whole
+"""The Table 2 analog (``training.experiments.table2``): its statistics on made-up numbers, and the whole
 pipeline on a tiny corpus with small Whisper-format files standing in for tiny.en and base."""
 
 import json
@@ -9,7 +9,7 @@ import pytest
 from core.model import ModelDims
 from tests.speech import requires_espeak
 from tests.training_corpus import INTENTS, write_openai_checkpoint
-from training.table2 import (
+from training.experiments.table2 import (
     Table2Plan,
     arm_of,
     command_minutes,
@@ -19,7 +19,7 @@ from training.table2 import (
     summarize,
     verdict,
 )
-from training.table2_probe import probe
+from training.experiments.table2_probe import probe
 
 
 def test_a_constant_per_voice_gain_has_a_zero_width_interval():

@@ -113,7 +113,7 @@ def test_a_picked_file_gets_the_same_answer_as_the_api(server, browser, command_
 
 
 def test_a_sound_that_is_no_command_shows_not_understood(server, browser, tmp_path):
-    from training.nonspeech import nonspeech
+    from training.corpus.nonspeech import nonspeech
 
     tone = tmp_path / "beeps.wav"
     tone.write_bytes(wav_bytes(nonspeech("tone", np.random.default_rng(3), 2.0), 16000))

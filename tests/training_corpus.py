@@ -17,8 +17,8 @@ import torch
 from core.checkpoint import save_checkpoint
 from core.model import AudioEncoder, IntentClassifier, ModelDims
 from training.context import load_context
-from training.espeak_voices import default_voices
-from training.synth import synthesize_corpus
+from training.corpus.espeak_voices import default_voices
+from training.corpus.synth import synthesize_corpus
 
 INTENTS = ["change language_none_none", "activate_music_none", "increase_volume_none", "bring_newspaper_none"]
 CONTEXT = Path(__file__).resolve().parent / "contexts" / "four-commands.yaml"  # INTENTS, one sentence each

@@ -12,7 +12,7 @@ import importlib.util
 import sys
 
 # import name -> distribution, for the modules the train extra adds
-TRAIN_EXTRA = {"tqdm": "tqdm", "yaml": "pyyaml", "matplotlib": "matplotlib"}
+TRAIN_EXTRA = {"tqdm": "tqdm", "yaml": "pyyaml", "matplotlib": "matplotlib", "hassil": "hassil"}
 
 
 def missing_train_extra() -> list[str]:
@@ -37,8 +37,8 @@ def evaluate() -> int | None:
 
 
 def synth() -> int | None:
-    return _run("quads-synth", "training.synth_cli")
+    return _run("quads-synth", "training.corpus.synth_cli")
 
 
 def demo() -> int | None:
-    return _run("quads-demo", "training.demo")
+    return _run("quads-demo", "training.experiments.demo")

@@ -7,7 +7,7 @@ or the waveforms when augmenting, since augmentation works on the waveform. An o
 on-disk cache (one safetensors file per dataset, keyed by every file's path, size and mtime)
 lets a second run skip decoding. Clips are not padded to 30 s unless ``pad_to_30s=True``.
 
-The noise helpers at the bottom are shared with the synthetic corpus generator (``training.synth``).
+The noise helpers at the bottom are shared with the synthetic corpus generator (``training.corpus.synth``).
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ rank 0 alone writes files. ``resume=True`` continues after the last completed ep
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -40,7 +41,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from core.checkpoint import load_checkpoint
 from core.cpu_features import native_bfloat16
 from core.model import IntentClassifier, ModelDims
-from training.config import Config, ConfigError
+from training.config import Config, ConfigError, load_config
 from training.datasets import DatasetError, label_set, load_samples
 from training.distributed import Processes, all_reduce_mean, setup_processes
 from training.evaluate import evaluate_checkpoint, evaluate_model, summary
@@ -131,6 +132,22 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
         dist.destroy_process_group()
     close_logging()
     return report
+
+
+def train_in(out: Path, corpus: Path, seed: int, progress: bool, **sections: dict) -> dict:
+    """One run into ``out`` on ``corpus``, the way recipes call it: resumed if it was interrupted, its
+    report read back if it finished. Features are cached beside the corpus (``corpus.parent/features``);
+    ``sections`` are config overrides, ``{"distill": {"lr_encoder": 1e-4}, ...}``."""
+    report = out / "report.json"
+    if report.exists():
+        log.info("%s: done already", out)
+        return json.loads(report.read_text())
+    updates = [
+        {"data": {"root": str(corpus), "feature_cache": str(corpus.parent / "features")}},
+        {"train": {"out": str(out), "seed": seed, "progress": progress}},
+        *({k: v} for k, v in sections.items()),
+    ]
+    return train(load_config(None, updates), resume=True)
 
 
 # ----------------------------------------------------------------------------------- data

@@ -4,7 +4,7 @@ Every intent of a context (``training.context``; by default the FSC one, ``conte
 is spoken in sentences sampled from its expansions, by espeak-ng voices: an English accent
 combined with a voice variant (``en-gb-scotland+klatt2``), each voice with its own rate, pitch,
 amplitude and word gap, jittered per utterance. Optionally each voice also says non-commands
-(``contexts/not-commands.yaml``) and each split gets non-speech sounds (``training.nonspeech``:
+(``contexts/not-commands.yaml``) and each split gets non-speech sounds (``training.corpus.nonspeech``:
 silence, noise, tones, music, clicks, hum, and babble of several voices at once), all labelled
 ``REFUSAL_LABEL``, so a model learns to answer "not understood". Each clip then gets random
 leading/trailing silence, optionally room reverberation and white/pink/brown background noise at
@@ -50,8 +50,7 @@ from core.audio import SAMPLE_RATE, resample
 from core.refusal import REFUSAL_LABEL
 from core.tensor_files import atomic_write
 from training.context import Context, Phrase, load_context, shared_sentences
-from training.datasets import FSC_COLUMNS, FSC_SPLITS
-from training.espeak_voices import (
+from training.corpus.espeak_voices import (
     DEFAULT_VOICES_PER_SPLIT,
     Voice,
     build_variant_data_dir,
@@ -59,8 +58,9 @@ from training.espeak_voices import (
     is_generated,
     stable_int,
 )
+from training.corpus.nonspeech import SOUND_KINDS, babble, nonspeech
+from training.datasets import FSC_COLUMNS, FSC_SPLITS
 from training.features import NOISE_COLORS, colored_noise, mix_at_snr
-from training.nonspeech import SOUND_KINDS, babble, nonspeech
 
 # A sentence is drawn by template first (each template of an intent equally likely), then, this
 # often, as the template's plain form ("turn on the lights"), else any expansion ("could you
@@ -85,7 +85,7 @@ class Utterance:
     intent: str
     repetition: int
     text: str
-    sound: str = ""  # a non-speech kind of training.nonspeech; "" for speech
+    sound: str = ""  # a non-speech kind of training.corpus.nonspeech; "" for speech
     others: tuple[Voice, ...] = ()  # babble: the voices that say ``text``'s " | "-separated sentences
 
     @property

@@ -1,4 +1,4 @@
-"""``quads-synth``: write a synthetic spoken-command corpus (``training.synth``) from the command line.
+"""``quads-synth``: write a synthetic spoken-command corpus (``training.corpus.synth``) from the command line.
 
     quads-synth runs/corpus --voices-per-split train=60,valid=15,test=15 --seed 0
     quads-synth runs/corpus --context my_commands.yaml --not-commands-per-voice 6 --nonspeech-per-voice 5
@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from core.version import package_version
+from training.corpus.espeak_voices import DEFAULT_VOICES_PER_SPLIT, HELD_OUT_FAMILY, default_voices, family_voices
 from training.datasets import FSC_SPLITS
-from training.espeak_voices import DEFAULT_VOICES_PER_SPLIT, HELD_OUT_FAMILY, default_voices, family_voices
 
 DEFAULT_UTTERANCES_PER_VOICE = 1
 
@@ -103,7 +103,7 @@ def cli(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from training.context import ContextError, load_context
-    from training.synth import SynthError, synthesize_corpus  # torch loads here, after --help
+    from training.corpus.synth import SynthError, synthesize_corpus  # torch loads here, after --help
 
     start = time.monotonic()
     try:

@@ -3,7 +3,7 @@ k-means, QAD and MCT, from Whisper and random init, at 1-4, 8 and 32 bits, over 
 on a test split of voices no model heard.
 
     quads-demo --out runs/demo --steps whisper        # the pinned Whisper files, once
-    python -m training.table2 --whisper runs/demo/whisper --out runs/table2
+    python -m training.experiments.table2 --whisper runs/demo/whisper --out runs/table2
 
 Every arm has the same 2 distillation epochs and the same 4 epochs in all:
 
@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from core.version import package_version
-from training.espeak_voices import default_voices
+from training.corpus.espeak_voices import default_voices
 
 log = logging.getLogger("quads.table2")
 
@@ -85,7 +85,7 @@ class Table2Plan:
 
 def make_corpus(out: Path, plan: Table2Plan, progress: bool) -> Path:
     """The espeak-ng corpus: disjoint voices per split, one utterance per voice and intent."""
-    from training.synth import synthesize_corpus
+    from training.corpus.synth import synthesize_corpus
 
     corpus = out / "corpus"
     if not (corpus / "data" / "test_data.csv").exists():
@@ -118,7 +118,7 @@ def run(
     **train: object,
 ) -> dict:
     """One ``quads-train`` run of the grid (resumed if interrupted, skipped if done)."""
-    from training.demo import run_training
+    from training.train import train_in
 
     sections = {section: dict(values) for section, values in plan.common.items()}
     sections.setdefault("data", {}).update(data or {})
@@ -128,7 +128,7 @@ def run(
     sections.setdefault("teacher", {}).update({"path": str(whisper / "base"), "cache_dir": str(out / "teacher-cache")})
     sections.setdefault("quant", {}).update(quant)
     sections.setdefault("train", {}).update({"strategy": strategy, "bits": bits, "schedule": schedule, **train})
-    return run_training(out / name, corpus, seed, progress, **sections)
+    return train_in(out / name, corpus, seed, progress, **sections)
 
 
 def select_quantization(out: Path, corpus: Path, whisper: Path, plan: Table2Plan, progress: bool) -> dict:
@@ -293,7 +293,8 @@ def write_report(
     lines = [
         "# Table 2 analog: distillation, post-training k-means, QAD and MCT",
         "",
-        f"Made by `python -m training.table2 --out {out}` (quads {package_version()}, {platform.processor() or platform.machine()}).",
+        f"Made by `python -m training.experiments.table2 --out {out}` "
+        f"(quads {package_version()}, {platform.processor() or platform.machine()}).",
         f"Corpus: espeak-ng, voices per split {plan.voices} (disjoint), {len(plan.intents or ()) or 31} intents, one "
         f"utterance each. Student: {plan.student} (tiny.en's blocks for Whisper init); teacher: Whisper base (frozen). "
         f"Seeds {list(plan.seeds)}. "
@@ -390,7 +391,9 @@ def command_minutes(dest: Path, plan: Table2Plan, rows: list[dict]) -> float | N
 
 def cli(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m training.table2", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m training.experiments.table2",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "--whisper",

@@ -214,7 +214,7 @@ VARIANTS = (
 )
 
 # Variants that training draws from: the stock ones but the held-out Klatt family, plus as many
-# generated ones (``training.espeak_voices``) as there are voices.
+# generated ones (``training.corpus.espeak_voices``) as there are voices.
 TRAINABLE_VARIANTS = tuple(v for v in VARIANTS if not v.startswith(HELD_OUT_FAMILY))
 FAMILY_VARIANTS = tuple(v for v in VARIANTS if v.startswith(HELD_OUT_FAMILY))
 

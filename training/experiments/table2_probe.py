@@ -3,9 +3,9 @@ two distillation epochs, two float epochs (F) against two 8-bit quantization epo
 eq. 4's centroids learning at the chosen rate and nearly frozen. Each epoch is scored on the
 validation split (the test split is not read).
 
-    python -m training.table2_probe --whisper runs/demo/whisper --out runs/table2
+    python -m training.experiments.table2_probe --whisper runs/demo/whisper --out runs/table2
 
-Needs the finished selection of ``python -m training.table2`` in ``--out`` (its corpus, teacher
+Needs the finished selection of ``python -m training.experiments.table2`` in ``--out`` (its corpus, teacher
 cache and chosen settings). Prints a Markdown table of validation accuracy per epoch.
 """
 
@@ -16,7 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
-from training.table2 import Table2Plan, run, select_quantization
+from training.experiments.table2 import Table2Plan, run, select_quantization
 
 FROZEN_CENTROID_LR = 1e-7
 
@@ -52,7 +52,7 @@ def probe(out: Path, whisper: Path, plan: Table2Plan) -> str:
 
 def cli(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m training.table2_probe",
+        prog="python -m training.experiments.table2_probe",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -2,7 +2,7 @@
 
 Each generator draws everything from the ``rng`` it is given, so a corpus stays deterministic
 for its seed. Speech babble (several espeak-ng voices at once) needs the synthesiser and is
-made in ``training.synth``; this module only mixes the voices it is handed (``babble``).
+made in ``training.corpus.synth``; this module only mixes the voices it is handed (``babble``).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def babble(voices: list[np.ndarray], rng: np.random.Generator, seconds: float) -
 
 
 def _normalized(wave: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Scaled to a random peak level from -26 to -1 dBFS, as ``training.synth`` scales speech."""
+    """Scaled to a random peak level from -26 to -1 dBFS, as ``training.corpus.synth`` scales speech."""
     peak = max(float(np.abs(wave).max()), 1e-9)
     return (wave * 10 ** (rng.uniform(-26, -1) / 20) / peak).astype(np.float32)
 

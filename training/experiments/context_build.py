@@ -156,8 +156,8 @@ def out_of_domain(context: Context, non_commands: str, commands: str) -> Context
 
 
 def make_corpora(out: Path, context: Context, preset: BuildPreset, seed: int, progress: bool) -> None:
-    from training.espeak_voices import default_voices
-    from training.synth import corpus_complete, synthesize_corpus
+    from training.corpus.espeak_voices import default_voices
+    from training.corpus.synth import corpus_complete, synthesize_corpus
 
     voices = default_voices(preset.voices, seed)
     training_ood = out_of_domain(context, "not-commands", "fsc")
@@ -278,7 +278,7 @@ def build(
     make_corpora(out, context, preset, seed, progress)
     # bfloat16 mixed precision where the CPU has bfloat16 matrix hardware (about 2x faster epochs).
     train_model(out, context, preset, seed, progress, teacher, init, "bfloat16" if native_bfloat16() else "none")
-    from training.context_report import write_build_report
+    from training.experiments.context_report import write_build_report
 
     write_build_report(out, context, preset, add_build_seconds(out, time.perf_counter() - started), progress)
     widths = sorted(preset.bits, key=lambda b: (b != 4, b))
