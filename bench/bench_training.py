@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from core.model import WHISPER_BASE, WHISPER_TINY, AudioEncoder, IntentClassifier  # noqa: E402
 from training.config import Config  # noqa: E402
 from training.features import collate  # noqa: E402
-from training.loop import TrainStep, make_optimizer, train_epoch  # noqa: E402
+from training.loop import TrainStep, distillation_optimizer, train_epoch  # noqa: E402
 from training.losses import (  # noqa: E402
     ChannelMaxPool,
     ClassificationLoss,
@@ -165,7 +165,7 @@ def bench_distillation(args) -> list[tuple[str, float]]:
 
     def epoch(loss, **kw):
         step = TrainStep(student, loss)
-        optimizer = make_optimizer("D", student, loss, cfg)
+        optimizer = distillation_optimizer(student, loss, cfg)
         return lambda: train_epoch(step, loader, optimizer, device=cpu, progress=False, **kw)
 
     distill = DistillationLoss(0.5)

@@ -9,11 +9,11 @@ from training.features import collate
 from training.loop import (
     PhaseSchedule,
     TrainStep,
-    make_optimizer,
+    distillation_optimizer,
     train_epoch,
 )
-from training.losses import DistillationLoss, QuantizationLoss
-from training.quantize import KMeansQuantizer
+from training.losses import DistillationLoss
+from training.quantization_phase import QuantizationPhase
 from training.teacher import TeacherTargets
 
 SMALL = ModelDims(n_mels=16, n_ctx=64, n_state=32, n_head=2, n_layer=1)
@@ -32,20 +32,19 @@ def golden_run():
     d = train_epoch(
         TrainStep(model, loss),
         loader,
-        make_optimizer("D", model, loss, cfg),
+        distillation_optimizer(model, loss, cfg),
         device=cpu,
         targets=targets,
         progress=False,
     )
-    quantizer = KMeansQuantizer(model, 2)
-    qloss = QuantizationLoss(quantizer)
-    qloss.fit()
+    phase = QuantizationPhase.begin(model, 2, cfg.quant)  # k-means, 50 iterations, the mean rule
+    quantizer = phase.quantizer
     q = train_epoch(
-        TrainStep(model, qloss),
+        TrainStep(model, phase.loss),
         loader,
-        make_optimizer("Q", model, qloss, cfg),
+        phase.optimizer(),
         device=cpu,
-        snap=qloss.snap,
+        snap=phase.after_step,
         schedule=PhaseSchedule(0, 2, decay=True),
         progress=False,
     )
@@ -78,14 +77,20 @@ def test_a_quantization_epoch_under_eq_4_steps_the_centroids_not_the_weights():
     loader = torch.utils.data.DataLoader(items, batch_size=2, shuffle=False, collate_fn=collate)
     model = IntentClassifier(SMALL, 3)
     cfg = Config.model_validate({"quant": {"centroid_update": "sum", "centroid_lr": 1e-3, "momentum": 0.0}})
-    quantizer = KMeansQuantizer(model, 2, centroid_update="sum")
-    loss = QuantizationLoss(quantizer)
-    loss.fit()
+    phase = QuantizationPhase.begin(model, 2, cfg.quant)
+    quantizer = phase.quantizer
     centroids = {n: c.detach().clone() for n, c in quantizer.centroids.items()}
     bias = model.head.bias.detach().clone()
-    optimizer = make_optimizer("Q", model, loss, cfg)
+    optimizer = phase.optimizer()
     assert [g["lr"] for g in optimizer.param_groups] == [cfg.quant.lr, 1e-3]
-    train_epoch(TrainStep(model, loss), loader, optimizer, device=torch.device("cpu"), snap=loss.snap, progress=False)
+    train_epoch(
+        TrainStep(model, phase.loss),
+        loader,
+        optimizer,
+        device=torch.device("cpu"),
+        snap=phase.after_step,
+        progress=False,
+    )
     assert all(not torch.equal(centroids[n], c.detach()) for n, c in quantizer.centroids.items())
     assert not torch.equal(bias, model.head.bias.detach())  # parameters outside the codebooks train at lr
     for name, p in quantizer.params.items():

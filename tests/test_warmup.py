@@ -8,7 +8,7 @@ import torch
 from core.audio import pad_mels
 from core.model import IntentClassifier, ModelDims
 from training.config import Config
-from training.loop import PhaseSchedule, TrainStep, make_optimizer, train_epoch
+from training.loop import PhaseSchedule, TrainStep, distillation_optimizer, train_epoch
 from training.losses import ClassificationLoss
 
 
@@ -27,7 +27,7 @@ def setup(warmup_steps=0, grad_clip=0.0):
     cfg = Config()
     cfg.distill.warmup_steps, cfg.distill.grad_clip = warmup_steps, grad_clip
     loss = ClassificationLoss()
-    return model, cfg, TrainStep(model, loss), make_optimizer("F", model, loss, cfg)
+    return model, cfg, TrainStep(model, loss), distillation_optimizer(model, loss, cfg)
 
 
 def test_learning_rates_warm_up_linearly_from_the_phase_start():

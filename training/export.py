@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from core.checkpoint import save_checkpoint
-from core.codebook import storage
+from core.codebook import Codebook, storage
 from core.frames import FrameTable
 from core.model import IntentClassifier
 from core.refusal import REFUSAL_LABEL
@@ -15,7 +15,7 @@ from training.config import Config
 from training.context import load_context
 from training.evaluate import calibrate_threshold, predict
 from training.features import MelDataset
-from training.quantize import KMeansQuantizer, quantize_model
+from training.quantize import quantize_model
 from training.schedule import Branch, Plan
 
 log = logging.getLogger("quads.train")
@@ -26,11 +26,22 @@ def checkpoint_path(cfg: Config, bits: int, post_hoc: bool = False) -> Path:
     return Path(cfg.train.out).expanduser() / f"{cfg.train.name}{'-ptq' if post_hoc else ''}-{bits}bit.safetensors"
 
 
+def post_hoc_widths(cfg: Config, branch: Branch) -> list[int]:
+    """The widths of ``train.post_hoc_bits`` that ``branch`` also writes as k-means copies of itself:
+    all of them for MCT's float branch (the one that trains at 32 or 16 bits), none elsewhere.
+    (``Config.check`` refuses post-hoc widths in a run that has no such branch.)"""
+    is_float = not branch.shared and storage(branch.train_bits) != "codebook"
+    return list(cfg.train.post_hoc_bits) if cfg.train.strategy == "mct" and is_float else []
+
+
 def exported_paths(cfg: Config, plan: Plan) -> list[Path]:
     """Every checkpoint the run writes, in plan order."""
-    paths = [checkpoint_path(cfg, b) for branch in plan.branches for b in branch.exports]
-    has_float = any(not branch.shared and branch.train_bits == 32 for branch in plan.branches)
-    return paths + [checkpoint_path(cfg, b, post_hoc=True) for b in cfg.train.post_hoc_bits if has_float]
+    return [
+        checkpoint_path(cfg, b, post_hoc)
+        for branch in plan.branches
+        for post_hoc, widths in ((False, branch.exports), (True, post_hoc_widths(cfg, branch)))
+        for b in widths
+    ]
 
 
 def export_branch(
@@ -38,17 +49,17 @@ def export_branch(
     model: IntentClassifier,
     labels: list[str],
     branch: Branch,
-    quantizer: KMeansQuantizer | None,
+    trained: dict[str, Codebook] | None,
     provenance: dict,
     valid_ds: MelDataset | None = None,
 ) -> list[Path]:
     """Write the branch's checkpoints and return their paths.
 
-    The width the branch trained at is written with ``quantizer``'s own codebooks; other widths
+    The width the branch trained at is written with its own ``trained`` codebooks; other widths
     <= 8 bits are k-means quantized post hoc (QaD) from a copy; 16 and 32 bits are the float weights.
     A model with a refusal class gets its threshold calibrated on ``valid_ds``, file by file.
     """
-    post_hoc = cfg.train.post_hoc_bits if branch.train_bits == 32 and cfg.train.strategy == "mct" else []
+    post_hoc = post_hoc_widths(cfg, branch)
     frames = context_frames(cfg.data.context, labels) if cfg.data.context else None
     written = []
     for bits, path in [
@@ -57,7 +68,7 @@ def export_branch(
     ]:
         target, codebooks, how = model, None, "trained"
         if storage(bits) == "codebook" and bits == branch.train_bits:
-            codebooks = quantizer.codebooks()
+            codebooks = trained
         elif storage(bits) == "codebook":
             target = copy.deepcopy(model).cpu()
             codebooks, how = quantize_model(target, bits, cfg.quant.kmeans_iters).codebooks(), "post-hoc k-means"

@@ -1,7 +1,7 @@
 """One training epoch and what drives it: the step module, the optimizers and the learning-rate schedule.
 
 ``train_epoch`` is the inner loop of ``training.train``: forward, backward, optimizer step, and in
-a quantization phase the snap of the weights onto their codebooks.
+a quantization phase the snap of the weights onto their codebooks (``QuantizationPhase.after_step``).
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def train_epoch(
     targets: cached teacher targets indexed by dataset item; or ``online_teacher(mels, lengths)``
     runs the teacher on each batch. schedule: sets each group's lr from its ``base_lr`` before
     every step (None: the lr is left as it is). grad_clip: clip the gradient norm to this (0: off).
-    snap: called after every optimizer step (Q: ``QuantizationLoss.snap``).
+    snap: called after every optimizer step (Q: ``QuantizationPhase.after_step``).
     """
     step_module.train()
     sums: dict[str, float] = {}
@@ -113,38 +113,14 @@ def train_epoch(
     return {key: value / max(n_batches, 1) for key, value in sums.items()}
 
 
-def make_optimizer(kind: str, model: IntentClassifier, loss: nn.Module, cfg: Config) -> torch.optim.Optimizer:
-    """Adam with separate encoder/head learning rates for D and F; SGD with momentum for Q.
-
-    In Q under eq. 4 (``centroid_update: sum``) SGD steps the centroids at ``centroid_lr`` and
-    the parameters outside the codebooks at ``lr``; a pre-step hook hands each centroid the sum
-    of its weights' gradients. Under ``mean`` it steps every parameter and the snap re-estimates.
-    """
-    if kind == "Q":
-        quantizer = loss.quantizer
-        centroids = quantizer.centroid_parameters()
-        coded = {id(p) for p in quantizer.params.values()} if centroids else set()
-        groups = [
-            {
-                "params": [p for p in model.parameters() if id(p) not in coded],
-                "lr": cfg.quant.lr,
-                "base_lr": cfg.quant.lr,
-            }
-        ]
-        if centroids:
-            groups.append({"params": centroids, "lr": cfg.quant.centroid_lr, "base_lr": cfg.quant.centroid_lr})
-        optimizer = torch.optim.SGD(groups, momentum=cfg.quant.momentum)
-        if centroids:
-            optimizer.register_step_pre_hook(lambda *_: quantizer.accumulate_centroid_grads())
-        return optimizer
-    head = [*model.head.parameters(), *loss.parameters()]  # the head, and a learned projection if any
+def distillation_optimizer(model: IntentClassifier, loss: nn.Module, cfg: Config) -> torch.optim.Adam:
+    """Adam for D and F phases: the encoder at ``distill.lr_encoder``, the head (and a learned width
+    projection, which lives in the loss) at ``distill.lr_head``. Q phases: ``QuantizationPhase.optimizer``."""
+    head = [*model.head.parameters(), *loss.parameters()]
+    encoder = list(model.encoder.parameters())
     return torch.optim.Adam(
         [
-            {
-                "params": list(model.encoder.parameters()),
-                "lr": cfg.distill.lr_encoder,
-                "base_lr": cfg.distill.lr_encoder,
-            },
+            {"params": encoder, "lr": cfg.distill.lr_encoder, "base_lr": cfg.distill.lr_encoder},
             {"params": head, "lr": cfg.distill.lr_head, "base_lr": cfg.distill.lr_head},
         ]
     )

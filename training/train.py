@@ -26,7 +26,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -47,15 +47,14 @@ from training.distributed import Processes, all_reduce_mean, setup_processes
 from training.evaluate import evaluate_checkpoint, evaluate_model, summary
 from training.export import export_branch, exported_paths
 from training.features import BadSampleError, MelDataset, collate
-from training.loop import PhaseSchedule, TrainStep, make_optimizer, train_epoch
+from training.loop import PhaseSchedule, TrainStep, distillation_optimizer, train_epoch
 from training.losses import (
     ChannelMaxPool,
     ClassificationLoss,
     DistillationLoss,
-    QuantizationLoss,
     StudentProjection,
 )
-from training.quantize import KMeansQuantizer
+from training.quantization_phase import QuantizationPhase
 from training.run_folder import Run, enter_branch, open_run, plan_info, provenance_of, restore
 from training.run_logging import close_logging
 from training.run_state import RunState, save_state
@@ -69,19 +68,49 @@ log = logging.getLogger("quads.train")
 def train(cfg: Config, *, resume: bool = False) -> dict:
     """Run the whole plan of ``cfg`` (see the module docstring). Returns the report (rank 0) or {}."""
     cfg.check()
-    procs = setup_processes(cfg.train.device)
-    run = open_run(cfg, procs, resume)
-    train_ds, valid_ds = load_data(cfg, run.progress)
-    labels = train_ds.labels
+    run = open_run(cfg, setup_processes(cfg.train.device), resume)
+    t = setup(cfg, run)
+    first = len(t.history)
+    epochs = t.plan.epochs
+    epoch_bar = tqdm(
+        total=len(epochs), initial=first, desc="epochs", unit="epoch", disable=not run.progress, dynamic_ncols=True
+    )
+    with logging_redirect_tqdm():
+        for i in range(first, len(epochs)):
+            t.enter(i, resumed=run.state if i == first else None)
+            # Reseeding from (seed, epoch) makes a resumed run repeat an uninterrupted one.
+            torch.manual_seed(cfg.train.seed * 1_000_003 + i)
+            t.sampler.set_epoch(epochs[i].index)
+            t.train_ds.set_epoch(epochs[i].index)
+            t.history.append(t.run_epoch(i))
+            t.end_epoch(i)
+            epoch_bar.update(1)
+    epoch_bar.close()
 
+    report = final_report(t) if run.procs.main else {}
+    run.procs.barrier()
+    if run.procs.world > 1:
+        dist.destroy_process_group()
+    close_logging()
+    return report
+
+
+def setup(cfg: Config, run: Run) -> Training:
+    """Everything the epochs need: data, teacher targets, the student, the plan, the resumed state."""
+    procs = run.procs
+    train_ds, valid_ds = load_data(cfg, run.progress)
     teacher = load_teacher(cfg.teacher.path) if cfg.teacher.path else None
     dims = student_dims(cfg.student, cfg.data.n_mels)
     model = init_student(
-        cfg.student, dims, len(labels), teacher_encoder=teacher.encoder if teacher else None, seed=cfg.train.seed
+        cfg.student,
+        dims,
+        len(train_ds.labels),
+        teacher_encoder=teacher.encoder if teacher else None,
+        seed=cfg.train.seed,
     ).to(procs.device)
     match = match_widths(cfg, teacher, dims, train_ds, procs)
     if cfg.student.head == "teacher":
-        log.info("student head: %s", copy_teacher_head(model, teacher, labels, match.projection))
+        log.info("student head: %s", copy_teacher_head(model, teacher, train_ds.labels, match.projection))
     del teacher  # the cache (or match.online_teacher) holds what distillation needs
 
     plan = make_plan(cfg.train.strategy, cfg.train.schedule, cfg.train.bits)
@@ -92,46 +121,16 @@ def train(cfg: Config, *, resume: bool = False) -> dict:
             "than in float32 (set train.autocast: none)"
         )
     history, first = restore(run, plan, model, match.projection)
-    provenance = provenance_of(cfg, plan, len(train_ds))
     sampler = DistributedSampler(train_ds, num_replicas=procs.world, rank=procs.rank, shuffle=True, seed=cfg.train.seed)
     loader = DataLoader(
         train_ds, batch_size=cfg.data.batch_size, sampler=sampler, collate_fn=collate, num_workers=cfg.data.num_workers
     )
-
-    epochs = plan.epochs
-    phase: Phase | None = None
-    kept = kept_codebooks(cfg, plan, first, model, run.state, procs)  # the branch's codebooks, between its Q phases
-    epoch_bar = tqdm(
-        total=len(epochs), initial=first, desc="epochs", unit="epoch", disable=not run.progress, dynamic_ncols=True
-    )
-    with logging_redirect_tqdm():
-        for i in range(first, len(epochs)):
-            epoch = epochs[i]
-            if plan.starts_branch(i):
-                kept = None
-                if not plan.branches[epoch.branch].shared:
-                    enter_branch(run, plan, i, model, match.projection)
-            if phase is None or plan.starts_branch(i) or epoch.epoch_in_phase == 0:
-                phase = start_phase(cfg, plan, epoch, model, match, procs, run.state if i == first else None, kept)
-                kept = phase.quantizer or kept
-
-            # Reseeding from (seed, epoch) makes a resumed run repeat an uninterrupted one.
-            torch.manual_seed(cfg.train.seed * 1_000_003 + i)
-            sampler.set_epoch(epoch.index)
-            train_ds.set_epoch(epoch.index)
-            record = run_epoch(cfg, plan, epoch, phase, model, loader, match, valid_ds, run)
-            history.append(record)
-
-            end_epoch(cfg, run, plan, i, model, labels, phase, kept, match, history, provenance, valid_ds)
-            epoch_bar.update(1)
-    epoch_bar.close()
-
-    report = final_report(cfg, plan, labels, train_ds, valid_ds, history, procs) if procs.main else {}
-    procs.barrier()
-    if procs.world > 1:
-        dist.destroy_process_group()
-    close_logging()
-    return report
+    t = Training(cfg, run, plan, model, match, train_ds, valid_ds, sampler, loader, history)
+    t.provenance = provenance_of(cfg, plan, len(train_ds))
+    if run.state is not None and run.state.quantizer is not None and not plan.starts_branch(first):
+        # Resuming inside a branch after one of its Q phases: its codebooks, for a later Q phase that keeps them.
+        t.codebooks = QuantizationPhase.restore(model, cfg.quant, run.state.quantizer, procs.device)
+    return t
 
 
 def train_in(out: Path, corpus: Path, seed: int, progress: bool, **sections: dict) -> dict:
@@ -265,187 +264,143 @@ def teacher_targets(cfg: Config, teacher: Teacher, dataset: MelDataset, frame_po
 
 @dataclass
 class Phase:
-    """What one phase trains with: its loss, a fresh optimizer, and in Q the k-means codebooks."""
+    """What one phase trains with: its loss, a fresh optimizer, and in Q the phase's codebooks."""
 
     loss: nn.Module
     optimizer: torch.optim.Optimizer
     step_module: nn.Module  # TrainStep(model, loss), wrapped in DDP when there are several processes
-    quantizer: KMeansQuantizer | None = None
+    quantization: QuantizationPhase | None = None
 
 
-def start_phase(
-    cfg: Config,
-    plan: Plan,
-    epoch: Epoch,
-    model: IntentClassifier,
-    match: WidthMatch,
-    procs: Processes,
-    resumed: RunState | None,
-    kept: KMeansQuantizer | None,
-) -> Phase:
-    """A fresh optimizer (the weights just jumped, to or from the codebooks), and for Q the k-means
-    fit, or ``kept``'s assignments with ``quant.labels: fixed``. When a resume lands in the middle
-    of a phase, the codebooks and the optimizer come back from the ``resumed`` state instead."""
-    quantizer = None
-    mid_phase = resumed is not None and epoch.epoch_in_phase > 0
-    if epoch.kind == "Q":
-        quantizer = KMeansQuantizer(
-            model, plan.branches[epoch.branch].train_bits, cfg.quant.kmeans_iters, cfg.quant.centroid_update
-        )
-        loss = QuantizationLoss(quantizer, cfg.quant.centroid_weight)
-        if mid_phase and resumed.quantizer is not None:
-            quantizer.load_state_dict(quantizer_state(resumed, procs))
+@dataclass
+class Training:
+    """A run's state from epoch to epoch, in one object (built by ``setup``)."""
+
+    cfg: Config
+    run: Run
+    plan: Plan
+    model: IntentClassifier
+    match: WidthMatch
+    train_ds: MelDataset
+    valid_ds: MelDataset | None
+    sampler: DistributedSampler
+    loader: DataLoader
+    history: list[dict]
+    provenance: dict = field(default_factory=dict)
+    phase: Phase | None = None
+    # The branch's latest Q phase: a later Q phase of the branch may keep its assignments
+    # (quant.labels: fixed), and the resume state saves its codebooks, in D epochs too.
+    codebooks: QuantizationPhase | None = None
+
+    @property
+    def procs(self) -> Processes:
+        return self.run.procs
+
+    def enter(self, i: int, resumed: RunState | None) -> None:
+        """Before epoch ``i``: a new branch starts from the shared epochs' end state, and a new phase
+        (or the first epoch after a resume) gets its optimizer and, in Q, its codebooks."""
+        epoch, plan = self.plan.epochs[i], self.plan
+        if plan.starts_branch(i):
+            self.codebooks = None
+            if not plan.branches[epoch.branch].shared:
+                enter_branch(self.run, plan, i, self.model, self.match.projection)
+        if self.phase is None or plan.starts_branch(i) or epoch.epoch_in_phase == 0:
+            self.phase = self.start_phase(epoch, resumed)
+            self.codebooks = self.phase.quantization or self.codebooks
+
+    def start_phase(self, epoch: Epoch, resumed: RunState | None) -> Phase:
+        """A fresh optimizer (the weights just jumped, to or from the codebooks), and for Q a new
+        ``QuantizationPhase``. When a resume lands in the middle of a phase, the codebooks and the
+        optimizer come back from the ``resumed`` state instead."""
+        cfg, model = self.cfg, self.model
+        mid_phase = resumed is not None and epoch.epoch_in_phase > 0
+        quantization = None
+        if epoch.kind == "Q":
+            if mid_phase and resumed.quantizer is not None:
+                quantization = QuantizationPhase.restore(model, cfg.quant, resumed.quantizer, self.procs.device)
+            else:
+                bits = self.plan.branches[epoch.branch].train_bits
+                quantization = QuantizationPhase.begin(model, bits, cfg.quant, previous=self.codebooks)
+            loss, optimizer = quantization.loss, quantization.optimizer()
         else:
-            loss.fit(kept if cfg.quant.labels == "fixed" else None)
-    else:
-        loss = match.distill_loss if epoch.kind == "D" else ClassificationLoss()
-    optimizer = make_optimizer(epoch.kind, model, loss, cfg)  # after the codebooks: it may step the centroids
-    if mid_phase:
-        optimizer.load_state_dict(resumed.optimizer)
-    step_module = TrainStep(model, loss, autocast=None if cfg.train.autocast == "none" else torch.bfloat16)
-    if procs.world > 1:
-        step_module = DistributedDataParallel(
-            step_module,
-            broadcast_buffers=False,
-            device_ids=[procs.device.index] if procs.device.type == "cuda" else None,
+            loss = self.match.distill_loss if epoch.kind == "D" else ClassificationLoss()
+            optimizer = distillation_optimizer(model, loss, cfg)
+        if mid_phase:
+            optimizer.load_state_dict(resumed.optimizer)
+        step_module = TrainStep(model, loss, autocast=None if cfg.train.autocast == "none" else torch.bfloat16)
+        if self.procs.world > 1:
+            step_module = DistributedDataParallel(
+                step_module,
+                broadcast_buffers=False,
+                device_ids=[self.procs.device.index] if self.procs.device.type == "cuda" else None,
+            )
+        return Phase(loss, optimizer, step_module, quantization)
+
+    def run_epoch(self, i: int) -> dict:
+        """Train epoch ``i``, evaluate on the validation split, log it; returns its history record."""
+        cfg, epoch, phase, procs = self.cfg, self.plan.epochs[i], self.phase, self.procs
+        steps, distilling = len(self.loader), epoch.kind == "D"
+        warmup, decay = (0, True) if epoch.kind == "Q" else (cfg.distill.warmup_steps, cfg.distill.decay)
+        schedule = PhaseSchedule(epoch.epoch_in_phase * steps, epoch.phase_epochs * steps, warmup, decay)
+        branch = self.plan.branches[epoch.branch]
+        desc = f"epoch {epoch.index + 1}/{len(self.plan.pattern)} {branch.name} {epoch.kind}"
+        started = time.perf_counter()
+        parts = train_epoch(
+            phase.step_module,
+            self.loader,
+            phase.optimizer,
+            device=procs.device,
+            snap=phase.quantization.after_step if phase.quantization is not None else None,
+            targets=self.match.targets if distilling else None,
+            online_teacher=self.match.online_teacher if distilling else None,
+            schedule=schedule,
+            grad_clip=cfg.distill.grad_clip if epoch.kind != "Q" else 0.0,
+            desc=desc,
+            progress=self.run.progress,
         )
-    return Phase(loss, optimizer, step_module, quantizer)
-
-
-def quantizer_state(state: RunState, procs: Processes) -> dict:
-    """The saved codebooks of ``state``, on this process's device."""
-    q = state.quantizer
-    return {
-        "bits": q["bits"],
-        "centroids": {n: t.to(procs.device) for n, t in q["centroids"].items()},
-        "labels": {n: t.to(procs.device) for n, t in q["labels"].items()},
-    }
-
-
-def kept_codebooks(
-    cfg: Config, plan: Plan, i: int, model: IntentClassifier, state: RunState | None, procs: Processes
-) -> KMeansQuantizer | None:
-    """On resuming at epoch ``i`` inside a branch with ``quant.labels: fixed``: the assignments
-    its earlier Q phase fitted, from the saved state (None when there is nothing to keep)."""
-    if state is None or state.quantizer is None or cfg.quant.labels != "fixed" or plan.starts_branch(i):
-        return None
-    kept = KMeansQuantizer(model, state.quantizer["bits"], cfg.quant.kmeans_iters, cfg.quant.centroid_update)
-    kept.load_state_dict(quantizer_state(state, procs))
-    return kept
-
-
-def run_epoch(
-    cfg: Config,
-    plan: Plan,
-    epoch: Epoch,
-    phase: Phase,
-    model: IntentClassifier,
-    loader: DataLoader,
-    match: WidthMatch,
-    valid_ds: MelDataset | None,
-    run: Run,
-) -> dict:
-    """Train one epoch, evaluate on the validation split, log it; returns its history record."""
-    steps, distilling = len(loader), epoch.kind == "D"
-    schedule = (
-        PhaseSchedule(epoch.epoch_in_phase * steps, epoch.phase_epochs * steps, decay=True)
-        if epoch.kind == "Q"
-        else PhaseSchedule(
-            epoch.epoch_in_phase * steps,
-            epoch.phase_epochs * steps,
-            warmup=cfg.distill.warmup_steps,
-            decay=cfg.distill.decay,
+        parts = all_reduce_mean(parts, procs)
+        record = {"branch": branch.name, "epoch": epoch.index + 1, "phase": epoch.kind, **parts}
+        record.update(lr=phase.optimizer.param_groups[0]["lr"], seconds=time.perf_counter() - started)
+        if procs.main and self.valid_ds is not None and cfg.train.eval_every_epoch:
+            metrics = evaluate_model(self.model, self.valid_ds, device=procs.device)  # its own batch size
+            record.update(valid_accuracy=metrics["accuracy"], valid_f1=metrics["macro_f1"])
+        valid = (
+            f" | valid accuracy {100 * record['valid_accuracy']:.2f}% F1 {100 * record['valid_f1']:.2f}%"
+            if "valid_accuracy" in record
+            else ""
         )
-    )
-    branch = plan.branches[epoch.branch]
-    desc = f"epoch {epoch.index + 1}/{len(plan.pattern)} {branch.name} {epoch.kind}"
-    started = time.perf_counter()
-    parts = train_epoch(
-        phase.step_module,
-        loader,
-        phase.optimizer,
-        device=run.procs.device,
-        snap=phase.loss.snap if phase.quantizer is not None else None,
-        targets=match.targets if distilling else None,
-        online_teacher=match.online_teacher if distilling else None,
-        schedule=schedule,
-        grad_clip=cfg.distill.grad_clip if epoch.kind != "Q" else 0.0,
-        desc=desc,
-        progress=run.progress,
-    )
-    parts = all_reduce_mean(parts, run.procs)
-    record = {
-        "branch": branch.name,
-        "epoch": epoch.index + 1,
-        "phase": epoch.kind,
-        **parts,
-        "lr": phase.optimizer.param_groups[0]["lr"],
-        "seconds": time.perf_counter() - started,
-    }
-    if run.procs.main and valid_ds is not None and cfg.train.eval_every_epoch:
-        metrics = evaluate_model(model, valid_ds, device=run.procs.device)  # its own batch size: throughput only
-        record.update(valid_accuracy=metrics["accuracy"], valid_f1=metrics["macro_f1"])
-    log.info(
-        "%s (%s): %s%s, %.1f s",
-        desc,
-        PHASE_NAMES[epoch.kind],
-        " ".join(f"{k} {v:.4g}" for k, v in parts.items()),
-        f" | valid accuracy {100 * record['valid_accuracy']:.2f}% F1 {100 * record['valid_f1']:.2f}%"
-        if "valid_accuracy" in record
-        else "",
-        record["seconds"],
-    )
-    return record
+        losses = " ".join(f"{k} {v:.4g}" for k, v in parts.items())
+        log.info("%s (%s): %s%s, %.1f s", desc, PHASE_NAMES[epoch.kind], losses, valid, record["seconds"])
+        return record
 
-
-def end_epoch(
-    cfg: Config,
-    run: Run,
-    plan: Plan,
-    i: int,
-    model: IntentClassifier,
-    labels: list[str],
-    phase: Phase,
-    kept: KMeansQuantizer | None,
-    match: WidthMatch,
-    history: list[dict],
-    provenance: dict,
-    valid_ds: MelDataset | None,
-) -> None:
-    """Rank 0 writes the branch's checkpoints if it ends here, then the resume state that says this
-    epoch is done: a kill between the two repeats the epoch and rewrites the same files."""
-    if run.procs.main:
-        branch = plan.branches[plan.epochs[i].branch]
-        if plan.ends_branch(i) and not branch.shared:
-            export_branch(cfg, model, labels, branch, phase.quantizer, provenance, valid_ds)
-        save_state(
-            run.state_path,
-            RunState(
+    def end_epoch(self, i: int) -> None:
+        """Rank 0 writes the branch's checkpoints if it ends here, then the resume state that says this
+        epoch is done: a kill between the two repeats the epoch and rewrites the same files."""
+        plan, model, phase = self.plan, self.model, self.phase
+        if self.procs.main:
+            branch = plan.branches[plan.epochs[i].branch]
+            if plan.ends_branch(i) and not branch.shared:
+                trained = phase.quantization.codebooks() if phase.quantization is not None else None
+                export_branch(self.cfg, model, self.train_ds.labels, branch, trained, self.provenance, self.valid_ds)
+            state = RunState(
                 i + 1,
                 model.state_dict(),
                 phase.optimizer.state_dict(),
-                kept.state_dict() if kept is not None else None,  # the branch's codebooks, in D epochs too
-                match.projection.state_dict() if match.projection is not None else None,
-                history,
+                self.codebooks.state_dict() if self.codebooks is not None else None,
+                self.match.projection.state_dict() if self.match.projection is not None else None,
+                self.history,
                 {"plan": plan_info(plan)},
-            ),
-        )
-    run.procs.barrier()
+            )
+            save_state(self.run.state_path, state)
+        self.procs.barrier()
 
 
 # ---------------------------------------------------------------------------------- report
 
 
-def final_report(
-    cfg: Config,
-    plan: Plan,
-    labels: list[str],
-    train_ds: MelDataset,
-    valid_ds: MelDataset | None,
-    history: list[dict],
-    procs: Processes,
-) -> dict:
+def final_report(t: Training) -> dict:
     """Evaluate every exported checkpoint on the test split (else validation) and write the reports."""
+    cfg, plan, labels, train_ds, valid_ds = t.cfg, t.plan, t.train_ds.labels, t.train_ds, t.valid_ds
     split, dataset = cfg.data.test_split, None
     try:
         dataset = load_split(cfg, split, labels, train=False, progress=cfg.train.progress)
@@ -455,7 +410,7 @@ def final_report(
     rows = []
     for path in exported_paths(cfg, plan) if dataset is not None else []:
         checkpoint = load_checkpoint(path)
-        result = evaluate_checkpoint(checkpoint, dataset, split, device=procs.device)
+        result = evaluate_checkpoint(checkpoint, dataset, split, device=t.procs.device)
         made = {k: checkpoint.provenance.get(k) for k in ("branch", "quantization")}
         rows.append({"strategy": cfg.train.strategy, "init": cfg.student.init, **made, **summary(result)})
         log.info(
@@ -482,7 +437,7 @@ def final_report(
         },
         "config": cfg.model_dump(),
         "results": rows,
-        "history": history,
+        "history": t.history,
     }
     from training.report import (
         write_report,  # matplotlib is slow to import; only the end of a run needs it

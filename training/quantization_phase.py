@@ -1,0 +1,85 @@
+"""One quantization (Q) phase, in one place: what ``training.train`` does from a Q phase's first
+step to the checkpoint it exports.
+
+A phase begins by clustering the weights (k-means per matrix, ``training.quantize``) or, under
+``quant.labels: fixed``, by keeping the assignments of the branch's earlier Q phase with centroids
+re-estimated from the current weights; either way the weights are snapped onto their codebooks.
+It trains with ``QuantizationLoss`` (``centroid_weight * L_centroid + CE``) and SGD with momentum;
+under eq. 4 (``quant.centroid_update: sum``) the optimizer steps the centroids, fed by a pre-step
+hook that hands each centroid the sum of its weights' gradients, and the other parameters at
+``quant.lr``. After every optimizer step ``after_step`` snaps the weights back (``mean``:
+re-estimating each centroid as its cluster's mean first). ``state_dict`` is what the resume file
+keeps; ``codebooks`` is what the checkpoint stores.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from core.codebook import Codebook
+from training.config import QuantConfig
+from training.losses import QuantizationLoss
+from training.quantize import KMeansQuantizer
+
+
+class QuantizationPhase:
+    """The codebooks, loss and optimizer of one Q phase at ``bits`` (see the module docstring)."""
+
+    def __init__(self, model: nn.Module, bits: int, cfg: QuantConfig):
+        self.model, self.cfg = model, cfg
+        self.quantizer = KMeansQuantizer(model, bits, cfg.kmeans_iters, cfg.centroid_update)
+        self.loss = QuantizationLoss(self.quantizer, cfg.centroid_weight)
+
+    @property
+    def bits(self) -> int:
+        return self.quantizer.bits
+
+    @classmethod
+    def begin(
+        cls, model: nn.Module, bits: int, cfg: QuantConfig, previous: QuantizationPhase | None = None
+    ) -> QuantizationPhase:
+        """A new phase: k-means on the current weights, or ``previous``'s assignments when the labels
+        are ``fixed``; the weights are on their codebooks when it returns."""
+        phase = cls(model, bits, cfg)
+        keep = previous.quantizer if previous is not None and cfg.labels == "fixed" else None
+        phase.loss.fit(keep)
+        return phase
+
+    @classmethod
+    def restore(cls, model: nn.Module, cfg: QuantConfig, state: dict, device: torch.device) -> QuantizationPhase:
+        """The phase whose codebooks a resume file saved (``state_dict()``), on ``device``; the model's
+        weights come back from the same file, already on those codebooks."""
+        phase = cls(model, state["bits"], cfg)
+        phase.quantizer.load_state_dict(
+            {
+                "bits": state["bits"],
+                "centroids": {n: t.to(device) for n, t in state["centroids"].items()},
+                "labels": {n: t.to(device) for n, t in state["labels"].items()},
+            }
+        )
+        return phase
+
+    def optimizer(self) -> torch.optim.SGD:
+        """SGD with momentum over the model (and, under eq. 4, the centroids in a group of their own)."""
+        cfg, quantizer = self.cfg, self.quantizer
+        centroids = quantizer.centroid_parameters()
+        coded = {id(p) for p in quantizer.params.values()} if centroids else set()
+        others = [p for p in self.model.parameters() if id(p) not in coded]
+        groups = [{"params": others, "lr": cfg.lr, "base_lr": cfg.lr}]
+        if centroids:
+            groups.append({"params": centroids, "lr": cfg.centroid_lr, "base_lr": cfg.centroid_lr})
+        optimizer = torch.optim.SGD(groups, momentum=cfg.momentum)
+        if centroids:
+            optimizer.register_step_pre_hook(lambda *_: quantizer.accumulate_centroid_grads())
+        return optimizer
+
+    def after_step(self) -> None:
+        """Snap the weights onto their codebooks (after every optimizer step)."""
+        self.loss.snap()
+
+    def state_dict(self) -> dict:
+        return self.quantizer.state_dict()
+
+    def codebooks(self) -> dict[str, Codebook]:
+        return self.quantizer.codebooks()
