@@ -12,8 +12,8 @@ from core.checkpoint import load_checkpoint
 from core.frames import Frame
 from core.refusal import REFUSAL_LABEL
 from tests.training_corpus import random_teacher
-from training import context_build
 from training.context import ContextError
+from training.experiments import context_build
 from training.experiments.context_build import BuildPreset, build
 from training.experiments.demo import cli
 
