@@ -4,7 +4,7 @@ Precedence, lowest first: the defaults below, a YAML file (``--config run.yaml``
 command-line flags (``--strategy mct``), and ``--set section.key=value`` overrides, whose values
 are parsed as YAML scalars (``--set distill.alpha=0.5``, ``--set train.bits=[32,4]``). pydantic
 checks every value against its field (types, ranges, literal choices) and refuses unknown keys;
-``Config.validate`` adds the rules that span fields. The resolved configuration is saved as
+``Config.check`` adds the rules that span fields. The resolved configuration is saved as
 ``config.yaml`` next to the run's outputs, and ``--resume`` reads it back from there.
 """
 

