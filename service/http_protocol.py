@@ -14,7 +14,7 @@
 
 Both answers come from below the ASGI app, so ``quads_http_requests_total`` does not count them.
 The class relies on ``H11Protocol`` internals (``cycle``, ``conn``, ``on_response_complete``,
-``send_400_response``); tests/test_hostile_inputs.py checks the behaviour on a real server.
+``send_400_response``); tests/service/test_hostile_inputs.py checks the behaviour on a real server.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ compiler emits for CPU linear layers. They are not public API, but torch is pinn
 version; ``pack_linear_layers`` checks them on a layer before swapping anything and keeps
 ``nn.Linear`` where they fail (a torch built without oneDNN, a CPU it does not support).
 The answers are float32 results in a different summation order: within float rounding of
-``nn.Linear`` (tests/test_onednn_linear.py).
+``nn.Linear`` (tests/service/test_onednn_linear.py).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``python -m tests.slow_state_writes ARGS``: ``quads-train ARGS``, except that each resume state
 file stays a temp file for a second after it is written, before its rename, so that a test can
-SIGKILL training in the middle of writing one (tests/test_train_resume.py)."""
+SIGKILL training in the middle of writing one (tests/training/test_train_resume.py)."""
 
 import sys
 import time

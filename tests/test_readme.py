@@ -7,7 +7,7 @@
 - Every other command is either run by ``.ci/run`` (the install, test-setup, lint and
   test-command blocks), run here, or parsed by the very tool it calls (training runs last an hour; their
   argument lists are checked by the tools' own parsers, and small runs of the same tools are in
-  tests/test_e2e_training.py). A command this file does not know fails the test.
+  tests/training/test_e2e_training.py). A command this file does not know fails the test.
 """
 
 from __future__ import annotations

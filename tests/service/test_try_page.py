@@ -19,7 +19,7 @@ import pytest
 from tests.live_server import Server
 from tests.service_inputs import espeak, wav_bytes
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "models" / "quads-fsc-4bit.safetensors"
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 

@@ -26,7 +26,7 @@ from tests.live_server import Server, read_responses
 from tests.service_inputs import LABELS, reference_probabilities
 
 MiB = 1024 * 1024
-PROJECT = Path(__file__).resolve().parent.parent
+PROJECT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

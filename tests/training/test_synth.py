@@ -44,7 +44,7 @@ def corpus(tmp_path_factory) -> Path:
 
 
 FSC = load_context("fsc")
-FOUR_COMMANDS = Path(__file__).resolve().parent / "contexts" / "four-commands.yaml"
+FOUR_COMMANDS = Path(__file__).resolve().parents[1] / "contexts" / "four-commands.yaml"
 
 
 # --------------------------------------------------------------------------------- voices
@@ -374,7 +374,7 @@ def test_cli_writes_only_the_splits_asked_for_with_the_full_corpus_voices(tmp_pa
 
 # ---------------------------------------------------------------------------- frames and slots
 
-CHANNELS = Path(__file__).resolve().parent / "contexts" / "channels.yaml"
+CHANNELS = Path(__file__).resolve().parents[1] / "contexts" / "channels.yaml"
 
 
 def test_a_context_with_slots_is_written_as_manifests_of_frame_labels(tmp_path):

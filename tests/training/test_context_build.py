@@ -17,7 +17,7 @@ from training.experiments import context_build
 from training.experiments.context_build import BuildPreset, build
 from training.experiments.demo import cli
 
-CHANNELS = Path(__file__).resolve().parent / "contexts" / "channels.yaml"
+CHANNELS = Path(__file__).resolve().parents[1] / "contexts" / "channels.yaml"
 TINY = BuildPreset(
     voices={"train": 3, "valid": 1, "test": 1},
     clips_per_frame=2,
