@@ -186,18 +186,20 @@ class MelDataset(torch.utils.data.Dataset):
         return spec_augment(mel, rng), self._targets[i], i
 
     def _background_talker(self, wave: Tensor, rng: np.random.Generator) -> Tensor:
-        """Sometimes another clip of the split under this one, 8-25 dB lower: a person or a TV in the
-        room. Its own generator, so the other augmentation draws are those of a run without it."""
+        """Sometimes other clips of the split under this one: one person or a TV 8-25 dB lower, or the
+        babble of two to four, 0-20 dB lower (a kitchen, a cafe: where the model was weakest). Its own
+        generator, so the other augmentation draws are those of a run without it."""
         if rng.random() >= BACKGROUND_TALKER_SHARE:
             return wave
-        other = self._features[int(rng.integers(len(self._features)))]
-        if other is None or other.numel() == 0:
+        talkers = 1 if rng.random() < 0.5 else int(rng.integers(2, 5))
+        others = [self._features[int(j)] for j in rng.integers(len(self._features), size=talkers)]
+        others = [o.numpy() for o in others if o is not None and o.numel() > 0]
+        if not others:
             return wave
-        other = other.numpy()
-        start = int(rng.integers(0, other.size))
-        background = np.take(other, np.arange(start, start + wave.numel()), mode="wrap")
+        background = overlay_talkers(others, rng, wave.numel())
+        snr_db = rng.uniform(8.0, 25.0) if talkers == 1 else rng.uniform(0.0, 20.0)
         speech = wave.numpy()
-        return torch.from_numpy(mix_at_snr(speech, background, rng.uniform(8.0, 25.0), signal_rms=active_rms(speech)))
+        return torch.from_numpy(mix_at_snr(speech, background, snr_db, signal_rms=active_rms(speech)))
 
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation draw: the same (seed, epoch) always gives the same items."""
@@ -264,8 +266,21 @@ def augment_waveform(wave: Tensor, rng: np.random.Generator) -> Tensor:
         start = int(rng.integers(0, bank.size))
         noise = np.take(bank, np.arange(start, start + wave.numel()), mode="wrap")
         speech = wave.numpy()
-        wave = torch.from_numpy(mix_at_snr(speech, noise, snr_db=rng.uniform(5.0, 35.0), signal_rms=active_rms(speech)))
+        wave = torch.from_numpy(mix_at_snr(speech, noise, snr_db=rng.uniform(0.0, 30.0), signal_rms=active_rms(speech)))
     return wave
+
+
+def overlay_talkers(voices: list[np.ndarray], rng: np.random.Generator, n: int) -> np.ndarray:
+    """``voices`` laid over each other in ``n`` samples, each at a random offset (it may start before
+    or run past the window) and a level 0-6 dB below the others' unit RMS: people talking at once."""
+    mix = np.zeros(n)
+    for voice in voices:
+        voice = voice / max(float(np.sqrt(np.mean(voice.astype(np.float64) ** 2))), 1e-9)
+        start = int(rng.integers(-voice.size // 2, n))
+        lo, hi = max(start, 0), min(start + voice.size, n)
+        if hi > lo:
+            mix[lo:hi] += voice[lo - start : hi - start] * 10 ** (rng.uniform(-6, 0) / 20)
+    return mix
 
 
 def active_rms(wave: np.ndarray, frame: int = 320, floor_db: float = -35.0) -> float:
@@ -292,7 +307,7 @@ def noise_bank(seconds: int = 64) -> dict[str, np.ndarray]:
 
 
 MAX_TIME_MASK_FRAMES = 8  # 80 ms
-BACKGROUND_TALKER_SHARE = 0.25  # of training items that get another clip mixed under them
+BACKGROUND_TALKER_SHARE = 0.4  # of training items that get other clips mixed under them
 
 
 def spec_augment(mel: Tensor, rng: np.random.Generator, n_masks: int = 2) -> Tensor:

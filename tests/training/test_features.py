@@ -308,3 +308,39 @@ def test_spec_augment_never_masks_a_whole_word():
             longest = max(longest, run)
     assert 0 < longest <= 2 * MAX_TIME_MASK_FRAMES  # two masks may touch; a word lasts >= 150 ms
     assert MAX_TIME_MASK_FRAMES * 10 <= 80  # ms
+
+
+def test_overlay_talkers_places_each_voice_at_unit_rms_within_6_db():
+    from training.features import overlay_talkers
+
+    # Two constant voices: RMS 2 and 0.5, so at unit RMS each sample is exactly 1; a 4-sample window.
+    voices = [np.full(4, 2.0), np.full(2, -0.5)]
+    rng = np.random.default_rng(3)
+    mix = overlay_talkers(voices, rng, 4)
+    draws = np.random.default_rng(3)  # the same draws, replayed by hand: offset, then level, per voice
+    expected = np.zeros(4)
+    for sign, size in ((1.0, 4), (-1.0, 2)):
+        start = int(draws.integers(-size // 2, 4))
+        gain = 10 ** (draws.uniform(-6, 0) / 20)
+        for t in range(max(start, 0), min(start + size, 4)):
+            expected[t] += sign * gain
+    np.testing.assert_allclose(mix, expected)
+    assert np.any(mix != 0)
+
+
+def test_background_babble_keeps_the_clip_and_lowers_the_others(clips):
+    ds = MelDataset(clips, LABELS, augment=True, seed=7, progress=False)
+    wave = ds._features[0]
+    mixed_any = False
+    for epoch in range(12):
+        ds.set_epoch(epoch)
+        out = ds._background_talker(wave, np.random.default_rng([7, epoch, 0, 1]))
+        assert out.shape == wave.shape
+        if not torch.equal(out, wave):
+            mixed_any = True
+            # What was added is at least 0 dB below the clip's speech level (the SNR range starts at 0).
+            from training.features import active_rms
+
+            added = (out - wave).numpy().astype(np.float64)
+            assert np.sqrt(np.mean(added**2)) <= active_rms(wave.numpy()) * 1.001
+    assert mixed_any

@@ -36,15 +36,19 @@ def noisy_copy(
     seed: int = 0,
     split: str = "test",
     babble_from: Path | None = None,
+    babble_split: str = "test",
     progress: bool = True,
 ) -> Path:
-    """Write ``src``'s ``split`` mixed with ``kind`` noise at ``snr_db`` dB into ``dst`` (FSC layout)."""
+    """Write ``src``'s ``split`` mixed with ``kind`` noise at ``snr_db`` dB into ``dst`` (FSC layout).
+
+    Babble is made from the non-command speech of ``babble_from``'s ``babble_split``: for a
+    validation copy, the validation voices, so that no choice made on it has heard a test voice."""
     if kind not in NOISE_KINDS:
         raise ValueError(f"noise kind must be one of {NOISE_KINDS}, got {kind!r}")
     if kind == "babble" and babble_from is None:
         raise ValueError("babble noise needs babble_from: a corpus whose speech clips make the babble")
     samples = load_fsc(src, split)
-    talkers = _speech_clips(babble_from) if kind == "babble" else []
+    talkers = _speech_clips(babble_from, babble_split) if kind == "babble" else []
     dst.mkdir(parents=True, exist_ok=True)
     for sample in tqdm(samples, desc=f"{kind} {snr_db:g} dB", unit="clip", disable=not progress):
         wave, rate = soundfile.read(sample.path, dtype="float32")
@@ -64,9 +68,9 @@ def noisy_copy(
     return dst
 
 
-def _speech_clips(root: Path) -> list[Path]:
-    """The speech clips of a corpus's test split that are not commands (sounds have "<kind>" transcriptions)."""
-    with open(root / "data" / "test_data.csv", newline="") as f:
+def _speech_clips(root: Path, split: str) -> list[Path]:
+    """The speech clips of a corpus's ``split`` that are not commands (sounds have "<kind>" transcriptions)."""
+    with open(root / "data" / f"{split}_data.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     clips = [
         root / r["path"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from core.audio import SAMPLE_RATE
-from training.features import NOISE_COLORS, colored_noise
+from training.features import NOISE_COLORS, colored_noise, overlay_talkers
 
 SOUND_KINDS = ("silence", "noise", "tone", "music", "clicks", "hum", "babble")
 
@@ -42,15 +42,7 @@ def nonspeech(kind: str, rng: np.random.Generator, seconds: float) -> np.ndarray
 
 def babble(voices: list[np.ndarray], rng: np.random.Generator, seconds: float) -> np.ndarray:
     """Several utterances laid over each other at random offsets and levels: many people talking at once."""
-    n = max(int(seconds * SAMPLE_RATE), 160)
-    mix = np.zeros(n)
-    for voice in voices:
-        voice = voice / max(float(np.sqrt(np.mean(voice.astype(np.float64) ** 2))), 1e-9)
-        start = int(rng.integers(-voice.size // 2, n))
-        lo, hi = max(start, 0), min(start + voice.size, n)
-        if hi > lo:
-            mix[lo:hi] += voice[lo - start : hi - start] * 10 ** (rng.uniform(-6, 0) / 20)
-    return _normalized(mix, rng)
+    return _normalized(overlay_talkers(voices, rng, max(int(seconds * SAMPLE_RATE), 160)), rng)
 
 
 def _normalized(wave: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -16,8 +16,8 @@ running the same command again after an interruption continues the pipeline):
    ``corpus-paraphrase`` (the test voices saying ``contexts/fsc-held-out.yaml``, wordings training
    never says), ``corpus-ood`` (the test voices saying ``contexts/not-commands-held-out.yaml``, and
    sounds), ``corpus-klatt`` (voices of the held-out Klatt family: a proxy for an engine the model
-   never heard) and ``corpus-noisy-{pink,babble}-{10,5}`` (``corpus``'s test split at 10 and 5 dB
-   SNR of pink noise and of babble made from ``corpus-ood``'s speech).
+   never heard) and ``corpus-noisy-{pink,babble}-{10,5}`` (``corpus``'s valid and test splits at 10
+   and 5 dB SNR of pink noise and of babble made from the same split's non-command speech).
 3. ``default``: the shipped model. Teacher: the frozen Whisper base encoder (its embeddings
    cached once); student: Whisper-tiny dims initialised from tiny.en, trained with MCT at the
    clips' real length; its 4- and 8-bit files are copied to ``models/``.
@@ -154,11 +154,22 @@ def make_corpora(out: Path, preset: DemoPreset, seed: int, progress: bool) -> No
     for kind in ("pink", "babble"):
         for snr in (10, 5):
             name = f"corpus-noisy-{kind}-{snr}"
-            if not (out / name / "data" / "test_data.csv").exists():
-                log.info("step corpus: %s", name)
-                noisy_copy(
-                    out / "corpus", out / name, kind, snr, seed=seed, babble_from=out / "corpus-ood", progress=progress
-                )
+            # The valid split's babble is the validation voices' own non-commands, so that a choice
+            # made on it (the augmentation) never heard a test voice; the test split's is corpus-ood's.
+            for split, babble_from in (("valid", out / "corpus"), ("test", out / "corpus-ood")):
+                if not (out / name / "data" / f"{split}_data.csv").exists():
+                    log.info("step corpus: %s, %s split", name, split)
+                    noisy_copy(
+                        out / "corpus",
+                        out / name,
+                        kind,
+                        snr,
+                        seed=seed,
+                        split=split,
+                        babble_from=babble_from,
+                        babble_split=split,
+                        progress=progress,
+                    )
 
 
 def run_demo(
