@@ -11,7 +11,8 @@ Loads a CTranslate2 Whisper directory (tiny.en: ``quads-demo`` fetches it to
 * our forward (encoder + head) at the clip's length, in float32, (where the CPU has it)
   bfloat16 and int8 (``service.precision``), and at 30 s;
 * our whole HTTP path: ``quads-serve`` serving the same weights (a float32 checkpoint), a 3-s WAV
-  posted over loopback, decoding and log-mel included; and the same with bfloat16 and int8.
+  posted over loopback, decoding and log-mel included; and the same with bfloat16, int8 and the
+  service's default, ``QUADS_PRECISION=auto`` (the path it chose is printed).
 
 It also measures the host's matrix-multiply peak in the same run (a 2048x2048 product) and
 prints each path against the compute limit of our forward: GFLOPs / peak. Medians of blocks;
@@ -269,8 +270,15 @@ PATH_ROWS = [
     ("**ours, HTTP end to end, float32, 3-s WAV** (wrk client)", "http_fp32_3s_wrk"),
     ("**ours, HTTP end to end, bfloat16, 3-s WAV** (wrk client)", "http_bf16_3s_wrk"),
     ("**ours, HTTP end to end, int8, 3-s WAV** (wrk client)", "http_int8_3s_wrk"),
+    ("**ours, HTTP end to end, the default (auto), 3-s WAV** (httpx client)", "http_auto_3s"),
+    ("**ours, HTTP end to end, the default (auto), 3-s WAV** (wrk client)", "http_auto_3s_wrk"),
 ]
-HTTP_PATHS = (("float32", "http_fp32_3s"), ("bfloat16", "http_bf16_3s"), ("int8", "http_int8_3s"))
+HTTP_PATHS = (
+    ("float32", "http_fp32_3s"),
+    ("bfloat16", "http_bf16_3s"),
+    ("int8", "http_int8_3s"),
+    ("the default (auto)", "http_auto_3s"),
+)
 
 
 def target_rows(ms: dict[str, float], limits: dict[str, float]) -> list[str]:
@@ -322,6 +330,7 @@ def report(args, info: dict, ms: dict[str, float], peaks: dict[str, dict[str, fl
         "compute limit here is " + " and ".join(f"{limit:.1f} ms in {dtype}" for dtype, limit in limits.items()) + ".",
         f"- Medians over {args.rounds} rounds of alternating blocks ({args.per_block} calls per block at 3 s, 1 at 30 s). "
         f"A wrk row is the median of its blocks' medians (one connection, {WRK_BLOCK_S:g} s a block, requests back to back).",
+        f"- The default server (`QUADS_PRECISION=auto`) chose `{info['auto_path']}` at start (service.compute_path).",
         "",
         "| path | median ms | vs our HTTP float32 (httpx) |",
         "| --- | ---: | ---: |",
@@ -364,6 +373,8 @@ def main(argv: list[str] | None = None) -> None:
                 Server(checkpoint_path, args.threads, QUADS_PRECISION="bfloat16")
             ).url
         servers["http_int8_3s"] = stack.enter_context(Server(checkpoint_path, args.threads, QUADS_PRECISION="int8")).url
+        servers["http_auto_3s"] = stack.enter_context(Server(checkpoint_path, args.threads, QUADS_PRECISION="auto")).url
+        info["auto_path"] = httpx.get(f"{servers['http_auto_3s']}/v1/model", timeout=10).json()["compute_path"]
         for name, url in servers.items():
             client = stack.enter_context(httpx.Client(base_url=url, timeout=60))
 

@@ -81,7 +81,7 @@ def run_level(url: str, script: Path, connections: int, seconds: int) -> dict:
     }
 
 
-def report(args, levels: list[dict], clip: bytes) -> str:
+def report(args, levels: list[dict], clip: bytes, compute_path: str) -> str:
     peak = max(level["answered_rps"] for level in levels)
     lines = [
         "## Overload: wrk against POST /intent",
@@ -92,7 +92,8 @@ def report(args, levels: list[dict], clip: bytes) -> str:
         f"{args.seconds} s per level; every connection sends again as soon as it is answered.",
         "- Server settings: "
         + (", ".join(f"`{item}`" for item in args.env) or "the defaults")
-        + " (`QUADS_MAX_QUEUE`, `QUADS_MAX_BATCH_SIZE`, `QUADS_REFUSALS_PER_SECOND`).",
+        + " (`QUADS_MAX_QUEUE`, `QUADS_MAX_BATCH_SIZE`, `QUADS_REFUSALS_PER_SECOND`, `QUADS_PRECISION`); "
+        f"compute path chosen at start: {compute_path}.",
         "",
         "| connections | answered/s | share of peak | refused (503)/s | admitted p50 / p99 ms, at most "
         "| refused p50 / p99 ms, at most | wrk timeouts |",
@@ -126,11 +127,12 @@ def main(argv: list[str] | None = None) -> None:
         parser.exit(2, "bench_overload.py needs wrk (Debian: apt-get install wrk)\n")
 
     clip = short_clip()
-    settings = dict(item.split("=", 1) for item in args.env)
+    settings = {"QUADS_PRECISION": "auto", **dict(item.split("=", 1) for item in args.env)}  # the service's default
     with tempfile.TemporaryDirectory() as tmp, Server(args.model, args.threads, **settings) as server:
+        compute_path = httpx.get(f"{server.url}/v1/model", timeout=10).json()["compute_path"]
         script = write_post_script(clip, Path(tmp))
         levels = [run_level(server.url, script, c, args.seconds) for c in args.connections]
-    text = report(args, levels, clip)
+    text = report(args, levels, clip, compute_path)
     publish(text, args.out)
 
 

@@ -25,6 +25,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -80,13 +81,24 @@ class Checkpoint:
 
     def _weights(self) -> list[Tensor]:
         """The model's parameters, including those that serving layers keep packed outside ``parameters()``."""
+        from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+
         tensors = list(self.model.parameters())
         for module in self.model.modules():
-            if hasattr(module, "_packed_params") and callable(getattr(module, "weight", None)):  # dynamic int8
-                tensors += [t for t in (module.weight(), module.bias()) if t is not None]
-            if callable(getattr(module, "packed_tensors", None)):  # service.onednn_linear.OneDnnLinear
+            if isinstance(module, HoldsPackedTensors):
                 tensors += module.packed_tensors()
+            elif isinstance(module, DynamicInt8Linear):  # torch's: its int8 weight is not a parameter
+                tensors += [t for t in (module.weight(), module.bias()) if t is not None]
         return tensors
+
+
+@runtime_checkable
+class HoldsPackedTensors(Protocol):
+    """A layer that a runtime swaps in for speed and that keeps its weights outside ``parameters()``
+    (a kernel's packed layout): it lists them, so ``Checkpoint.memory_bytes`` counts them without
+    ``core`` knowing the runtime's types."""
+
+    def packed_tensors(self) -> list[Tensor]: ...
 
 
 def _content_hash(tensors: dict[str, Tensor], metadata: dict[str, str]) -> str:

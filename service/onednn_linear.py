@@ -45,7 +45,8 @@ class OneDnnLinear(nn.Module):
         return torch.ops.mkldnn._linear_pointwise(x.to(self.dtype), self.packed_weight, self.bias, "none", [], "")
 
     def packed_tensors(self) -> list[Tensor]:
-        """The tensors held outside ``parameters()`` (``Checkpoint.memory_bytes`` counts them)."""
+        """The tensors held outside ``parameters()``: ``core.checkpoint.HoldsPackedTensors``, so that
+        ``Checkpoint.memory_bytes`` counts them."""
         return [self.packed_weight] + ([self.bias] if self.bias is not None else [])
 
     def extra_repr(self) -> str:

@@ -55,3 +55,46 @@ def test_the_training_library_never_imports_an_experiment():
         for path, names in library.items()
     }
     assert not {path: names for path, names in offenders.items() if names}, offenders
+
+
+def classes_and_methods(package: str) -> tuple[set[str], set[str]]:
+    """The names of the classes a package defines, and of their methods."""
+    classes, methods = set(), set()
+    for path in (REPO / package).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ClassDef):
+                classes.add(node.name)
+                methods |= {f.name for f in node.body if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef)}
+    return classes, methods
+
+
+def test_core_names_no_service_or_training_type_even_without_importing_it():
+    """Naming another layer's class, or duck-typing on its methods (``hasattr(module, "packed_tensors")``),
+    couples as an import does; core states what it needs as a protocol of its own instead."""
+    core_classes, core_methods = classes_and_methods("core")
+    service_classes, service_methods = classes_and_methods("service")
+    training_classes, training_methods = classes_and_methods("training")
+    types_above = (service_classes | training_classes) - core_classes
+    methods_above = (service_methods | training_methods) - core_methods
+    assert {"OneDnnLinear", "MelDataset", "AdmissionGate"} <= types_above
+    offenders = []
+    for path in sorted((REPO / "core").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (
+                isinstance(node, ast.Name | ast.Attribute)
+                and (node.id if isinstance(node, ast.Name) else node.attr) in types_above
+            ):
+                offenders.append(f"{path.name}:{node.lineno} names {ast.unparse(node)}")
+            duck = (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in {"hasattr", "getattr"}
+            )
+            if (
+                duck
+                and len(node.args) > 1
+                and isinstance(node.args[1], ast.Constant)
+                and node.args[1].value in methods_above
+            ):
+                offenders.append(f"{path.name}:{node.lineno} duck-types on {node.args[1].value!r}")
+    assert not offenders, offenders

@@ -175,3 +175,28 @@ def test_written_files_are_readable_by_others(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_memory_counts_weights_that_serving_layers_hold_outside_parameters(tmp_path):
+    from torch import nn
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    ck = load_checkpoint(save_checkpoint(tmp_path / "m.safetensors", quantized(SMALL, 32), LABELS, 32))
+    linear_weights = sum(m.weight.numel() for m in ck.model.modules() if isinstance(m, nn.Linear))
+    float32_bytes = 4 * sum(t.numel() for t in [*ck.model.parameters(), *ck.model.buffers()])
+    assert ck.memory_bytes == float32_bytes
+
+    # Dynamic int8: each linear weight becomes 1 byte per element (torch keeps it off parameters()).
+    quantize_dynamic(ck.model, {nn.Linear: per_channel_dynamic_qconfig}, inplace=True)
+    assert ck.memory_bytes == float32_bytes - 3 * linear_weights
+
+    class Packed(nn.Module):  # any layer with packed_tensors() is counted: core.checkpoint.HoldsPackedTensors
+        def __init__(self):
+            super().__init__()
+            self.kept = torch.zeros(10, dtype=torch.bfloat16)
+
+        def packed_tensors(self):
+            return [self.kept]
+
+    ck.model.extra = Packed()
+    assert ck.memory_bytes == float32_bytes - 3 * linear_weights + 2 * 10
