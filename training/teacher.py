@@ -241,21 +241,7 @@ class TeacherCache:
 
 def teacher_view(teacher: Teacher, dataset: MelDataset, progress: bool = True) -> MelDataset:
     """``dataset`` as the teacher must see it: clean (no augmentation), with the teacher's mel bins."""
-    if not dataset.augment and dataset.n_mels == teacher.dims.n_mels:
-        return dataset
-    view = MelDataset(
-        dataset.samples,
-        dataset.labels,
-        n_mels=teacher.dims.n_mels,
-        pad_to_30s=dataset.pad_to_30s,
-        on_error="raise",
-        augment=False,
-        max_seconds=dataset.max_seconds,
-        progress=progress,
-    )
-    if len(view) != len(dataset):
-        raise RuntimeError(f"the teacher's view of the data has {len(view)} clips, the student's {len(dataset)}")
-    return view
+    return dataset.clean_view(teacher.dims.n_mels, progress)
 
 
 @torch.no_grad()

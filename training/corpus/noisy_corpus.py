@@ -18,11 +18,11 @@ from tqdm import tqdm
 
 from core.audio import SAMPLE_RATE
 from core.refusal import REFUSAL_LABEL
+from training.augmentation import colored_noise, mix_at_snr
 from training.corpus.espeak_voices import stable_int
 from training.corpus.nonspeech import babble
 from training.corpus.synth import write_wav
 from training.datasets import load_fsc
-from training.features import colored_noise, mix_at_snr
 
 NOISE_KINDS = ("pink", "babble")
 

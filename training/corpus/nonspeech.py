@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from core.audio import SAMPLE_RATE
-from training.features import NOISE_COLORS, colored_noise, overlay_talkers
+from training.augmentation import NOISE_COLORS, colored_noise, overlay_talkers
 
 SOUND_KINDS = ("silence", "noise", "tone", "music", "clicks", "hum", "babble")
 

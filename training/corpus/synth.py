@@ -49,6 +49,7 @@ from tqdm import tqdm
 from core.audio import SAMPLE_RATE, resample
 from core.refusal import REFUSAL_LABEL
 from core.tensor_files import atomic_write
+from training.augmentation import NOISE_COLORS, colored_noise, mix_at_snr
 from training.context import Context, Phrase, load_context, shared_sentences
 from training.corpus.espeak_voices import (
     DEFAULT_VOICES_PER_SPLIT,
@@ -60,7 +61,6 @@ from training.corpus.espeak_voices import (
 )
 from training.corpus.nonspeech import SOUND_KINDS, babble, nonspeech
 from training.datasets import FSC_COLUMNS, FSC_SPLITS
-from training.features import NOISE_COLORS, colored_noise, mix_at_snr
 
 # A sentence is drawn by template first (each template of an intent equally likely), then, this
 # often, as the template's plain form ("turn on the lights"), else any expansion ("could you
