@@ -54,7 +54,8 @@ def golden_run():
 def test_golden_two_step_run():
     torch.set_num_threads(1)
     d, q, model, quantizer = golden_run()
-    # Recorded from this loop on torch 2.11 CPU; a change here means the loop's maths changed.
+    # Recorded from this loop on torch 2.11 CPU; a change here means the loop's maths changed
+    # (test_one_distillation_step_by_hand checks a step against a hand computation).
     assert d["loss"] == pytest.approx(1.11873859167099, abs=1e-5)
     assert d["l1"] == pytest.approx(1.008846253156662, abs=1e-5)
     assert d["ce"] == pytest.approx(1.2286309599876404, abs=1e-5)
@@ -68,6 +69,41 @@ def test_golden_two_step_run():
         assert torch.unique(p.detach()).numel() <= 4
     d2, q2, *_ = golden_run()
     assert (d2, q2) == (d, q)  # deterministic
+
+
+def test_one_distillation_step_by_hand():
+    """The loop's first step against a hand computation: the batch's loss is alpha * L1 to the
+    teacher + (1 - alpha) * CE, and Adam's first step moves each weight by lr * g / (|g| + eps)
+    (its moment estimates, bias-corrected, are g and g^2), at each group's rate."""
+    g = torch.Generator().manual_seed(2)
+    items = [(torch.randn(16, n, generator=g), k, k) for k, n in enumerate([30, 24])]
+    teacher = torch.randn(2, 32, generator=g)
+    torch.manual_seed(1)
+    model = IntentClassifier(SMALL, 3)
+    mels, lengths, labels, _ = collate(items)
+    embedding, logits = model(mels, lengths)
+    log_p = logits.log_softmax(-1)
+    by_hand = 0.5 * (embedding - teacher).abs().mean() - 0.5 * (log_p[0, 0] + log_p[1, 1]) / 2
+    grads = torch.autograd.grad(by_hand, list(model.parameters()), allow_unused=True)
+    before = [p.detach().clone() for p in model.parameters()]
+
+    cfg = Config.model_validate({"distill": {"lr_encoder": 1e-4, "lr_head": 1e-2}})
+    loss = DistillationLoss(0.5)
+    loader = torch.utils.data.DataLoader(items, batch_size=2, collate_fn=collate)
+    parts = train_epoch(
+        TrainStep(model, loss),
+        loader,
+        distillation_optimizer(model, loss, cfg),
+        device=torch.device("cpu"),
+        targets=TeacherTargets(teacher),
+        progress=False,
+    )
+    assert parts["loss"] == pytest.approx(float(by_hand.detach()), rel=1e-5)
+    head = {id(p) for p in model.head.parameters()}
+    for p, p0, grad in zip(model.parameters(), before, grads):
+        lr = 1e-2 if id(p) in head else 1e-4
+        step = torch.zeros_like(p0) if grad is None else lr * grad / (grad.abs() + 1e-8)
+        torch.testing.assert_close(p.detach(), p0 - step, rtol=0, atol=1e-6)
 
 
 def test_a_quantization_epoch_under_eq_4_steps_the_centroids_not_the_weights():

@@ -172,20 +172,24 @@ def test_16_bit_rounds_to_float16_and_32_bit_changes_nothing():
     assert float(q16.centroid_loss()) == 0.0
 
 
-def test_centroid_loss_is_mean_squared_distance_to_centroids():
-    torch.manual_seed(3)
-    model = IntentClassifier(SMALL, 3)
-    quantizer = quantize_model(model, 2)
-    with torch.no_grad():
-        for p in quantizer.params.values():
-            p.add_(torch.randn_like(p) * 0.01)
-    expected = torch.stack(
-        [
-            ((p.detach().reshape(-1) - quantizer.centroids[n][quantizer.labels[n]]) ** 2).mean()
-            for n, p in quantizer.params.items()
-        ]
-    ).mean()
-    torch.testing.assert_close(quantizer.centroid_loss().detach(), expected)
+def two_matrices() -> torch.nn.Module:
+    """Two 2x2 weight matrices whose 1-bit codebooks are obvious: {0.05, 1.1} and {-1, 3}."""
+    model = torch.nn.Module()
+    model.a = torch.nn.Parameter(torch.tensor([[0.0, 0.1], [1.0, 1.2]]))
+    model.b = torch.nn.Parameter(torch.tensor([[-1.0, -1.0], [3.0, 3.0]]))
+    return model
+
+
+def test_centroid_loss_is_mean_squared_distance_to_centroids_by_hand():
+    model = two_matrices()
+    quantizer = quantize_model(model, 1)
+    assert sorted(quantizer.centroids["a"].tolist()) == pytest.approx([0.05, 1.1])
+    assert float(quantizer.centroid_loss().detach()) == 0.0  # snapped: every weight on its centroid
+    with torch.no_grad():  # move weights off their centroids by hand, as an optimizer step would
+        model.a.copy_(torch.tensor([[0.05, 0.25], [1.1, 0.9]]))  # distances 0, 0.2, 0, 0.2
+        model.b.copy_(torch.tensor([[-1.0, -0.5], [3.0, 3.0]]))  # distances 0, 0.5, 0, 0
+    # a: (0.04 + 0.04) / 4 = 0.02; b: 0.25 / 4 = 0.0625; the mean over the two matrices: 0.04125
+    assert float(quantizer.centroid_loss().detach()) == pytest.approx(0.04125, abs=1e-6)
 
 
 # --- how centroids learn in a quantization phase -------------------------------------------------
