@@ -6,7 +6,7 @@ positions as two batched products with a float32 softmax, and everything else th
 dims (6 heads of 64), one clip, at encoder lengths from 0.5 s to 10 s of audio, in float32 and
 under bfloat16 autocast, alternating the two kernels; medians of the repeats.
 
-    python bench/bench_attention.py --threads 2 --out bench/results/attention.md
+    python -m bench.bench_attention --threads 2 --out bench/results/attention.md
 """
 
 from __future__ import annotations
@@ -19,14 +19,12 @@ import argparse
 import contextlib
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: bench.* imports
 from bench.report_output import publish
 from core.cpu_features import native_bfloat16
 from service.served_attention import SHORT_ATTENTION_POSITIONS, short_attention

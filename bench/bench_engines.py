@@ -18,7 +18,7 @@ It also measures the host's matrix-multiply peak in the same run (a 2048x2048 pr
 prints each path against the compute limit of our forward: GFLOPs / peak. Medians of blocks;
 compare ratios, not absolute times.
 
-    python bench/bench_engines.py --whisper runs/demo/whisper/tiny.en --threads 2 --out bench/results/engines.md
+    python -m bench.bench_engines --whisper runs/demo/whisper/tiny.en --threads 2 --out bench/results/engines.md
 
 The reference engines are benchmark-only dependencies: ``pip install -e ".[bench]"``.
 """
@@ -49,6 +49,9 @@ import httpx
 import numpy as np
 import torch
 
+from bench.bench_service import Server, three_second_clip
+from bench.report_output import publish
+from bench.wrk import run_wrk, write_post_script, wrk_available
 from core.audio import decode_audio, log_mel_spectrogram
 from core.checkpoint import save_checkpoint
 from core.compute import forward_gmacs
@@ -59,11 +62,6 @@ from service.onednn_linear import OneDnnLinear, onednn_linear_works
 from service.precision import compute_context, prepare_model
 from training.whisper.ct2 import read_ct2_encoder
 from training.whisper.encoder import _HF_RENAMES
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: bench.* imports
-from bench.bench_service import Server, three_second_clip
-from bench.report_output import publish
-from bench.wrk import run_wrk, write_post_script, wrk_available
 
 N_LABELS = 31
 PAUSE_S = 0.25  # between blocks: lets another engine's spinning threads go idle

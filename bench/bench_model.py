@@ -1,8 +1,8 @@
 """Model benchmark: compute per clip, checkpoint size per bit width, and the cost of the audio front-end.
 
-    python bench/bench_model.py [--threads 2] [--repeats 20] [--out bench/results/model.md]
-    python bench/bench_model.py --quick   # skips the 10-s and 30-s timings
-    python bench/bench_model.py --threads 1 --clock cpu   # on a machine shared with other jobs
+    python -m bench.bench_model [--threads 2] [--repeats 20] [--out bench/results/model.md]
+    python -m bench.bench_model --quick   # skips the 10-s and 30-s timings
+    python -m bench.bench_model --threads 1 --clock cpu   # on a machine shared with other jobs
 
 All with whisper-tiny encoder dims and a 31-intent head (Fluent Speech Commands):
 
@@ -31,18 +31,16 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import bench.bench_training as training_bench  # noqa: E402
-from bench.bench_service import N_LABELS, build_model, three_second_clip  # noqa: E402
-from bench.bench_training import interleaved_medians  # noqa: E402
-from core.audio import SAMPLE_RATE, decode_audio, log_mel_spectrogram  # noqa: E402
-from core.checkpoint import load_checkpoint  # noqa: E402
-from core.compute import count_parameters, forward_gmacs  # noqa: E402
-from core.cpu_features import cpu_model  # noqa: E402
-from core.model import WHISPER_TINY, IntentClassifier  # noqa: E402
-from core.tensor_files import atomic_write  # noqa: E402
-from service.cpu import available_cpus  # noqa: E402
+import bench.bench_training as training_bench
+from bench.bench_service import N_LABELS, build_model, three_second_clip
+from bench.bench_training import interleaved_medians
+from core.audio import SAMPLE_RATE, decode_audio, log_mel_spectrogram
+from core.checkpoint import load_checkpoint
+from core.compute import count_parameters, forward_gmacs
+from core.cpu_features import cpu_model
+from core.model import WHISPER_TINY, IntentClassifier
+from core.tensor_files import atomic_write
+from service.cpu import available_cpus
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 CLIP_SECONDS = (1, 2, 3, 5, 10)  # compute table

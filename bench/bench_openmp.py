@@ -8,7 +8,7 @@ a 3-s clip's forward is timed 200 times with a 5-ms gap (as between sequential r
 * two teams: the main thread loads it and runs one forward (its own team), a worker runs the rest
   (what the service did before: more OpenMP threads than cores, so libgomp throttles spinning).
 
-    python bench/bench_openmp.py --threads 2 --out bench/results/openmp.md
+    python -m bench.bench_openmp --threads 2 --out bench/results/openmp.md
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: bench.* imports
 from bench.report_output import publish
 
 DEFAULT_MODEL = Path("models/quads-fsc-4bit.safetensors")

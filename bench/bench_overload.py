@@ -9,7 +9,7 @@ the bucket where 99% is reached. The report gives answered requests/s, refused/s
 rate as a share of the best level (the peak), and those percentiles. Client and server share
 the host, as the issue's measurement did.
 
-    python bench/bench_overload.py --threads 2 --out bench/results/overload.md
+    python -m bench.bench_overload --threads 2 --out bench/results/overload.md
 
 Needs ``wrk`` (Debian: ``apt-get install wrk``).
 """
@@ -21,19 +21,16 @@ import io
 import os
 import platform
 import re
-import sys
 import tempfile
 from pathlib import Path
 
 import httpx
 import soundfile
 
-from service.cpu import resolve_threads
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: bench.* imports
 from bench.bench_service import Server, three_second_clip
 from bench.report_output import publish
 from bench.wrk import run_wrk, write_post_script, wrk_available
+from service.cpu import resolve_threads
 
 CLIP_SECONDS = 1.5
 DEFAULT_MODEL = Path("models/quads-fsc-4bit.safetensors")

@@ -9,7 +9,7 @@ Measures, for one 3-s 16 kHz mono WAV and a whisper-tiny-dims 4-bit model:
 Writes a Markdown report to stdout and, with ``--out``, to a file. Timings depend on the host:
 compare the ratios, and rerun on the target machine for absolute numbers.
 
-    python bench/bench_service.py --threads 2 --out bench/results.md
+    python -m bench.bench_service --threads 2 --out bench/results.md
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ import numpy as np
 import soundfile
 import torch
 
+from bench.report_output import publish
+from bench.server_measures import paired_model_call, paired_share, server_cpu_per_request
+from bench.wrk import run_wrk, write_post_script, wrk_available
 from core.audio import SAMPLE_RATE, resample
 from core.checkpoint import load_checkpoint, save_checkpoint
 from core.compute import forward_gmacs
@@ -46,11 +49,6 @@ from core.cpu_features import native_bfloat16
 from core.model import WHISPER_TINY, IntentClassifier
 from service.cpu import resolve_threads
 from training.quantize import quantize_model
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: bench.* imports
-from bench.report_output import publish
-from bench.server_measures import paired_model_call, paired_share, server_cpu_per_request
-from bench.wrk import run_wrk, write_post_script, wrk_available
 
 CLIP_SECONDS = 3.0
 N_LABELS = 31  # Fluent Speech Commands has 31 intents

@@ -1,6 +1,6 @@
 """Which teacher embedding carries more of the intent: Whisper at the clip's real length, or padded to 30 s?
 
-    python bench/bench_teacher_input.py --teacher runs/demo/whisper/base --data runs/demo/corpus \
+    python -m bench.bench_teacher_input --teacher runs/demo/whisper/base --data runs/demo/corpus \
         [--train-clips 310 --valid-clips 310] [--out bench/results/teacher_input.md]
 
 Whisper was trained on 30-s padded input. QUADS runs every encoder at the clip's real length;
@@ -21,12 +21,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from core.audio import decode_audio, log_mel_spectrogram, num_frames  # noqa: E402
-from core.model import encoder_lengths  # noqa: E402
-from training.datasets import label_set, load_samples  # noqa: E402
-from training.whisper import load_whisper_encoder  # noqa: E402
+from core.audio import decode_audio, log_mel_spectrogram, num_frames
+from core.model import encoder_lengths
+from training.datasets import label_set, load_samples
+from training.whisper import load_whisper_encoder
 
 
 @torch.no_grad()

@@ -1,7 +1,7 @@
 """Training-speed benchmark: the cost of quantization-aware steps, and of the teacher in distillation.
 
-    python bench/bench_training.py [--threads 2] [--out bench/results/training.md]
-    python bench/bench_training.py --threads 1 --clock cpu   # on a machine shared with other jobs
+    python -m bench.bench_training [--threads 2] [--out bench/results/training.md]
+    python -m bench.bench_training --threads 1 --clock cpu   # on a machine shared with other jobs
 
 1. One optimizer step on the same batch, whisper-tiny dims, 8 bits (256 centroids per matrix):
    * plain: forward, cross-entropy, backward, SGD step;
@@ -33,20 +33,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from core.model import WHISPER_BASE, WHISPER_TINY, AudioEncoder, IntentClassifier  # noqa: E402
-from training.config import Config  # noqa: E402
-from training.features import collate  # noqa: E402
-from training.loop import TrainStep, distillation_optimizer, train_epoch  # noqa: E402
-from training.losses import (  # noqa: E402
+from core.model import WHISPER_BASE, WHISPER_TINY, AudioEncoder, IntentClassifier
+from training.config import Config
+from training.features import collate
+from training.loop import TrainStep, distillation_optimizer, train_epoch
+from training.losses import (
     ChannelMaxPool,
     ClassificationLoss,
     DistillationLoss,
     QuantizationLoss,
 )
-from training.quantize import KMeansQuantizer  # noqa: E402
-from training.teacher import Teacher, compute_targets  # noqa: E402
+from training.quantize import KMeansQuantizer
+from training.teacher import Teacher, compute_targets
 
 
 def median_seconds(fn, repeats: int, warmup: int = 1) -> float:

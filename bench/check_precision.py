@@ -8,7 +8,7 @@ the service's own engine (decode, log-mel, model), compared clip by clip:
 * ``QUADS_PRECISION=bfloat16`` (where the CPU has bfloat16 hardware) and ``int8``, alone and
   batched: intents that differ, and the largest change of any probability.
 
-    python bench/check_precision.py --data runs/demo/corpus --split test --out bench/results/precision.md
+    python -m bench.check_precision --data runs/demo/corpus --split test --out bench/results/precision.md
 
 It reads the split once and chooses nothing from it; the figures go in docs/benchmarks.md.
 """
@@ -16,21 +16,18 @@ It reads the split once and chooses nothing from it; the figures go in docs/benc
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from bench.report_output import publish
 from core.audio import decode_audio, log_mel_spectrogram
 from core.checkpoint import load_checkpoint
 from core.cpu_features import native_bfloat16
 from service.cpu import resolve_threads
 from service.engine import InferenceEngine
 from training.datasets import load_samples
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: bench.* imports
-from bench.report_output import publish
 
 DEFAULT_MODEL = Path("models/quads-fsc-4bit.safetensors")
 

@@ -8,13 +8,13 @@ a leak does not. Writes Markdown to stdout and, with ``--out``, to a file. The r
 at most ``--requests`` requests and ``--max-seconds``.
 
     # against a running server (give --pid to follow its memory)
-    python bench/load_test.py --url http://127.0.0.1:8000 --pid 1234 -n 2000 -c 8
+    python -m bench.load_test --url http://127.0.0.1:8000 --pid 1234 -n 2000 -c 8
     # start quads-serve on 127.0.0.1 with a model (default: random whisper-tiny dims, 4-bit)
-    python bench/load_test.py --model models/quads-fsc-4bit.safetensors -n 2000 -c 8
+    python -m bench.load_test --model models/quads-fsc-4bit.safetensors -n 2000 -c 8
     # soak: N requests, memory after a warm-up vs at the end; exit status 1 on errors or growth
-    python bench/load_test.py --soak 3000 -c 4 --out bench/soak.md
+    python -m bench.load_test --soak 3000 -c 4 --out bench/soak.md
     # overload: a short queue and many clients; expect quick 503s
-    python bench/load_test.py -n 500 -c 32 --env QUADS_MAX_QUEUE=2 --env QUADS_MAX_BATCH_SIZE=1
+    python -m bench.load_test -n 500 -c 32 --env QUADS_MAX_QUEUE=2 --env QUADS_MAX_BATCH_SIZE=1
 
 The client and the server share the host's CPUs; on a small host the client's own work is part
 of what is measured.

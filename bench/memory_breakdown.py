@@ -4,17 +4,15 @@ Reads ``/proc/self/status`` (Linux) after importing what the service imports, in
 loading the checkpoint as the service does (``service.main.load_served_checkpoint``, which
 returns the loading's freed heap to the OS) and running 20 forwards on a 3-s clip.
 
-    python bench/memory_breakdown.py --out bench/results/memory.md
+    python -m bench.memory_breakdown --out bench/results/memory.md
 """
 
 from __future__ import annotations
 
 import argparse
 import re
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: bench.* imports
 from bench.report_output import publish
 
 DEFAULT_MODEL = Path("models/quads-fsc-4bit.safetensors")

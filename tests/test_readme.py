@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import json
 import os
@@ -257,6 +258,10 @@ def check_python(command: list[str], monkeypatch) -> None:
         from training.experiments.table2 import cli as table2
 
         parse_with(table2, command[3:], monkeypatch)
+        return
+    if command[1] == "-m" and command[2].startswith("bench."):  # a benchmark: its arguments parse
+        module = importlib.import_module(command[2])
+        parse_with(module.main, command[3:], monkeypatch)
         return
     if command[1] == "-m":
         assert command[2:] == ["pytest", "-q"], "the only other python -m command is the test command"
