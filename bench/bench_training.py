@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from core.model import WHISPER_BASE, WHISPER_TINY, AudioEncoder, IntentClassifier
 from training.config import Config
 from training.features import collate
-from training.loop import TrainStep, distillation_optimizer, train_epoch
+from training.loop import EpochSettings, TrainStep, distillation_optimizer, train_epoch
 from training.losses import (
     ChannelMaxPool,
     ClassificationLoss,
@@ -164,7 +164,7 @@ def bench_distillation(args) -> list[tuple[str, float]]:
     def epoch(loss, **kw):
         step = TrainStep(student, loss)
         optimizer = distillation_optimizer(student, loss, cfg)
-        return lambda: train_epoch(step, loader, optimizer, device=cpu, progress=False, **kw)
+        return lambda: train_epoch(step, loader, optimizer, EpochSettings(device=cpu, progress=False, **kw))
 
     distill = DistillationLoss(0.5)
     epochs = interleaved_medians(

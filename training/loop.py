@@ -60,51 +60,55 @@ class PhaseSchedule:
         return factor
 
 
-def train_epoch(
-    step_module: nn.Module,
-    loader: DataLoader,
-    optimizer: torch.optim.Optimizer,
-    *,
-    device: torch.device,
-    snap: Callable[[], object] | None = None,
-    targets: TeacherTargets | None = None,
-    online_teacher: Callable[[Tensor, Tensor], TeacherTargets] | None = None,
-    schedule: PhaseSchedule | None = None,
-    grad_clip: float = 0.0,
-    desc: str = "",
-    progress: bool = True,
-) -> dict[str, float]:
-    """One pass over ``loader``: forward, backward, step and (in Q) snap. Returns the mean loss parts.
+@dataclass(frozen=True)
+class EpochSettings:
+    """How ``train_epoch`` steps: the device, the teacher's targets, the learning rate and what
+    follows each step.
 
     targets: cached teacher targets indexed by dataset item; or ``online_teacher(mels, lengths)``
     runs the teacher on each batch. schedule: sets each group's lr from its ``base_lr`` before
     every step (None: the lr is left as it is). grad_clip: clip the gradient norm to this (0: off).
     snap: called after every optimizer step (Q: ``QuantizationPhase.after_step``).
     """
+
+    device: torch.device = torch.device("cpu")
+    targets: TeacherTargets | None = None
+    online_teacher: Callable[[Tensor, Tensor], TeacherTargets] | None = None
+    schedule: PhaseSchedule | None = None
+    grad_clip: float = 0.0
+    snap: Callable[[], object] | None = None
+    desc: str = ""
+    progress: bool = True
+
+
+def train_epoch(
+    step_module: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, settings: EpochSettings
+) -> dict[str, float]:
+    """One pass over ``loader``: forward, backward, step and (in Q) snap. Returns the mean loss parts."""
     step_module.train()
     sums: dict[str, float] = {}
     n_batches = 0
-    bar = tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress, dynamic_ncols=True)
+    bar = tqdm(loader, desc=settings.desc, unit="batch", leave=False, disable=not settings.progress, dynamic_ncols=True)
     for i, (mels, lengths, labels, indices) in enumerate(bar):
-        if schedule is not None:
-            factor = schedule.scale(schedule.first + i)
+        if settings.schedule is not None:
+            factor = settings.schedule.scale(settings.schedule.first + i)
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * factor
-        mels, lengths, labels = mels.to(device), lengths.to(device), labels.to(device)
+        mels, lengths, labels = mels.to(settings.device), lengths.to(settings.device), labels.to(settings.device)
         teacher = None
-        if targets is not None:
-            teacher = targets[indices].to(device)
-        elif online_teacher is not None:
-            teacher = online_teacher(mels, lengths)
+        if settings.targets is not None:
+            teacher = settings.targets[indices].to(settings.device)
+        elif settings.online_teacher is not None:
+            teacher = settings.online_teacher(mels, lengths)
 
         loss, parts = step_module(mels, lengths, labels, teacher)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(step_module.parameters(), grad_clip)
+        if settings.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(step_module.parameters(), settings.grad_clip)
         optimizer.step()
-        if snap is not None:
-            snap()
+        if settings.snap is not None:
+            settings.snap()
 
         n_batches += 1
         for key, value in parts.items():

@@ -47,7 +47,7 @@ from training.distributed import Processes, all_reduce_mean, setup_processes
 from training.evaluate import evaluate_checkpoint, evaluate_model, summary
 from training.export import export_branch, exported_paths
 from training.features import BadSampleError, MelDataset, collate
-from training.loop import PhaseSchedule, TrainStep, distillation_optimizer, train_epoch
+from training.loop import EpochSettings, PhaseSchedule, TrainStep, distillation_optimizer, train_epoch
 from training.losses import (
     ChannelMaxPool,
     ClassificationLoss,
@@ -349,14 +349,16 @@ class Training:
             phase.step_module,
             self.loader,
             phase.optimizer,
-            device=procs.device,
-            snap=phase.quantization.after_step if phase.quantization is not None else None,
-            targets=self.match.targets if distilling else None,
-            online_teacher=self.match.online_teacher if distilling else None,
-            schedule=schedule,
-            grad_clip=cfg.distill.grad_clip if epoch.kind != "Q" else 0.0,
-            desc=desc,
-            progress=self.run.progress,
+            EpochSettings(
+                device=procs.device,
+                snap=phase.quantization.after_step if phase.quantization is not None else None,
+                targets=self.match.targets if distilling else None,
+                online_teacher=self.match.online_teacher if distilling else None,
+                schedule=schedule,
+                grad_clip=cfg.distill.grad_clip if epoch.kind != "Q" else 0.0,
+                desc=desc,
+                progress=self.run.progress,
+            ),
         )
         parts = all_reduce_mean(parts, procs)
         record = {"branch": branch.name, "epoch": epoch.index + 1, "phase": epoch.kind, **parts}

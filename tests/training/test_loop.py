@@ -7,6 +7,7 @@ from core.model import IntentClassifier, ModelDims
 from training.config import Config
 from training.features import collate
 from training.loop import (
+    EpochSettings,
     PhaseSchedule,
     TrainStep,
     distillation_optimizer,
@@ -33,9 +34,7 @@ def golden_run():
         TrainStep(model, loss),
         loader,
         distillation_optimizer(model, loss, cfg),
-        device=cpu,
-        targets=targets,
-        progress=False,
+        EpochSettings(device=cpu, targets=targets, progress=False),
     )
     phase = QuantizationPhase.begin(model, 2, cfg.quant)  # k-means, 50 iterations, the mean rule
     quantizer = phase.quantizer
@@ -43,10 +42,7 @@ def golden_run():
         TrainStep(model, phase.loss),
         loader,
         phase.optimizer(),
-        device=cpu,
-        snap=phase.after_step,
-        schedule=PhaseSchedule(0, 2, decay=True),
-        progress=False,
+        EpochSettings(device=cpu, snap=phase.after_step, schedule=PhaseSchedule(0, 2, decay=True), progress=False),
     )
     return d, q, model, quantizer
 
@@ -94,9 +90,7 @@ def test_one_distillation_step_by_hand():
         TrainStep(model, loss),
         loader,
         distillation_optimizer(model, loss, cfg),
-        device=torch.device("cpu"),
-        targets=TeacherTargets(teacher),
-        progress=False,
+        EpochSettings(device=torch.device("cpu"), targets=TeacherTargets(teacher), progress=False),
     )
     assert parts["loss"] == pytest.approx(float(by_hand.detach()), rel=1e-5)
     head = {id(p) for p in model.head.parameters()}
@@ -123,9 +117,7 @@ def test_a_quantization_epoch_under_eq_4_steps_the_centroids_not_the_weights():
         TrainStep(model, phase.loss),
         loader,
         optimizer,
-        device=torch.device("cpu"),
-        snap=phase.after_step,
-        progress=False,
+        EpochSettings(device=torch.device("cpu"), snap=phase.after_step, progress=False),
     )
     assert all(not torch.equal(centroids[n], c.detach()) for n, c in quantizer.centroids.items())
     assert not torch.equal(bias, model.head.bias.detach())  # parameters outside the codebooks train at lr

@@ -8,7 +8,7 @@ import torch
 from core.audio import pad_mels
 from core.model import IntentClassifier, ModelDims
 from training.config import Config
-from training.loop import PhaseSchedule, TrainStep, distillation_optimizer, train_epoch
+from training.loop import EpochSettings, PhaseSchedule, TrainStep, distillation_optimizer, train_epoch
 from training.losses import ClassificationLoss
 
 
@@ -33,11 +33,17 @@ def setup(warmup_steps=0, grad_clip=0.0):
 def test_learning_rates_warm_up_linearly_from_the_phase_start():
     model, cfg, step, opt = setup(warmup_steps=10)
     train_epoch(
-        step, batches(4), opt, device=torch.device("cpu"), schedule=PhaseSchedule(0, 12, warmup=10), progress=False
+        step,
+        batches(4),
+        opt,
+        EpochSettings(device=torch.device("cpu"), schedule=PhaseSchedule(0, 12, warmup=10), progress=False),
     )
     assert [g["lr"] for g in opt.param_groups] == [cfg.distill.lr_encoder * 0.4, cfg.distill.lr_head * 0.4]
     train_epoch(
-        step, batches(8), opt, device=torch.device("cpu"), schedule=PhaseSchedule(4, 12, warmup=10), progress=False
+        step,
+        batches(8),
+        opt,
+        EpochSettings(device=torch.device("cpu"), schedule=PhaseSchedule(4, 12, warmup=10), progress=False),
     )
     assert [g["lr"] for g in opt.param_groups] == [cfg.distill.lr_encoder, cfg.distill.lr_head]
 
@@ -48,7 +54,7 @@ def test_gradient_clipping_bounds_the_update():
         model, cfg, step, opt = setup(grad_clip=clip)
         opt = torch.optim.SGD(model.parameters(), lr=1.0)
         before = [p.detach().clone() for p in model.parameters()]
-        train_epoch(step, batches(1), opt, device=torch.device("cpu"), grad_clip=clip, progress=False)
+        train_epoch(step, batches(1), opt, EpochSettings(device=torch.device("cpu"), grad_clip=clip, progress=False))
         updates[clip] = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)]).norm()
     assert updates[1e-3] <= 1e-3 * 1.001 < updates[0.0]
 
@@ -72,9 +78,9 @@ def test_decay_runs_once_across_the_epochs_of_a_phase():
             step,
             batches(4),
             opt,
-            device=torch.device("cpu"),
-            schedule=PhaseSchedule(4 * epoch, 12, decay=True),
-            progress=False,
+            EpochSettings(
+                device=torch.device("cpu"), schedule=PhaseSchedule(4 * epoch, 12, decay=True), progress=False
+            ),
         )
     expected = [cfg.distill.lr_encoder * 0.5 * (1 + math.cos(math.pi * k / 12)) for k in range(12)]
     assert seen == pytest.approx(expected, rel=1e-12)

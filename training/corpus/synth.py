@@ -243,40 +243,57 @@ def synthesize_corpus(
     utterances += plan_refusals(
         voice_objects, refusals, not_commands_per_voice, nonspeech_per_voice, seed, babble_phrases
     )
-    metadata = {
-        "generator": "quads-synth",
-        "seed": seed,
-        "espeak_ng": subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True).stdout.strip(),
-        "sample_rate": SAMPLE_RATE,
-        "context": {"path": str(context.path), "sha256": context.sha256},
-        "not_commands": {"path": str(not_commands.path), "sha256": not_commands.sha256} if refusals else None,
-        "intents": intents,
-        "refusal_label": REFUSAL_LABEL,
-        "utterances_per_voice": (
-            next(iter(set(utterances_per_voice.values())))
-            if len(set(utterances_per_voice.values())) == 1
-            else utterances_per_voice
-        ),
-        "not_commands_per_voice": not_commands_per_voice,
-        "nonspeech_per_voice": nonspeech_per_voice,
-        "noise": noise,
-        "voices": {split: [asdict(v) for v in vs] for split, vs in voice_objects.items()},
-        "clips": {split: sum(u.split == split for u in utterances) for split in voice_objects},
-    }
+    metadata = _corpus_metadata(
+        seed, context, not_commands if refusals else None, intents, utterances_per_voice, voice_objects, utterances
+    )
+    metadata.update(not_commands_per_voice=not_commands_per_voice, nonspeech_per_voice=nonspeech_per_voice, noise=noise)
     _write_text(root / "synth.json", json.dumps(metadata, indent=2) + "\n")
     _write_text(root / "README.txt", _readme(metadata))
 
     for voice in {v.spec for vs in voice_objects.values() for v in vs}:
         (root / "wavs" / "speakers" / voice).mkdir(parents=True, exist_ok=True)
     render_all(root, utterances, seed, noise, workers, progress)
+    _write_index(root, utterances, list(voice_objects))
+    return root
+
+
+def _corpus_metadata(
+    seed: int,
+    context: Context,
+    not_commands: Context | None,
+    intents: list[str],
+    per_voice: dict[str, int],
+    voices: dict[str, list[Voice]],
+    utterances: list,
+) -> dict:
+    """What ``synth.json`` records: the generator, its inputs' hashes, the voices and the clip counts."""
+    espeak = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True).stdout.strip()
+    counts = set(per_voice.values())
+    return {
+        "generator": "quads-synth",
+        "seed": seed,
+        "espeak_ng": espeak,
+        "sample_rate": SAMPLE_RATE,
+        "context": {"path": str(context.path), "sha256": context.sha256},
+        "not_commands": {"path": str(not_commands.path), "sha256": not_commands.sha256} if not_commands else None,
+        "intents": intents,
+        "refusal_label": REFUSAL_LABEL,
+        "utterances_per_voice": next(iter(counts)) if len(counts) == 1 else per_voice,
+        "voices": {split: [asdict(v) for v in vs] for split, vs in voices.items()},
+        "clips": {split: sum(u.split == split for u in utterances) for split in voices},
+    }
+
+
+def _write_index(root: Path, utterances: list, splits: list[str]) -> None:
+    """The index files, written last (a corpus with them is complete): FSC's CSVs when every label
+    is an FSC action_object_location, else a manifest per split."""
     fsc_layout = all(_is_fsc_label(u.intent) for u in utterances)
-    for split in voice_objects:  # the index files last: a corpus with CSVs is complete
+    for split in splits:
         rows = [u for u in utterances if u.split == split]
         if fsc_layout:
             _write_text(root / "data" / f"{split}_data.csv", _fsc_csv(rows))
         else:
             _write_text(root / f"{split}.csv", _manifest_csv(rows))
-    return root
 
 
 def corpus_complete(root: Path, split: str = "test") -> bool:
