@@ -240,23 +240,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             f"{path}: metadata lists {len(labels)} labels but the head has {head_bias.numel()} outputs"
         )
     model = IntentClassifier(dims, len(labels))
-    expected = model.state_dict()
-    state: dict[str, Tensor] = {}
-    for name, ref in expected.items():
-        if name in qmap:
-            state[name] = _dequantize(path, name, tensors, qmap[name], ref.shape)
-        elif name in tensors:
-            state[name] = tensors[name].float()
-        else:
-            raise CheckpointError(f"{path}: tensor {name!r} is missing")
-        if state[name].shape != ref.shape:
-            raise CheckpointError(
-                f"{path}: tensor {name!r} has shape {tuple(state[name].shape)}, but dims "
-                f"and {len(labels)} labels need {tuple(ref.shape)}"
-            )
-    stored = {n for n in tensors if n.rsplit(".", 1)[0] not in qmap}
-    if extra := stored - set(expected):
-        raise CheckpointError(f"{path}: unexpected tensors {sorted(extra)[:5]}")
+    state = _model_state(path, tensors, qmap, model.state_dict(), len(labels))
     model.load_state_dict(state)
     model.eval()
     return Checkpoint(
@@ -272,6 +256,30 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         threshold=threshold,
         frames=frames,
     )
+
+
+def _model_state(
+    path: Path, tensors: dict[str, Tensor], qmap: dict, expected: dict[str, Tensor], n_labels: int
+) -> dict[str, Tensor]:
+    """The float32 state dict the file describes (codebook matrices dequantized), checked name by
+    name and shape by shape against the model its dims and labels build."""
+    state: dict[str, Tensor] = {}
+    for name, ref in expected.items():
+        if name in qmap:
+            state[name] = _dequantize(path, name, tensors, qmap[name], ref.shape)
+        elif name in tensors:
+            state[name] = tensors[name].float()
+        else:
+            raise CheckpointError(f"{path}: tensor {name!r} is missing")
+        if state[name].shape != ref.shape:
+            raise CheckpointError(
+                f"{path}: tensor {name!r} has shape {tuple(state[name].shape)}, but dims "
+                f"and {n_labels} labels need {tuple(ref.shape)}"
+            )
+    stored = {n for n in tensors if n.rsplit(".", 1)[0] not in qmap}
+    if extra := stored - set(expected):
+        raise CheckpointError(f"{path}: unexpected tensors {sorted(extra)[:5]}")
+    return state
 
 
 def _check_frames(frames: FrameTable, labels: list[str], error: type[Exception], where: str = "") -> None:
