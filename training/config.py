@@ -116,6 +116,13 @@ class QuantConfig(Section):
     # "refit": k-means again at the start of every Q phase; "fixed": the assignments of a branch's
     # first Q phase are kept (the authors' code), centroids re-estimated from the current weights.
     labels: Literal["refit", "fixed"] = "refit"
+    # What a Q phase trains. "centroids": only the codebooks, by centroid_update's rule (the paper).
+    # "ste": latent float weights behind the snapped ones, stepped with straight-through gradients
+    # (the snap's gradient taken as 1), every weight re-assigned to its nearest centroid every
+    # reassign_every steps and the centroids re-estimated as their clusters' means, so a weight
+    # can change cluster (TF Model Optimization's clustering after its PR 519).
+    method: Literal["centroids", "ste"] = "centroids"
+    reassign_every: int = Field(1, ge=1)
 
 
 class TrainConfig(Section):
@@ -179,6 +186,11 @@ class Config(Section):
             )
         if bad := [b for b in t.post_hoc_bits if storage(b) != "codebook"]:
             raise ConfigError(f"train.post_hoc_bits: {bad} are not codebook widths (1..8)")
+        if self.quant.method == "ste" and self.quant.centroid_update == "sum":
+            raise ConfigError(
+                "quant.method=ste steps the weights and re-estimates the centroids as cluster means; "
+                "quant.centroid_update=sum (eq. 4) steps the centroids instead: use one or the other"
+            )
         if not self.data.root:
             raise ConfigError("data.root is not set: give --data DIR (an FSC or SLURP root, or a manifest)")
         if t.strategy != "finetune" and not self.teacher.path:

@@ -178,6 +178,10 @@ class QuantizationLoss(nn.Module):
     def snap(self) -> None:
         """Re-estimate the centroids and snap the weights onto them (after every optimizer step)."""
         self.quantizer.snap()
+        self.mark_snapped()
+
+    def mark_snapped(self) -> None:
+        """The weights were just put on their codebooks (by ``snap`` or by the phase itself)."""
         self._snapped_versions = self._versions()
 
     def on_codebook(self) -> bool:

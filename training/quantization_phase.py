@@ -10,6 +10,14 @@ hook that hands each centroid the sum of its weights' gradients, and the other p
 ``quant.lr``. After every optimizer step ``after_step`` snaps the weights back (``mean``:
 re-estimating each centroid as its cluster's mean first). ``state_dict`` is what the resume file
 keeps; ``codebooks`` is what the checkpoint stores.
+
+Under ``quant.method: ste`` the phase keeps the float weights it began with as latent weights.
+The model's weights stay snapped for every forward pass; before each optimizer step a hook puts
+the latent weights in their place, so the step applies the gradient taken at the snapped weights
+to the latent ones (straight-through: the snap's gradient taken as 1). After the step the latent
+weights are kept, re-assigned to their nearest centroids every ``quant.reassign_every`` steps
+(each centroid then its cluster's mean), and the model's weights snapped again. Unlike the
+centroid rules, a weight can move to another cluster.
 """
 
 from __future__ import annotations
@@ -30,6 +38,12 @@ class QuantizationPhase:
         self.model, self.cfg = model, cfg
         self.quantizer = KMeansQuantizer(model, bits, cfg.kmeans_iters, cfg.centroid_update)
         self.loss = QuantizationLoss(self.quantizer, cfg.centroid_weight)
+        self.latent: dict[str, torch.Tensor] | None = None  # ste: the float weights behind the snapped ones
+        self.steps = 0
+
+    @property
+    def straight_through(self) -> bool:
+        return self.cfg.method == "ste" and self.quantizer.clusters
 
     @property
     def bits(self) -> int:
@@ -42,6 +56,8 @@ class QuantizationPhase:
         """A new phase: k-means on the current weights, or ``previous``'s assignments when the labels
         are ``fixed``; the weights are on their codebooks when it returns."""
         phase = cls(model, bits, cfg)
+        if phase.straight_through:
+            phase.latent = {n: p.detach().clone() for n, p in phase.quantizer.params.items()}
         keep = previous.quantizer if previous is not None and cfg.labels == "fixed" else None
         phase.loss.fit(keep)
         return phase
@@ -58,6 +74,9 @@ class QuantizationPhase:
                 "labels": {n: t.to(device) for n, t in state["labels"].items()},
             }
         )
+        if phase.straight_through:
+            latent = state.get("latent") or {n: p.detach() for n, p in phase.quantizer.params.items()}
+            phase.latent = {n: t.to(device).clone() for n, t in latent.items()}
         return phase
 
     def optimizer(self) -> torch.optim.SGD:
@@ -72,14 +91,36 @@ class QuantizationPhase:
         optimizer = torch.optim.SGD(groups, momentum=cfg.momentum)
         if centroids:
             optimizer.register_step_pre_hook(lambda *_: quantizer.accumulate_centroid_grads())
+        if self.straight_through:
+            optimizer.register_step_pre_hook(lambda *_: self._load_latent())
         return optimizer
 
+    @torch.no_grad()
+    def _load_latent(self) -> None:
+        """Before a step: the latent weights in the snapped ones' place, their gradients kept."""
+        for name, p in self.quantizer.params.items():
+            p.copy_(self.latent[name])
+
     def after_step(self) -> None:
-        """Snap the weights onto their codebooks (after every optimizer step)."""
-        self.loss.snap()
+        """Snap the weights onto their codebooks (after every optimizer step); under ``ste`` keep the
+        stepped latent weights first, and re-assign their clusters when it is time."""
+        self.steps += 1
+        if not self.straight_through:
+            self.loss.snap()
+            return
+        with torch.no_grad():
+            for name, p in self.quantizer.params.items():
+                self.latent[name].copy_(p)
+        if self.steps % self.cfg.reassign_every == 0:
+            self.quantizer.reassign(self.latent)
+        self.quantizer.snap(update=False)
+        self.loss.mark_snapped()
 
     def state_dict(self) -> dict:
-        return self.quantizer.state_dict()
+        state = self.quantizer.state_dict()
+        if self.latent is not None:
+            state["latent"] = {n: t.detach() for n, t in self.latent.items()}
+        return state
 
     def codebooks(self) -> dict[str, Codebook]:
         return self.quantizer.codebooks()

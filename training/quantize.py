@@ -169,6 +169,22 @@ class KMeansQuantizer:
         self._set_codebooks(centroids, other.labels)
         return self.snap(update=False)
 
+    @torch.no_grad()
+    def reassign(self, weights: dict[str, Tensor]) -> KMeansQuantizer:
+        """One Lloyd step on ``weights`` (the latent weights of a straight-through phase, by name):
+        each goes to its nearest centroid, then each centroid becomes its cluster's mean (a cluster
+        left empty keeps its centroid). The codebooks stay sorted. The model is not touched."""
+        for name, w in weights.items():
+            flat = w.reshape(-1).float()
+            labels = assign(flat, self.centroids[name])
+            centroids, order = update_centroids(flat, labels, self.centroids[name]).sort()
+            rank = torch.empty_like(order)
+            rank[order] = torch.arange(order.numel(), device=order.device)
+            self.centroids[name].copy_(centroids)
+            self.labels[name] = rank[labels]
+        self._counts = {}
+        return self
+
     def centroid_parameters(self) -> list[Tensor]:
         """The centroids, for the quantization phase's optimizer (``sum`` only: ``mean`` re-estimates them)."""
         return list(self.centroids.values()) if self.centroid_update == "sum" else []

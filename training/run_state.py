@@ -69,6 +69,9 @@ def _flatten(state: RunState) -> tuple[dict[str, Tensor], dict]:
         for name in q["labels"]:
             tensors[f"quantizer/centroids/{name}"] = _cpu(q["centroids"][name])
             tensors[f"quantizer/labels/{name}"] = _cpu(q["labels"][name]).to(label_dtype)
+        if q.get("latent"):  # a straight-through phase's float weights
+            meta["quantizer"]["latent"] = True
+            tensors.update({f"quantizer/latent/{n}": _cpu(t) for n, t in q["latent"].items()})
     return tensors, meta
 
 
@@ -114,6 +117,8 @@ def load_state(path: str | os.PathLike) -> RunState:
             "centroids": {n: tensors[f"quantizer/centroids/{n}"] for n in q["names"]},
             "labels": {n: tensors[f"quantizer/labels/{n}"].long() for n in q["names"]},
         }
+        if q.get("latent"):
+            quantizer["latent"] = {n: tensors[f"quantizer/latent/{n}"] for n in q["names"]}
     return RunState(
         done=int(meta["done"]),
         model=section("model/"),
