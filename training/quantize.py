@@ -60,19 +60,21 @@ def _runs(values: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
     return torch.cat([ends.new_zeros(1), ends[:-1]]), ends
 
 
-def _lloyd(values: Tensor, prefix: Tensor, centroids: Tensor, iters: int) -> Tensor:
+def _lloyd(values: Tensor, prefix: Tensor, mass: Tensor, centroids: Tensor, iters: int) -> Tensor:
+    """Lloyd's iterations on sorted ``values``; ``prefix`` and ``mass`` are the prefix sums of
+    importance * value and of importance (importance 1: the plain mean)."""
     for _ in range(iters):
         starts, ends = _runs(values, centroids)
-        counts = ends - starts
-        means = ((prefix[ends] - prefix[starts]) / counts.clamp(min=1)).to(centroids.dtype)
-        new = torch.where(counts > 0, means, centroids).sort().values
+        weight = mass[ends] - mass[starts]
+        means = ((prefix[ends] - prefix[starts]) / weight.clamp(min=1e-300)).to(centroids.dtype)
+        new = torch.where(weight > 0, means, centroids).sort().values
         if torch.equal(new, centroids):
             break
         centroids = new
     return centroids
 
 
-def _reseed_empty(values: Tensor, prefix: Tensor, centroids: Tensor) -> tuple[Tensor, bool]:
+def _reseed_empty(values: Tensor, prefix: Tensor, mass: Tensor, centroids: Tensor) -> tuple[Tensor, bool]:
     """Move each empty cluster's centroid into one of the most populous clusters that hold two or
     more distinct values, splitting it at its median (the two halves' means). Returns the sorted
     centroids and whether any moved."""
@@ -89,12 +91,14 @@ def _reseed_empty(values: Tensor, prefix: Tensor, centroids: Tensor) -> tuple[Te
     s, e = starts[donors], ends[donors]
     mid = (s + e) // 2
     moved = centroids.clone()
-    moved[donors] = ((prefix[mid] - prefix[s]) / (mid - s)).to(centroids.dtype)
-    moved[empty[: donors.numel()]] = ((prefix[e] - prefix[mid]) / (e - mid)).to(centroids.dtype)
+    moved[donors] = ((prefix[mid] - prefix[s]) / (mass[mid] - mass[s])).to(centroids.dtype)
+    moved[empty[: donors.numel()]] = ((prefix[e] - prefix[mid]) / (mass[e] - mass[mid])).to(centroids.dtype)
     return moved.sort().values, True
 
 
-def kmeans_1d(w: Tensor, k: int, iters: int = 50, reseed: bool = True) -> tuple[Tensor, Tensor]:
+def kmeans_1d(
+    w: Tensor, k: int, iters: int = 50, reseed: bool = True, importance: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """Lloyd's k-means on the scalars of ``w`` (any shape) from a linear init: (centroids (k,), labels (numel,)).
 
     The weights are sorted once; each cluster is then a contiguous run of them, found with
@@ -102,16 +106,29 @@ def kmeans_1d(w: Tensor, k: int, iters: int = 50, reseed: bool = True) -> tuple[
     iteration costs O(k log N) rather than O(N log k). With ``reseed``, clusters left empty are
     re-seeded by splitting the most populous ones and Lloyd runs again, so that with at least k
     distinct values all k codes are used (the linear init leaves 10-25% unused at 8 bits).
+
+    ``importance`` (same shape, >= 0) weights each scalar in the means: sensitivity-weighted
+    k-means (SqueezeLLM, coremltools' SKM), where it is the squared gradient of the loss, so that
+    the weights the loss is most sensitive to sit closest to their centroids. Assignment stays
+    nearest-centroid. A tiny floor keeps every cluster's mass positive.
     """
     flat = w.detach().reshape(-1).float()
-    values = flat.sort().values
-    prefix = torch.cat([values.new_zeros(1, dtype=torch.float64), values.double().cumsum(0)])
-    centroids = _lloyd(values, prefix, linear_init(values, k), iters)
+    values, order = flat.sort()
+    if importance is None:
+        mass = torch.arange(values.numel() + 1, dtype=torch.float64, device=values.device)
+        weighted = values.double()
+    else:
+        weight = importance.detach().reshape(-1).double()[order]
+        weight = weight + 1e-12 * float(weight.max().clamp(min=1e-30))
+        mass = torch.cat([weight.new_zeros(1), weight.cumsum(0)])
+        weighted = values.double() * weight
+    prefix = torch.cat([values.new_zeros(1, dtype=torch.float64), weighted.cumsum(0)])
+    centroids = _lloyd(values, prefix, mass, linear_init(values, k), iters)
     for _ in range(MAX_RESEED_ROUNDS if reseed else 0):
-        centroids, moved = _reseed_empty(values, prefix, centroids)
+        centroids, moved = _reseed_empty(values, prefix, mass, centroids)
         if not moved:
             break
-        centroids = _lloyd(values, prefix, centroids, iters)
+        centroids = _lloyd(values, prefix, mass, centroids, iters)
     return centroids, assign(flat, centroids)
 
 

@@ -19,17 +19,20 @@ from training.quantize import (
 SMALL = ModelDims(n_mels=16, n_ctx=64, n_state=32, n_head=2, n_layer=1)
 
 
-def naive_lloyd(w: torch.Tensor, k: int, iters: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
-    """Textbook Lloyd's algorithm in float64: N x k distances, argmin, per-cluster mean; empty keeps."""
+def naive_lloyd(
+    w: torch.Tensor, k: int, iters: int = 50, importance: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Textbook Lloyd's algorithm in float64: N x k distances, argmin, per-cluster (weighted) mean; empty keeps."""
     x = w.reshape(-1).double()
+    h = torch.ones_like(x) if importance is None else importance.reshape(-1).double()
     centroids = torch.linspace(float(x.min()), float(x.max()), k, dtype=torch.float64)
     for _ in range(iters):
         labels = (x[:, None] - centroids[None, :]).abs().argmin(dim=1)  # ties go to the lower index
         new = centroids.clone()
         for j in range(k):
-            members = x[labels == j]
-            if members.numel():
-                new[j] = members.mean()
+            members = labels == j
+            if members.any():
+                new[j] = (x[members] * h[members]).sum() / h[members].sum()
         if torch.equal(new, centroids):
             break
         centroids = new
@@ -56,6 +59,25 @@ def test_kmeans_matches_naive_lloyd(k, seed):
     ref_centroids, ref_labels = naive_lloyd(w, k)
     torch.testing.assert_close(centroids.double(), ref_centroids, atol=1e-6, rtol=0)
     assert (labels == ref_labels).float().mean() > 0.999  # float32 vs float64 may flip a boundary point
+
+
+@pytest.mark.parametrize("k", [2, 8])
+def test_sensitivity_weighted_kmeans_matches_naive_weighted_lloyd(k):
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(2000, generator=g) * 0.05
+    importance = torch.rand(2000, generator=g) ** 4  # a few weights matter far more than the rest
+    centroids, labels = kmeans_1d(w, k, importance=importance)
+    ref_centroids, ref_labels = naive_lloyd(w, k, importance=importance)
+    torch.testing.assert_close(centroids.double(), ref_centroids, atol=1e-6, rtol=0)
+    assert (labels == ref_labels).float().mean() > 0.999
+
+
+def test_an_important_weight_pulls_its_centroid_to_itself_by_hand():
+    # One cluster of {0, 1} at 1 bit with {10}: plain mean 0.5; importance 1 and 3 give 0.75.
+    w = torch.tensor([0.0, 1.0, 10.0])
+    assert sorted(kmeans_1d(w, 2)[0].tolist()) == pytest.approx([0.5, 10.0])
+    weighted = kmeans_1d(w, 2, importance=torch.tensor([1.0, 3.0, 1.0]))[0]
+    assert sorted(weighted.tolist()) == pytest.approx([0.75, 10.0])
 
 
 def sse(w: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor) -> float:
