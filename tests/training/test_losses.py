@@ -106,7 +106,7 @@ def test_quantization_loss_is_centroid_loss_plus_ce_by_hand():
     out = QuantizationLoss(quantizer, centroid_weight=2.0)(torch.zeros(2, 4), logits, labels)
     ce = (math.log(3) + math.log(2 + math.exp(2)) - 2) / 2  # -log softmax, by hand, averaged
     assert out.parts["centroid"] == pytest.approx(0.02, abs=1e-6) and out.parts["ce"] == pytest.approx(ce)
-    assert float(out.total) == pytest.approx(2.0 * 0.02 + ce)
+    assert float(out.total.detach()) == pytest.approx(2.0 * 0.02 + ce)
     out.total.backward()  # d/dw of 2 * mean((w - c)^2) = 2 * 2 (w - c) / 4: +-0.2 where a weight is off
     torch.testing.assert_close(model.w.grad, torch.tensor([[0.0, 0.2], [0.0, -0.2]]))
 
