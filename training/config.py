@@ -123,6 +123,10 @@ class QuantConfig(Section):
     # can change cluster (TF Model Optimization's clustering after its PR 519).
     method: Literal["centroids", "ste"] = "centroids"
     reassign_every: int = Field(1, ge=1)
+    # How a Q phase's k-means weighs the weights: "plain", or "sensitivity": by the squared gradient
+    # of the cross-entropy over calibration_batches training batches (SqueezeLLM, coremltools' SKM).
+    codebook_fit: Literal["plain", "sensitivity"] = "plain"
+    calibration_batches: int = Field(25, ge=1)
 
 
 class TrainConfig(Section):

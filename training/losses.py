@@ -169,10 +169,10 @@ class QuantizationLoss(nn.Module):
     def _versions(self) -> list[int]:
         return [p._version for p in self.quantizer.params.values()]
 
-    def fit(self, previous: KMeansQuantizer | None = None) -> None:
-        """Fit the codebooks (start of a Q phase), or keep ``previous``'s assignments, and snap the
-        weights onto them."""
-        self.quantizer.reuse(previous) if previous is not None else self.quantizer.fit()
+    def fit(self, previous: KMeansQuantizer | None = None, importance: dict[str, Tensor] | None = None) -> None:
+        """Fit the codebooks (start of a Q phase; weighted by ``importance`` when given), or keep
+        ``previous``'s assignments, and snap the weights onto them."""
+        self.quantizer.reuse(previous) if previous is not None else self.quantizer.fit(importance)
         self._snapped_versions = self._versions()
 
     def snap(self) -> None:

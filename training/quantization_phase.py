@@ -22,8 +22,10 @@ centroid rules, a weight can move to another cluster.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from core.codebook import Codebook
 from training.config import QuantConfig
@@ -51,15 +53,25 @@ class QuantizationPhase:
 
     @classmethod
     def begin(
-        cls, model: nn.Module, bits: int, cfg: QuantConfig, previous: QuantizationPhase | None = None
+        cls,
+        model: nn.Module,
+        bits: int,
+        cfg: QuantConfig,
+        previous: QuantizationPhase | None = None,
+        calibration: Iterable[Tensor] = (),
     ) -> QuantizationPhase:
         """A new phase: k-means on the current weights, or ``previous``'s assignments when the labels
-        are ``fixed``; the weights are on their codebooks when it returns."""
+        are ``fixed``; the weights are on their codebooks when it returns. Under
+        ``quant.codebook_fit: sensitivity`` the k-means is weighted by ``squared_gradients`` of the
+        ``calibration`` losses (scalars of the current model, computed lazily)."""
         phase = cls(model, bits, cfg)
         if phase.straight_through:
             phase.latent = {n: p.detach().clone() for n, p in phase.quantizer.params.items()}
         keep = previous.quantizer if previous is not None and cfg.labels == "fixed" else None
-        phase.loss.fit(keep)
+        importance = None
+        if keep is None and cfg.codebook_fit == "sensitivity" and phase.quantizer.clusters:
+            importance = squared_gradients(phase.quantizer.params, calibration)
+        phase.loss.fit(keep, importance)
         return phase
 
     @classmethod
@@ -124,3 +136,19 @@ class QuantizationPhase:
 
     def codebooks(self) -> dict[str, Codebook]:
         return self.quantizer.codebooks()
+
+
+def squared_gradients(params: dict[str, nn.Parameter], losses: Iterable[Tensor]) -> dict[str, Tensor]:
+    """The mean over ``losses`` of each parameter's squared gradient: how much the loss cares about
+    each weight (the diagonal of the empirical Fisher). Gradients left on the parameters are cleared."""
+    sums = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in params.items()}
+    n = 0
+    for loss in losses:
+        grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+        for (name, _), grad in zip(params.items(), grads):
+            if grad is not None:
+                sums[name] += grad.detach().float() ** 2
+        n += 1
+    if n == 0:
+        raise ValueError("quant.codebook_fit=sensitivity needs calibration batches, and none came")
+    return {name: total / n for name, total in sums.items()}

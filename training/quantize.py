@@ -119,7 +119,7 @@ def kmeans_1d(
         weighted = values.double()
     else:
         weight = importance.detach().reshape(-1).double()[order]
-        weight = weight + 1e-12 * float(weight.max().clamp(min=1e-30))
+        weight = weight + 1e-6 * float(weight.max().clamp(min=1e-30))  # no cluster of zero mass
         mass = torch.cat([weight.new_zeros(1), weight.cumsum(0)])
         weighted = values.double() * weight
     prefix = torch.cat([values.new_zeros(1, dtype=torch.float64), weighted.cumsum(0)])
@@ -167,9 +167,15 @@ class KMeansQuantizer:
         }
 
     @torch.no_grad()
-    def fit(self) -> KMeansQuantizer:
+    def fit(self, importance: dict[str, Tensor] | None = None) -> KMeansQuantizer:
+        """k-means on each matrix (weighted by ``importance[name]``, e.g. squared gradients, when
+        given), then snap the weights onto the codebooks."""
         if self.clusters:
-            fitted = {name: kmeans_1d(p, 2**self.bits, self.iters) for name, p in self.params.items()}
+            weights = importance or {}
+            fitted = {
+                name: kmeans_1d(p, 2**self.bits, self.iters, importance=weights.get(name))
+                for name, p in self.params.items()
+            }
             self._set_codebooks({n: c for n, (c, _) in fitted.items()}, {n: lab for n, (_, lab) in fitted.items()})
         return self.snap(update=False)
 

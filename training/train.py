@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -320,7 +320,9 @@ class Training:
                 quantization = QuantizationPhase.restore(model, cfg.quant, resumed.quantizer, self.procs.device)
             else:
                 bits = self.plan.branches[epoch.branch].train_bits
-                quantization = QuantizationPhase.begin(model, bits, cfg.quant, previous=self.codebooks)
+                quantization = QuantizationPhase.begin(
+                    model, bits, cfg.quant, previous=self.codebooks, calibration=self.calibration_losses()
+                )
             loss, optimizer = quantization.loss, quantization.optimizer()
         else:
             loss = self.match.distill_loss if epoch.kind == "D" else ClassificationLoss()
@@ -335,6 +337,17 @@ class Training:
                 device_ids=[self.procs.device.index] if self.procs.device.type == "cuda" else None,
             )
         return Phase(loss, optimizer, step_module, quantization)
+
+    def calibration_losses(self) -> Iterator[Tensor]:
+        """Cross-entropy of the first ``quant.calibration_batches`` training batches, one at a time
+        (what sensitivity-weighted k-means weighs the weights by); lazy, so unused costs nothing."""
+        self.model.eval()  # no dropout; the model is still float here
+        for i, (mels, lengths, labels, _) in enumerate(self.loader):
+            if i == self.cfg.quant.calibration_batches:
+                break
+            device = self.procs.device
+            logits = self.model(mels.to(device), lengths.to(device))[1]
+            yield torch.nn.functional.cross_entropy(logits.float(), labels.to(device))
 
     def run_epoch(self, i: int) -> dict:
         """Train epoch ``i``, evaluate on the validation split, log it; returns its history record."""

@@ -433,3 +433,36 @@ def test_logit_distillation_from_a_teacher_without_the_labels_is_refused(tmp_pat
     ]
     assert cli(args) == 2
     assert "distill.kl_weight needs the teacher's logits over the student's labels" in capsys.readouterr().err
+
+
+def test_straight_through_with_sensitivity_codebooks_trains_and_exports(tmp_path_factory, monkeypatch):
+    """quant.method=ste with quant.codebook_fit=sensitivity through the CLI: the k-means of each Q
+    phase is weighted by squared gradients of calibration batches, and the 3-bit file keeps at most
+    8 values per matrix."""
+    from tests.training_corpus import random_teacher, tiny_student_args
+    from training.quantize import KMeansQuantizer
+    from training.train_cli import cli
+
+    weighted = []
+    original = KMeansQuantizer.fit
+    monkeypatch.setattr(
+        KMeansQuantizer, "fit", lambda self, imp=None: weighted.append(imp is not None) or original(self, imp)
+    )
+    tmp = tmp_path_factory.mktemp("ste")
+    args = [
+        *("--data", str(tiny_corpus(tmp_path_factory)), "--out", str(tmp / "run"), "--strategy", "mct"),
+        *("--bits", "3", "--schedule", "DQ", "--teacher", str(random_teacher(tmp / "teacher.safetensors"))),
+        *("--set", f"teacher.cache_dir={tmp / 'cache'}", "--set", "quant.method=ste"),
+        *("--set", "quant.codebook_fit=sensitivity", "--set", "quant.calibration_batches=2"),
+        *COMMON,
+        *tiny_student_args(64, 1),
+    ]
+    assert cli(args) == 0
+    assert weighted == [True]
+    checkpoint = load_checkpoint(tmp / "run" / "quads-fsc-3bit.safetensors")
+    assert checkpoint.bits == 3
+    for name, p in checkpoint.model.named_parameters():
+        if p.dim() > 1:
+            assert p.unique().numel() <= 8, name
+    config = (tmp / "run" / "config.yaml").read_text()
+    assert "method: ste" in config and "codebook_fit: sensitivity" in config

@@ -85,3 +85,25 @@ def test_ste_with_eq_4_is_refused_by_the_config_check():
     cfg = load_config(updates=[{"quant": {"method": "ste", "centroid_update": "sum"}, "data": {"root": "x"}}])
     with pytest.raises(ConfigError, match="quant.method=ste"):
         cfg.check()
+
+
+def test_squared_gradients_are_the_mean_squared_gradient_by_hand():
+    from training.quantization_phase import squared_gradients
+
+    w = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    losses = [(w * torch.tensor([1.0, 3.0])).sum(), (w * w).sum()]  # gradients (1, 3), then 2w = (2, 4)
+    torch.testing.assert_close(squared_gradients({"w": w}, losses)["w"], torch.tensor([2.5, 12.5]))
+    with pytest.raises(ValueError, match="calibration"):
+        squared_gradients({"w": w}, [])
+
+
+def test_sensitivity_fit_puts_a_centroid_on_the_weight_the_loss_cares_about():
+    model = OneMatrix()
+    # Only W[0, 1] (0.1) moves the calibration loss: the low cluster {0, 0.05, 0.1} centres on it,
+    # while the high one, where nothing matters, keeps its plain mean.
+    calibration = [5.0 * model.weight[0, 1]]
+    cfg = QuantConfig(codebook_fit="sensitivity")
+    phase = QuantizationPhase.begin(model, 1, cfg, calibration=calibration)
+    torch.testing.assert_close(phase.quantizer.centroids["weight"], torch.tensor([0.1, 0.95]), atol=1e-6, rtol=0)
+    plain = QuantizationPhase.begin(OneMatrix(), 1, QuantConfig())
+    torch.testing.assert_close(plain.quantizer.centroids["weight"], torch.tensor([0.05, 0.95]))
