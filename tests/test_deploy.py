@@ -289,7 +289,11 @@ def test_image_compose_and_k8s_settings_all_serve_the_baked_in_model(monkeypatch
     final = dockerfile_stages()[-1]
     workdir = Path([a for k, a in final if k == "WORKDIR"][-1])
     model_copies = [(s, d) for s, d in dockerfile_copies(final) if any(x.endswith(".safetensors") for x in s)]
-    shipped = ["models/quads-fsc-4bit.safetensors", "models/quads-fsc-8bit.safetensors"]
+    shipped = [
+        "models/quads-fsc-4bit.safetensors",
+        "models/quads-fsc-8bit.safetensors",
+        "models/quads-fsc-3bit.safetensors",
+    ]
     assert model_copies == [(shipped, "models/")]
     baked = workdir / shipped[0]
 
@@ -302,6 +306,8 @@ def test_image_compose_and_k8s_settings_all_serve_the_baked_in_model(monkeypatch
         assert settings.expected_bits in (None, 4), where
         eight = settings_from_env(monkeypatch, {**image_env, **overrides, "QUADS_BITS": "8"})
         assert eight.model_path == workdir / shipped[1], f"{where}: QUADS_BITS=8 serves {eight.model_path}"
+        three = settings_from_env(monkeypatch, {**image_env, **overrides, "QUADS_BITS": "3"})
+        assert three.model_path == workdir / shipped[2], f"{where}: QUADS_BITS=3 serves {three.model_path}"
 
 
 def test_docker_build_context_holds_exactly_what_the_dockerfile_copies(tmp_path):
@@ -319,6 +325,7 @@ def test_docker_build_context_holds_exactly_what_the_dockerfile_copies(tmp_path)
         "core/model.py",
         "models/quads-fsc-4bit.safetensors",
         "models/quads-fsc-8bit.safetensors",
+        "models/quads-fsc-3bit.safetensors",
     ]
     unwanted = [
         ".git/HEAD",

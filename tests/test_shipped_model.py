@@ -116,3 +116,24 @@ def test_the_shipped_example_models_were_built_from_the_contexts_as_they_are(nam
     assert checkpoint.frames.context["sha256"] == context.sha256, f"rebuild: quads-demo --context {name}"
     assert dict(checkpoint.frames.frames) == dict(context.frame_table.frames)
     assert checkpoint.bits == 4 and checkpoint.file_bytes <= 4.2 * 2**20 and checkpoint.refusal_index is not None
+
+
+@requires_espeak
+def test_the_shipped_3_bit_model_is_small_and_understands_unseen_voices():
+    path = REPO / "models" / "quads-fsc-3bit.safetensors"
+    three = load_checkpoint(path)
+    assert three.bits == 3 and three.labels == CHECKPOINT.labels and path.stat().st_size <= 3.2e6
+    for name, p in three.model.named_parameters():
+        if p.dim() > 1:
+            assert p.unique().numel() <= 8, name
+    wrong = []
+    for voice in VOICES:
+        for intent in INTENTS:
+            text = next(p.text for p in load_context("fsc").intents[intent] if p.plain)
+            mel = log_mel_spectrogram(torch.from_numpy(espeak_16k(text, voice)))[None]
+            with torch.no_grad():
+                probabilities = three.model.eval()(mel)[1][0].softmax(-1).tolist()
+            best, understood = decide(probabilities, three.refusal_index, three.threshold)
+            if not understood or three.labels[best] != intent:
+                wrong.append(f"{voice}: {text!r}")
+    assert len(wrong) <= len(VOICES) * len(INTENTS) // 8, wrong
