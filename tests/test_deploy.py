@@ -293,6 +293,7 @@ def test_image_compose_and_k8s_settings_all_serve_the_baked_in_model(monkeypatch
         "models/quads-fsc-4bit.safetensors",
         "models/quads-fsc-8bit.safetensors",
         "models/quads-fsc-3bit.safetensors",
+        "models/quads-fsc-2bit.safetensors",
     ]
     assert model_copies == [(shipped, "models/")]
     baked = workdir / shipped[0]
@@ -306,8 +307,9 @@ def test_image_compose_and_k8s_settings_all_serve_the_baked_in_model(monkeypatch
         assert settings.expected_bits in (None, 4), where
         eight = settings_from_env(monkeypatch, {**image_env, **overrides, "QUADS_BITS": "8"})
         assert eight.model_path == workdir / shipped[1], f"{where}: QUADS_BITS=8 serves {eight.model_path}"
-        three = settings_from_env(monkeypatch, {**image_env, **overrides, "QUADS_BITS": "3"})
-        assert three.model_path == workdir / shipped[2], f"{where}: QUADS_BITS=3 serves {three.model_path}"
+        for bits, path in (("3", shipped[2]), ("2", shipped[3])):
+            low = settings_from_env(monkeypatch, {**image_env, **overrides, "QUADS_BITS": bits})
+            assert low.model_path == workdir / path, f"{where}: QUADS_BITS={bits} serves {low.model_path}"
 
 
 def test_docker_build_context_holds_exactly_what_the_dockerfile_copies(tmp_path):
@@ -326,6 +328,7 @@ def test_docker_build_context_holds_exactly_what_the_dockerfile_copies(tmp_path)
         "models/quads-fsc-4bit.safetensors",
         "models/quads-fsc-8bit.safetensors",
         "models/quads-fsc-3bit.safetensors",
+        "models/quads-fsc-2bit.safetensors",
     ]
     unwanted = [
         ".git/HEAD",

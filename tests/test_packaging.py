@@ -113,7 +113,7 @@ def test_a_built_wheel_serves_the_default_model_from_any_folder(tmp_path):
     assert build.returncode == 0, build.stderr[-2000:]
     (wheel,) = wheels.glob("quads-*.whl")
     with zipfile.ZipFile(wheel) as z:
-        shipped = {f"service/models/quads-fsc-{bits}bit.safetensors" for bits in (4, 8, 3)}
+        shipped = {f"service/models/quads-fsc-{bits}bit.safetensors" for bits in (4, 8, 3, 2)}
         assert shipped <= set(z.namelist())
 
     # Installed alone (its dependencies come from this environment), run from an unrelated folder.
