@@ -70,7 +70,7 @@ TEST_CORPORA = {  # corpus folder -> what its test split measures
 class DemoPreset:
     voices: dict[str, int]  # espeak-ng voices per split of ``corpus``
     utterances_per_voice: int  # per voice and intent, each a sentence drawn from the context
-    not_commands_per_voice: int  # per voice: sentences of contexts/not-commands.yaml
+    not_commands_per_voice: int  # per voice: sentences of contexts/not-commands.yaml and Home Assistant's
     nonspeech_per_voice: int  # per voice: silence, noise, tones, music, clicks, hum, babble
     family_voices: int  # voices of the held-out family in ``corpus-klatt``
     default_bits: list[int]  # 32: the float student the quantized ones are compared with
@@ -86,7 +86,8 @@ PRESETS = {
     "full": DemoPreset(
         voices={"train": 100, "valid": 8, "test": 15},
         utterances_per_voice=2,
-        not_commands_per_voice=6,
+        # Six of contexts/not-commands.yaml and three of Home Assistant's requests, about.
+        not_commands_per_voice=9,
         nonspeech_per_voice=5,
         family_voices=15,
         default_bits=[32, 8, 4],
@@ -115,15 +116,46 @@ PRESETS = {
 }
 
 
+# Home Assistant intents that are FSC commands in other words, and the words that decide an FSC
+# label, or name what the held-out test non-commands ask for (contexts/not-commands-held-out.yaml):
+# Home Assistant's requests that use one are not spoken as non-commands
+# (training/home_assistant_requests.py).
+FSC_HOME_ASSISTANT_INTENTS = {
+    "HassSetVolume", "HassSetVolumeRelative", "HassMediaNext", "HassMediaPause", "HassMediaPlayerMute",
+    "HassMediaPlayerUnmute", "HassMediaPrevious", "HassMediaSearchAndPlay", "HassMediaUnpause",
+    "HassLightSet", "HassClimateSetTemperature",
+}  # fmt: skip
+FSC_WORDS = {
+    "light", "lights", "lighting", "lamp", "lamps", "music", "song", "songs", "volume", "sound", "louder",
+    "quieter", "heat", "heating", "heater", "temperature", "warmer", "cooler", "newspaper", "paper",
+    "juice", "sock", "socks", "shoe", "shoes", "language", "chinese", "korean", "german", "english",
+    "radio", "fridge", "router", "pillow", "garage door", "microwave", "window", "windows", "sandwich",
+}  # fmt: skip
+
+
+def fsc_home_assistant_requests(split: str, avoid: tuple, seed: int):
+    """Home Assistant's requests that are no FSC command, for ``split`` ("train" or "valid")."""
+    from training.home_assistant_requests import home_assistant_requests
+
+    return home_assistant_requests(
+        exclude_intents=FSC_HOME_ASSISTANT_INTENTS, exclude_words=FSC_WORDS, avoid=avoid, split=split, seed=seed
+    )
+
+
 def make_corpora(out: Path, preset: DemoPreset, seed: int, progress: bool) -> None:
-    from training.context import check_disjoint, load_context
+    from training.context import check_disjoint, combined, load_context
     from training.corpus.noisy_corpus import noisy_copy
-    from training.corpus.synth import synthesize_corpus
+    from training.corpus.synth import corpus_complete, synthesize_corpus
 
     fsc, held_out = load_context("fsc"), load_context("fsc-held-out")
-    not_commands, not_commands_held_out = load_context("not-commands"), load_context("not-commands-held-out")
-    for a, b in ((fsc, held_out), (not_commands, not_commands_held_out), (fsc, not_commands_held_out)):
+    own_not_commands, not_commands_held_out = load_context("not-commands"), load_context("not-commands-held-out")
+    for a, b in ((fsc, held_out), (own_not_commands, not_commands_held_out), (fsc, not_commands_held_out)):
         check_disjoint(a, b)  # a held-out sentence that training says would not be held out
+    ha_train, ha_valid = (
+        fsc_home_assistant_requests(split, (fsc, held_out, own_not_commands, not_commands_held_out), seed)
+        for split in ("train", "valid")
+    )
+    not_commands = combined("not-commands", own_not_commands, ha_train)
     voices = default_voices(preset.voices, seed)
     grid_voices = {**voices, "train": voices["train"][: preset.grid_train_voices]}
     refusals = dict(
@@ -142,13 +174,21 @@ def make_corpora(out: Path, preset: DemoPreset, seed: int, progress: bool) -> No
             not_commands_per_voice=2 * preset.not_commands_per_voice,
             nonspeech_per_voice=2 * preset.nonspeech_per_voice,
         ),
+        # The validation voices asking for kinds of request that training never heard: the
+        # refusal a choice is made on (corpus-ood is the test split's).
+        "corpus-ood-valid": dict(
+            voices={"valid": voices["valid"]},
+            utterances_per_voice=0,
+            not_commands=ha_valid,
+            not_commands_per_voice=2 * preset.not_commands_per_voice,
+        ),
         "corpus-klatt": dict(
             voices={"test": family_voices(preset.family_voices, seed)}, utterances_per_voice=preset.utterances_per_voice
         ),
         "corpus-grid": dict(voices=grid_voices, utterances_per_voice=1, **refusals),
     }
     for name, kwargs in jobs.items():
-        if not (out / name / "data" / "test_data.csv").exists():
+        if not corpus_complete(out / name, list(kwargs.get("voices", {"test": None}))[-1]):
             log.info("step corpus: %s", name)
             synthesize_corpus(out / name, seed=seed, progress=progress, **{"context": fsc, **kwargs})
     for kind in ("pink", "babble"):

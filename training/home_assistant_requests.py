@@ -1,0 +1,156 @@
+"""Requests that are not ours, from Home Assistant's own English sentence templates.
+
+``home-assistant-intents`` (pinned in ``pyproject.toml``) is the public record of how people ask
+a smart home for things: timers, weather, the time, shopping lists, fans, covers, locks,
+vacuums, scenes. Said by espeak-ng and labelled "not understood", they teach a model to refuse
+requests that share our words ("turn on", "open", "set") but not our meaning, in thousands of
+wordings that ``contexts/not-commands.yaml`` alone could not give.
+
+What is ours: which of those requests are *not* commands of a context, and the values of the
+lists Home Assistant fills at run time (device names, areas, floors, free text). hassil parses
+and samples the templates. A request is left out when
+
+- its intent is in ``exclude_intents`` (Home Assistant intents that *are* commands of the
+  context in other words: for FSC, volume, media and set-the-light), or
+- it says one of ``exclude_words`` (words or phrases: those that decide the context's labels,
+  for FSC "light", "lamp", "music", "heat"..., so that a near miss never teaches the model that
+  a command word means "not understood"; and the things the held-out test non-commands ask for,
+  so that those stay unheard), or
+- it is a sentence of one of the ``avoid`` contexts (the commands, and the held-out test
+  sentences, which must stay unheard).
+
+``split`` cuts the kept intents in two, disjoint: ``"valid"`` takes every fourth (in name
+order), ``"train"`` the rest, so the validation split measures refusal of *kinds* of request
+that training never heard, as the test split's ``contexts/not-commands-held-out.yaml`` does.
+
+    requests = home_assistant_requests(exclude_intents=FSC_OWN_INTENTS, exclude_words=FSC_WORDS, split="train")
+    len(requests.intents)   # Home Assistant intents, each a list of sampled sentences
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+
+from training.context import Context, Phrase, normalize
+
+# The lists Home Assistant fills from a user's devices (or leaves as free text), with values of
+# our own. None names a device or thing of the held-out non-commands (radio, fridge, router,
+# microwave, pillow, sandwich), so those stay unheard.
+RUN_TIME_LISTS: dict[str, list[str]] = {
+    "name": [
+        "ceiling fan",
+        "TV",
+        "television",
+        "front door",
+        "back door",
+        "coffee maker",
+        "dishwasher",
+        "washing machine",
+        "dryer",
+        "robot vacuum",
+        "sprinkler",
+        "air purifier",
+        "printer",
+        "porch",
+        "garden hose",
+        "kettle",
+        "dehumidifier",
+        "hot tub",
+        "security camera",
+        "doorbell",
+    ],
+    "area": [
+        "kitchen",
+        "bedroom",
+        "bathroom",
+        "living room",
+        "garage",
+        "office",
+        "hallway",
+        "garden",
+        "basement",
+        "dining room",
+        "nursery",
+        "attic",
+    ],
+    "floor": ["upstairs", "downstairs", "first", "second", "ground", "top"],
+    "zone": ["home", "work", "school", "the gym"],
+    "message": ["dinner is ready", "time to go", "the movie starts soon", "come downstairs"],
+    "search_query": ["the news", "a podcast", "the weather channel"],
+    "timer_name": ["pizza", "eggs", "laundry", "pasta", "nap"],
+    "timer_command": ["turn off the oven", "start the dishwasher"],
+    "shopping_list_item": ["milk", "eggs", "bread", "apples", "coffee", "butter"],
+    "todo_list_item": ["call the bank", "pay the rent", "buy a present", "walk the dog"],
+}
+# Home Assistant's number ranges (temperatures, percentages, durations) cut to a few values each:
+# a request is a near miss by its words, and every number would only multiply the sentences.
+RANGE_VALUES = ["one", "two", "five", "ten", "fifteen", "twenty", "thirty", "fifty"]
+# Sampled from the first expansions of a template; enough for any of Home Assistant's but the
+# timers' (thousands of durations), where it bounds the time (about 10 s for all of English).
+MAX_EXPANSIONS = 5000
+VALID_EVERY = 4  # every fourth kept intent goes to the "valid" split
+
+
+def home_assistant_requests(
+    *,
+    exclude_intents: set[str],
+    exclude_words: set[str],
+    avoid: tuple[Context, ...] = (),
+    split: str = "train",
+    per_template: int = 6,
+    seed: int = 0,
+) -> Context:
+    """Sampled English sentences of Home Assistant's intents that are none of a context's
+    commands (module docstring), ``per_template`` per sentence template at most, each intent's
+    sentences one template for ``training.corpus.synth.choose_phrase`` (so each intent weighs
+    as one of ``contexts/not-commands.yaml``'s templates)."""
+    from hassil.intents import Intents, TextSlotList
+    from hassil.parse_expression import parse_sentence
+    from hassil.sample import sample_sentence
+    from home_assistant_intents import get_intents
+
+    if split not in ("train", "valid"):
+        raise ValueError(f"split must be 'train' or 'valid', not {split!r}")
+    data = get_intents("en")
+    intents = Intents.from_dict(data)
+    lists = dict(intents.slot_lists)
+    for name, slot_list in data["lists"].items():
+        if "range" in slot_list:
+            lists[name] = TextSlotList.from_strings(RANGE_VALUES, name=name)
+        elif "wildcard" in slot_list:
+            lists[name] = TextSlotList.from_strings(RUN_TIME_LISTS[name], name=name)
+    lists.update({name: TextSlotList.from_strings(v, name=name) for name, v in RUN_TIME_LISTS.items()})
+    avoided = {normalize(p.text) for c in avoid for phrases in c.intents.values() for p in phrases}
+    banned = {normalize(w) for w in exclude_words}
+
+    kept = sorted(set(intents.intents) - set(exclude_intents))
+    chosen = [n for i, n in enumerate(kept) if (i % VALID_EVERY == VALID_EVERY - 1) == (split == "valid")]
+    expanded: dict[str, list[Phrase]] = {}
+    for name in chosen:
+        rng = np.random.default_rng([seed, sum(map(ord, name))])
+        phrases: dict[str, Phrase] = {}
+        for block in intents.intents[name].data:
+            for template in block.sentence_texts:
+                sentence = parse_sentence(template, keep_text=True)
+                texts = itertools.islice(sample_sentence(sentence, lists, intents.expansion_rules), MAX_EXPANSIONS)
+                pool = [t for t in dict.fromkeys(" ".join(t.split()) for t in texts) if _allowed(t, banned, avoided)]
+                for i in rng.permutation(len(pool))[:per_template]:
+                    phrases.setdefault(normalize(pool[i]), Phrase(pool[i]))
+        if phrases:
+            expanded[name] = list(phrases.values())
+    settings = dict(
+        exclude_intents=sorted(exclude_intents), exclude_words=sorted(banned), split=split, per_template=per_template
+    )
+    digest = hashlib.sha256(json.dumps([data, settings, sorted(avoided), seed], sort_keys=True).encode()).hexdigest()
+    return Context(Path(f"home-assistant-intents-{split}"), "en", expanded, digest)
+
+
+def _allowed(text: str, banned: set[str], avoided: set[str]) -> bool:
+    """Whether a sampled request says nothing of ``banned`` (whole words) and is not ``avoided``."""
+    key = normalize(text)
+    return bool(key) and key not in avoided and not any(f" {w} " in f" {key} " for w in banned)
