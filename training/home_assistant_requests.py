@@ -109,7 +109,7 @@ def home_assistant_requests(
     commands (module docstring), ``per_template`` per sentence template at most, each intent's
     sentences one template for ``training.corpus.synth.choose_phrase`` (so each intent weighs
     as one of ``contexts/not-commands.yaml``'s templates)."""
-    from hassil.intents import Intents, TextSlotList
+    from hassil.intents import Intents
     from hassil.parse_expression import parse_sentence
     from hassil.sample import sample_sentence
     from home_assistant_intents import get_intents
@@ -118,13 +118,7 @@ def home_assistant_requests(
         raise ValueError(f"split must be 'train' or 'valid', not {split!r}")
     data = get_intents("en")
     intents = Intents.from_dict(data)
-    lists = dict(intents.slot_lists)
-    for name, slot_list in data["lists"].items():
-        if "range" in slot_list:
-            lists[name] = TextSlotList.from_strings(RANGE_VALUES, name=name)
-        elif "wildcard" in slot_list:
-            lists[name] = TextSlotList.from_strings(RUN_TIME_LISTS[name], name=name)
-    lists.update({name: TextSlotList.from_strings(v, name=name) for name, v in RUN_TIME_LISTS.items()})
+    lists = slot_lists(data, intents)
     avoided = {normalize(p.text) for c in avoid for phrases in c.intents.values() for p in phrases}
     banned = {normalize(w) for w in exclude_words}
 
@@ -148,6 +142,21 @@ def home_assistant_requests(
     )
     digest = hashlib.sha256(json.dumps([data, settings, sorted(avoided), seed], sort_keys=True).encode()).hexdigest()
     return Context(Path(f"home-assistant-intents-{split}"), "en", expanded, digest)
+
+
+def slot_lists(data: dict, intents) -> dict:
+    """hassil's slot lists for Home Assistant's ``data``: its own, with ``RUN_TIME_LISTS`` for the
+    lists it fills at run time or leaves as free text, and ``RANGE_VALUES`` for its ranges."""
+    from hassil.intents import TextSlotList
+
+    lists = dict(intents.slot_lists)
+    for name, slot_list in data["lists"].items():
+        if "range" in slot_list:
+            lists[name] = TextSlotList.from_strings(RANGE_VALUES, name=name)
+        elif "wildcard" in slot_list:
+            lists[name] = TextSlotList.from_strings(RUN_TIME_LISTS[name], name=name)
+    lists.update({name: TextSlotList.from_strings(v, name=name) for name, v in RUN_TIME_LISTS.items()})
+    return lists
 
 
 def _allowed(text: str, banned: set[str], avoided: set[str]) -> bool:

@@ -129,7 +129,7 @@ FSC_WORDS = {
     "light", "lights", "lighting", "lamp", "lamps", "music", "song", "songs", "volume", "sound", "louder",
     "quieter", "heat", "heating", "heater", "temperature", "warmer", "cooler", "newspaper", "paper",
     "juice", "sock", "socks", "shoe", "shoes", "language", "chinese", "korean", "german", "english",
-    "radio", "fridge", "router", "pillow", "garage door", "microwave", "window", "windows", "sandwich",
+    "radio", "fridge", "router", "pillow", "garage door", "garage doors", "microwave", "window", "windows", "sandwich",
 }  # fmt: skip
 
 
