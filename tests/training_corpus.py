@@ -18,7 +18,7 @@ from core.checkpoint import save_checkpoint
 from core.model import AudioEncoder, IntentClassifier, ModelDims
 from training.context import load_context
 from training.corpus.espeak_voices import default_voices
-from training.corpus.synth import synthesize_corpus
+from training.corpus.synth import CorpusRecipe, synthesize_corpus
 
 INTENTS = ["change language_none_none", "activate_music_none", "increase_volume_none", "bring_newspaper_none"]
 CONTEXT = Path(__file__).resolve().parent / "contexts" / "four-commands.yaml"  # INTENTS, one sentence each
@@ -32,11 +32,13 @@ def tiny_corpus(tmp_path_factory) -> Path:
     if not (root / "data" / "test_data.csv").is_file():  # the CSVs are written last
         synthesize_corpus(
             root,
-            context=load_context(CONTEXT),
-            voices=default_voices(VOICES, seed=1),
-            utterances_per_voice=2,
-            seed=1,
-            noise=False,
+            CorpusRecipe(
+                context=load_context(CONTEXT),
+                voices=default_voices(VOICES, seed=1),
+                utterances_per_voice=2,
+                seed=1,
+                noise=False,
+            ),
             workers=2,
             progress=False,
         )

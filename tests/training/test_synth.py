@@ -22,7 +22,7 @@ from training.corpus.espeak_voices import (
     is_generated,
     variant_file,
 )
-from training.corpus.synth import SynthError, synthesize_corpus
+from training.corpus.synth import CorpusRecipe, SynthError, synthesize_corpus
 from training.corpus.synth_cli import cli
 from training.datasets import FSC_INTENTS, label_set, load_fsc, load_samples
 
@@ -35,7 +35,7 @@ VOICES = {
 
 
 def tiny_corpus(root: Path, seed: int = 0, noise: bool = True) -> Path:
-    return synthesize_corpus(root, intents=INTENTS, voices=VOICES, seed=seed, noise=noise, progress=False)
+    return synthesize_corpus(root, CorpusRecipe(intents=INTENTS, voices=VOICES, seed=seed, noise=noise), progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -122,11 +122,7 @@ def test_held_out_corpus_speaks_only_the_held_out_expressions(tmp_path):
     held_out = load_context("fsc-held-out")
     root = synthesize_corpus(
         tmp_path / "p",
-        context=held_out,
-        intents=INTENTS,
-        voices={"test": ["en-gb+f5", "en-us+m2"]},
-        seed=0,
-        noise=False,
+        CorpusRecipe(context=held_out, intents=INTENTS, voices={"test": ["en-gb+f5", "en-us+m2"]}, seed=0, noise=False),
         progress=False,
     )
     for s in load_fsc(root, "test"):
@@ -185,11 +181,13 @@ def test_refusal_clips_are_non_commands_and_sounds(tmp_path):
     not_commands = load_context("not-commands")
     root = synthesize_corpus(
         tmp_path / "r",
-        intents=INTENTS[:1],
-        voices={"train": ["en-us+f2", "en-gb+m3"]},
-        not_commands=not_commands,
-        not_commands_per_voice=2,
-        nonspeech_per_voice=len(SOUND_KINDS),
+        CorpusRecipe(
+            intents=INTENTS[:1],
+            voices={"train": ["en-us+f2", "en-gb+m3"]},
+            not_commands=not_commands,
+            not_commands_per_voice=2,
+            nonspeech_per_voice=len(SOUND_KINDS),
+        ),
         progress=False,
     )
     samples = load_fsc(root, "train")
@@ -229,7 +227,9 @@ def test_clips_are_16khz_mono_pcm16_speech_with_silence_and_noise(corpus):
 
 def test_clean_corpus_has_digital_silence_around_the_speech(tmp_path):
     root = synthesize_corpus(
-        tmp_path / "clean", intents=INTENTS[:1], voices={"train": ["en-us+m3"]}, noise=False, progress=False
+        tmp_path / "clean",
+        CorpusRecipe(intents=INTENTS[:1], voices={"train": ["en-us+m3"]}, noise=False),
+        progress=False,
     )
     (sample,) = load_fsc(root, "train")
     audio, rate = soundfile.read(sample.path, dtype="float32")
@@ -265,23 +265,27 @@ def test_same_seed_gives_byte_identical_corpus_other_seed_does_not(corpus, tmp_p
 
 def test_bad_arguments_are_refused(tmp_path):
     with pytest.raises(ValueError, match="no sentences for intent"):
-        synthesize_corpus(tmp_path / "a", intents=["make_coffee_none"], voices=VOICES, progress=False)
+        synthesize_corpus(tmp_path / "a", CorpusRecipe(intents=["make_coffee_none"], voices=VOICES), progress=False)
     with pytest.raises(ValueError, match="in both train and test"):
-        synthesize_corpus(tmp_path / "b", intents=INTENTS, voices={"train": ["en-us+f3"], "test": ["en-us+f3"]})
+        synthesize_corpus(
+            tmp_path / "b", CorpusRecipe(intents=INTENTS, voices={"train": ["en-us+f3"], "test": ["en-us+f3"]})
+        )
     with pytest.raises(ValueError, match="not an espeak-ng voice spec"):
-        synthesize_corpus(tmp_path / "c", intents=INTENTS, voices={"train": ["../evil"]})
+        synthesize_corpus(tmp_path / "c", CorpusRecipe(intents=INTENTS, voices={"train": ["../evil"]}))
     foreign = tmp_path / "photos"
     foreign.mkdir()
     (foreign / "holiday.jpg").write_bytes(b"\xff\xd8")
     with pytest.raises(SynthError, match="refusing to write into it"):
-        synthesize_corpus(foreign, intents=INTENTS, voices=VOICES, progress=False)
+        synthesize_corpus(foreign, CorpusRecipe(intents=INTENTS, voices=VOICES), progress=False)
     assert (foreign / "holiday.jpg").exists()
 
 
 def test_an_earlier_corpus_is_replaced(tmp_path):
-    root = synthesize_corpus(tmp_path / "c", intents=INTENTS, voices={"train": ["en-us+f2"]}, progress=False)
+    root = synthesize_corpus(
+        tmp_path / "c", CorpusRecipe(intents=INTENTS, voices={"train": ["en-us+f2"]}), progress=False
+    )
     stale = root / "wavs" / "speakers" / "en-us+f2"
-    synthesize_corpus(root, intents=INTENTS[:1], voices={"train": ["en-gb+m2"]}, progress=False)
+    synthesize_corpus(root, CorpusRecipe(intents=INTENTS[:1], voices={"train": ["en-gb+m2"]}), progress=False)
     assert not stale.exists()
     assert [s.speaker for s in load_fsc(root, "train")] == ["en-gb+m2"]
 
@@ -381,10 +385,12 @@ def test_a_context_with_slots_is_written_as_manifests_of_frame_labels(tmp_path):
     voices = {"train": ["en-us+f3", "en-029+m4"], "valid": ["en-gb+f5"]}
     root = synthesize_corpus(
         tmp_path / "c",
-        context=load_context(CHANNELS),
-        voices=voices,
-        utterances_per_voice={"Pause": 1, "SetChannel": 2},
-        noise=False,
+        CorpusRecipe(
+            context=load_context(CHANNELS),
+            voices=voices,
+            utterances_per_voice={"Pause": 1, "SetChannel": 2},
+            noise=False,
+        ),
         progress=False,
     )
     assert not (root / "data").exists()  # the labels are no FSC action_object_location

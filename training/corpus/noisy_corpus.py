@@ -21,7 +21,7 @@ from core.refusal import REFUSAL_LABEL
 from training.augmentation import colored_noise, mix_at_snr
 from training.corpus.espeak_voices import stable_int
 from training.corpus.nonspeech import babble
-from training.corpus.synth import write_wav
+from training.corpus.render import write_wav
 from training.datasets import load_fsc
 
 NOISE_KINDS = ("pink", "babble")

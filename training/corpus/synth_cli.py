@@ -34,7 +34,7 @@ def _parse_voice_counts(text: str) -> dict[str, int]:
     return counts
 
 
-def cli(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="quads-synth", description="Write a synthetic spoken-command corpus (espeak-ng) in the FSC layout."
     )
@@ -100,34 +100,46 @@ def cli(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    return parser
+
+
+def _split_voices(args: argparse.Namespace) -> dict[str, list[str]]:
+    """The voice specs per split that the arguments ask for."""
+    if args.held_out_family:
+        return {"test": family_voices(args.held_out_family, args.seed)}
+    voices = default_voices(args.voices_per_split, args.seed)
+    if args.splits:
+        if unknown := set(args.splits) - set(voices):
+            raise ValueError(f"--splits {sorted(unknown)}: not among the splits of --voices-per-split")
+        voices = {split: voices[split] for split in args.splits}
+    return voices
+
+
+def cli(argv: list[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     from training.context import ContextError, load_context
-    from training.corpus.synth import SynthError, synthesize_corpus  # torch loads here, after --help
+    from training.corpus.synth import CorpusRecipe, SynthError, synthesize_corpus  # torch loads here, after --help
 
     start = time.monotonic()
     try:
         context = load_context(args.context)
         not_commands = load_context(args.not_commands) if args.not_commands_per_voice else None
-        if args.held_out_family:
-            voices = {"test": family_voices(args.held_out_family, args.seed)}
-        else:
-            voices = default_voices(args.voices_per_split, args.seed)
-            if args.splits:
-                if unknown := set(args.splits) - set(voices):
-                    raise ValueError(f"--splits {sorted(unknown)}: not among the splits of --voices-per-split")
-                voices = {split: voices[split] for split in args.splits}
+        voices = _split_voices(args)
         root = synthesize_corpus(
             args.out_dir,
-            context=context,
-            intents=args.intents,
-            voices=voices,
-            utterances_per_voice=args.utterances_per_voice,
-            not_commands=not_commands,
-            not_commands_per_voice=args.not_commands_per_voice,
-            nonspeech_per_voice=args.nonspeech_per_voice,
-            seed=args.seed,
-            noise=not args.no_noise,
+            CorpusRecipe(
+                context=context,
+                intents=args.intents,
+                voices=voices,
+                utterances_per_voice=args.utterances_per_voice,
+                not_commands=not_commands,
+                not_commands_per_voice=args.not_commands_per_voice,
+                nonspeech_per_voice=args.nonspeech_per_voice,
+                seed=args.seed,
+                noise=not args.no_noise,
+            ),
             workers=args.workers,
             progress=not args.quiet,
         )

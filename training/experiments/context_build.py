@@ -156,8 +156,9 @@ def out_of_domain(context: Context, non_commands: str, commands: str) -> Context
 
 
 def make_corpora(out: Path, context: Context, preset: BuildPreset, seed: int, progress: bool) -> None:
+    from training.corpus.corpus_files import corpus_complete
     from training.corpus.espeak_voices import default_voices
-    from training.corpus.synth import corpus_complete, synthesize_corpus
+    from training.corpus.synth import CorpusRecipe, synthesize_corpus
 
     voices = default_voices(preset.voices, seed)
     training_ood = out_of_domain(context, "not-commands", "fsc")
@@ -168,36 +169,37 @@ def make_corpora(out: Path, context: Context, preset: BuildPreset, seed: int, pr
         per_voice = {i: max(1, math.ceil(2 * len(held_out.frames(i)) / preset.voices["test"])) for i in held_out.names}
         synthesize_corpus(
             out / "corpus-held-out",
-            context=held_out,
-            voices={"test": voices["test"]},
-            utterances_per_voice=per_voice,
-            seed=seed,
+            CorpusRecipe(context=held_out, voices={"test": voices["test"]}, utterances_per_voice=per_voice, seed=seed),
             progress=progress,
         )
     if not corpus_complete(out / "corpus"):
         log.info("step corpus: %d sentences, %d frames", len(context), len(context.frame_table.frames))
         synthesize_corpus(
             out / "corpus",
-            context=context,
-            voices=voices,
-            utterances_per_voice=utterance_counts(context, preset),
-            not_commands=training_ood,
-            not_commands_per_voice=preset.not_commands_per_voice,
-            nonspeech_per_voice=preset.nonspeech_per_voice,
-            seed=seed,
+            CorpusRecipe(
+                context=context,
+                voices=voices,
+                utterances_per_voice=utterance_counts(context, preset),
+                not_commands=training_ood,
+                not_commands_per_voice=preset.not_commands_per_voice,
+                nonspeech_per_voice=preset.nonspeech_per_voice,
+                seed=seed,
+            ),
             progress=progress,
         )
     if not corpus_complete(out / "corpus-ood"):
         log.info("step corpus: corpus-ood")
         synthesize_corpus(
             out / "corpus-ood",
-            context=context,
-            voices={"test": voices["test"]},
-            utterances_per_voice=0,
-            not_commands=test_ood,
-            not_commands_per_voice=preset.ood_per_voice,
-            nonspeech_per_voice=preset.ood_sounds_per_voice,
-            seed=seed,
+            CorpusRecipe(
+                context=context,
+                voices={"test": voices["test"]},
+                utterances_per_voice=0,
+                not_commands=test_ood,
+                not_commands_per_voice=preset.ood_per_voice,
+                nonspeech_per_voice=preset.ood_sounds_per_voice,
+                seed=seed,
+            ),
             progress=progress,
         )
 

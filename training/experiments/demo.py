@@ -144,8 +144,9 @@ def fsc_home_assistant_requests(split: str, avoid: tuple, seed: int):
 
 def make_corpora(out: Path, preset: DemoPreset, seed: int, progress: bool) -> None:
     from training.context import check_disjoint, combined, load_context
+    from training.corpus.corpus_files import corpus_complete
     from training.corpus.noisy_corpus import noisy_copy
-    from training.corpus.synth import corpus_complete, synthesize_corpus
+    from training.corpus.synth import CorpusRecipe, synthesize_corpus
 
     fsc, held_out = load_context("fsc"), load_context("fsc-held-out")
     own_not_commands, not_commands_held_out = load_context("not-commands"), load_context("not-commands-held-out")
@@ -190,7 +191,7 @@ def make_corpora(out: Path, preset: DemoPreset, seed: int, progress: bool) -> No
     for name, kwargs in jobs.items():
         if not corpus_complete(out / name, list(kwargs.get("voices", {"test": None}))[-1]):
             log.info("step corpus: %s", name)
-            synthesize_corpus(out / name, seed=seed, progress=progress, **{"context": fsc, **kwargs})
+            synthesize_corpus(out / name, CorpusRecipe(**{"context": fsc, "seed": seed, **kwargs}), progress=progress)
     for kind in ("pink", "babble"):
         for snr in (10, 5):
             name = f"corpus-noisy-{kind}-{snr}"

@@ -85,16 +85,15 @@ class Table2Plan:
 
 def make_corpus(out: Path, plan: Table2Plan, progress: bool) -> Path:
     """The espeak-ng corpus: disjoint voices per split, one utterance per voice and intent."""
-    from training.corpus.synth import synthesize_corpus
+    from training.corpus.synth import CorpusRecipe, synthesize_corpus
 
     corpus = out / "corpus"
     if not (corpus / "data" / "test_data.csv").exists():
         synthesize_corpus(
             corpus,
-            intents=plan.intents,
-            voices=default_voices(plan.voices, seed=7),
-            utterances_per_voice=1,
-            seed=7,
+            CorpusRecipe(
+                intents=plan.intents, voices=default_voices(plan.voices, seed=7), utterances_per_voice=1, seed=7
+            ),
             progress=progress,
         )
     return corpus
