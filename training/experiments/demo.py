@@ -145,7 +145,7 @@ def fsc_home_assistant_requests(split: str, avoid: tuple, seed: int):
 def make_corpora(out: Path, preset: DemoPreset, seed: int, progress: bool) -> None:
     from training.context import check_disjoint, combined, load_context
     from training.corpus.corpus_files import corpus_complete
-    from training.corpus.noisy_corpus import noisy_copy
+    from training.corpus.noisy_corpus import NoiseMix, noisy_copy
     from training.corpus.synth import CorpusRecipe, synthesize_corpus
 
     fsc, held_out = load_context("fsc"), load_context("fsc-held-out")
@@ -200,17 +200,8 @@ def make_corpora(out: Path, preset: DemoPreset, seed: int, progress: bool) -> No
             for split, babble_from in (("valid", out / "corpus"), ("test", out / "corpus-ood")):
                 if not (out / name / "data" / f"{split}_data.csv").exists():
                     log.info("step corpus: %s, %s split", name, split)
-                    noisy_copy(
-                        out / "corpus",
-                        out / name,
-                        kind,
-                        snr,
-                        seed=seed,
-                        split=split,
-                        babble_from=babble_from,
-                        babble_split=split,
-                        progress=progress,
-                    )
+                    mix = NoiseMix(kind, snr, seed=seed, babble_from=babble_from, babble_split=split)
+                    noisy_copy(out / "corpus", out / name, mix, split=split, progress=progress)
 
 
 def run_demo(
