@@ -21,7 +21,7 @@ from core.compute import count_parameters, forward_gmacs
 from core.refusal import decide, refusal_index
 from core.tensor_files import atomic_write
 from training.datasets import load_samples
-from training.features import MelDataset, collate
+from training.features import MelDataset, MelFeatures, collate
 
 log = logging.getLogger(__name__)
 
@@ -295,8 +295,7 @@ def checkpoint_split(
     return MelDataset(
         samples,
         checkpoint.labels,
-        n_mels=checkpoint.dims.n_mels,
-        pad_to_30s=pad_to_30s,
+        MelFeatures(checkpoint.dims.n_mels, pad_to_30s),
         on_error=on_error,
         progress=progress,
     )

@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,16 +49,27 @@ class BadSampleError(ValueError):
         self.path, self.reason = path, reason
 
 
+@dataclass(frozen=True)
+class MelFeatures:
+    """What a clip becomes: ``n_mels`` log-mel bins, padded to 30 s or not, from at most ``max_seconds``."""
+
+    n_mels: int = 80
+    pad_to_30s: bool = False
+    max_seconds: float = 30.0
+
+
 class MelDataset(torch.utils.data.Dataset):
     """Labelled log-mels of ``samples``; items are ``(mel (n_mels, T) float32, label index, i)``.
 
     samples: from ``training.datasets``; labels: the class list (a label index is a position in it).
+    features: the log-mel settings (default ``MelFeatures()``: Whisper's 80 bins, clips at their length).
     on_error: ``"skip"`` drops a bad sample (missing, unreadable, undecodable, longer than
-        ``max_seconds``, or with a label not in ``labels``) with a warning, ``"raise"`` raises
+        ``features.max_seconds``, or with a label not in ``labels``) with a warning, ``"raise"`` raises
         ``BadSampleError``. After construction ``samples`` holds the kept samples and
         ``skipped`` the ``(path, reason)`` of the dropped ones.
-    augment: random gain, additive noise, speed perturbation and SpecAugment masks, drawn from
-        ``(seed, epoch, i)`` so that an epoch is reproducible (see ``set_epoch``). Training only.
+    augment_seed: augment (random gain, additive noise, speed perturbation, background talkers
+        and SpecAugment masks), drawn from ``(augment_seed, epoch, i)`` so that an epoch is
+        reproducible (see ``set_epoch``); ``None`` (the default): no augmentation. Training only.
     cache_dir: where to keep decoded features between runs (``None``: no cache).
     """
 
@@ -65,21 +77,20 @@ class MelDataset(torch.utils.data.Dataset):
         self,
         samples: list[Sample],
         labels: list[str],
+        features: MelFeatures | None = None,
         *,
-        n_mels: int = 80,
-        pad_to_30s: bool = False,
         on_error: str = "skip",
-        augment: bool = False,
-        seed: int = 0,
-        max_seconds: float = 30.0,
+        augment_seed: int | None = None,
         cache_dir: Path | None = None,
         progress: bool = True,
     ):
         if on_error not in ON_ERROR_POLICIES:
             raise ValueError(f"on_error must be one of {ON_ERROR_POLICIES}, got {on_error!r}")
         self.labels = list(labels)
-        self.n_mels, self.pad_to_30s, self.on_error = n_mels, pad_to_30s, on_error
-        self.augment, self.seed, self.max_seconds = augment, seed, max_seconds
+        features = features or MelFeatures()
+        self.n_mels, self.pad_to_30s, self.max_seconds = features.n_mels, features.pad_to_30s, features.max_seconds
+        self.on_error = on_error
+        self.augment, self.seed = augment_seed is not None, augment_seed
         self.epoch = 0
         self.skipped: list[tuple[Path, str]] = []
         label_index = {label: k for k, label in enumerate(self.labels)}
@@ -191,15 +202,8 @@ class MelDataset(torch.utils.data.Dataset):
         if not self.augment and n_mels == self.n_mels:
             return self
         if not self.augment:
-            view = MelDataset(
-                self.samples,
-                self.labels,
-                n_mels=n_mels,
-                pad_to_30s=self.pad_to_30s,
-                on_error="raise",
-                max_seconds=self.max_seconds,
-                progress=progress,
-            )
+            features = MelFeatures(n_mels, self.pad_to_30s, self.max_seconds)
+            view = MelDataset(self.samples, self.labels, features, on_error="raise", progress=progress)
             if len(view) != len(self):
                 raise RuntimeError(f"the clean view of the data has {len(view)} clips, this dataset {len(self)}")
             return view

@@ -46,7 +46,7 @@ from training.datasets import DatasetError, label_set, load_samples
 from training.distributed import Processes, all_reduce_mean, setup_processes
 from training.evaluate import evaluate_checkpoint, evaluate_model, summary
 from training.export import export_branch, exported_paths
-from training.features import BadSampleError, MelDataset, collate
+from training.features import BadSampleError, MelDataset, MelFeatures, collate
 from training.loop import EpochSettings, PhaseSchedule, TrainStep, distillation_optimizer, train_epoch
 from training.losses import (
     ChannelMaxPool,
@@ -185,12 +185,9 @@ def load_split(cfg: Config, split: str, labels: list[str] | None, *, train: bool
     return MelDataset(
         samples,
         labels,
-        n_mels=d.n_mels,
-        pad_to_30s=d.pad_to_30s,
+        MelFeatures(d.n_mels, d.pad_to_30s, d.max_seconds),
         on_error=d.on_error,
-        augment=d.augment and train,
-        seed=cfg.train.seed,
-        max_seconds=d.max_seconds,
+        augment_seed=cfg.train.seed if d.augment and train else None,
         cache_dir=Path(d.feature_cache).expanduser() if d.feature_cache else None,
         progress=progress,
     )

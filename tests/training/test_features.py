@@ -26,6 +26,7 @@ from training.datasets import Sample
 from training.features import (
     BadSampleError,
     MelDataset,
+    MelFeatures,
     collate,
 )
 
@@ -83,7 +84,7 @@ def test_items_are_the_service_log_mel_of_the_decoded_file(clips):
 
 
 def test_n_mels_and_paper_faithful_30s_padding(clips):
-    ds = MelDataset(clips[:1], LABELS, n_mels=128, pad_to_30s=True, progress=False)
+    ds = MelDataset(clips[:1], LABELS, MelFeatures(n_mels=128, pad_to_30s=True), progress=False)
     mel = ds[0][0]
     assert mel.shape == (128, N_FRAMES)
     assert torch.equal(mel, reference_mel(clips[0].path, n_mels=128, pad_to_30s=True))
@@ -97,10 +98,10 @@ def test_a_16_khz_clip_s_items_equal_openai_whisper_s_log_mel(clips, n_mels):
     audio, rate = soundfile.read(juice.path, dtype="float32")
     assert rate == SAMPLE_RATE
     theirs = whisper.audio.log_mel_spectrogram(whisper.audio.pad_or_trim(torch.from_numpy(audio)), n_mels)
-    padded = MelDataset([juice], LABELS, n_mels=n_mels, pad_to_30s=True, progress=False)[0][0]
+    padded = MelDataset([juice], LABELS, MelFeatures(n_mels=n_mels, pad_to_30s=True), progress=False)[0][0]
     assert (padded - theirs).abs().max() < 1e-4
     # At its real length: the same frames but the last (ours reflect-pads the end, Whisper's sees zeros).
-    real = MelDataset([juice], LABELS, n_mels=n_mels, progress=False)[0][0]
+    real = MelDataset([juice], LABELS, MelFeatures(n_mels=n_mels), progress=False)[0][0]
     frames = audio.size // 160
     assert real.shape == (n_mels, frames) and (real[:, :-1] - theirs[:, : frames - 1]).abs().max() < 1e-4
 
@@ -152,7 +153,7 @@ def test_unknown_label_raises_with_on_error_raise(clips):
 
 
 def test_too_long_audio_is_a_bad_sample(clips):
-    ds = MelDataset(clips, LABELS, max_seconds=1.0, progress=False)
+    ds = MelDataset(clips, LABELS, MelFeatures(max_seconds=1.0), progress=False)
     assert ds.samples == [clips[2]]  # only "juice" is under a second
     assert all("the limit is 1 s" in reason for _, reason in ds.skipped)
 
@@ -181,9 +182,9 @@ def test_collate_pads_with_zeros_and_returns_lengths(clips):
 
 
 def test_augmentation_is_deterministic_per_seed_and_epoch(clips):
-    ds = MelDataset(clips, LABELS, augment=True, seed=7, progress=False)
-    twin = MelDataset(clips, LABELS, augment=True, seed=7, progress=False)
-    other_seed = MelDataset(clips, LABELS, augment=True, seed=8, progress=False)
+    ds = MelDataset(clips, LABELS, augment_seed=7, progress=False)
+    twin = MelDataset(clips, LABELS, augment_seed=7, progress=False)
+    other_seed = MelDataset(clips, LABELS, augment_seed=8, progress=False)
 
     def epoch_items(dataset, epoch):
         dataset.set_epoch(epoch)
@@ -221,13 +222,13 @@ def test_cache_hit_skips_decoding(clips, bad_samples, tmp_path, monkeypatch):
     assert second.fingerprint() == first.fingerprint()
 
     # The waveform cache used for augmentation is separate, and also reused.
-    MelDataset(clips, LABELS, augment=True, cache_dir=cache, progress=False)
+    MelDataset(clips, LABELS, augment_seed=0, cache_dir=cache, progress=False)
     assert len(calls) == 3
-    MelDataset(clips, LABELS, augment=True, cache_dir=cache, progress=False)
+    MelDataset(clips, LABELS, augment_seed=0, cache_dir=cache, progress=False)
     assert len(calls) == 3
 
     # A different front-end setting is a different cache entry.
-    MelDataset(clips, LABELS, n_mels=128, cache_dir=cache, progress=False)
+    MelDataset(clips, LABELS, MelFeatures(n_mels=128), cache_dir=cache, progress=False)
     assert len(calls) == 6
 
 
@@ -267,8 +268,8 @@ def test_fingerprint_tracks_files_labels_and_settings(clips, tmp_path):
     assert MelDataset(clips[:2], LABELS, progress=False).fingerprint() != base
     relabelled = [clips[0], clips[1], Sample(clips[2].path, "activate_lights_none")]
     assert MelDataset(relabelled, LABELS, progress=False).fingerprint() != base
-    assert MelDataset(clips, LABELS, n_mels=128, progress=False).fingerprint() != base
-    assert MelDataset(clips, LABELS, pad_to_30s=True, progress=False).fingerprint() != base
+    assert MelDataset(clips, LABELS, MelFeatures(n_mels=128), progress=False).fingerprint() != base
+    assert MelDataset(clips, LABELS, MelFeatures(pad_to_30s=True), progress=False).fingerprint() != base
 
     copy = tmp_path / clips[0].path.name
     copy.write_bytes(clips[0].path.read_bytes())
@@ -280,8 +281,8 @@ def test_fingerprint_tracks_files_labels_and_settings(clips, tmp_path):
 
 
 def test_the_teacher_s_clean_view_reuses_the_decoded_audio(clips, monkeypatch):
-    augmenting = MelDataset(clips, LABELS, augment=True, seed=3, progress=False)
-    plain = MelDataset(clips, LABELS, n_mels=128, progress=False)
+    augmenting = MelDataset(clips, LABELS, augment_seed=3, progress=False)
+    plain = MelDataset(clips, LABELS, MelFeatures(n_mels=128), progress=False)
     calls = []
     monkeypatch.setattr(features, "decode_audio", lambda *a, **k: calls.append(a) or decode_audio(*a, **k))
     view = augmenting.clean_view(128, progress=False)
