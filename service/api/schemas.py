@@ -61,16 +61,16 @@ class IntentResponse(BaseModel):
                 {
                     "understood": True,
                     "intent": "activate_lights_none",
-                    "confidence": 0.988,
+                    "confidence": 0.992,
                     "slots": {},
                     "top_k": [
-                        {"intent": "activate_lights_none", "slots": {}, "confidence": 0.988},
-                        {"intent": "activate_lights_bedroom", "slots": {}, "confidence": 0.006},
-                        {"intent": "activate_lights_washroom", "slots": {}, "confidence": 0.004},
+                        {"intent": "activate_lights_none", "slots": {}, "confidence": 0.992},
+                        {"intent": "activate_lights_bedroom", "slots": {}, "confidence": 0.003},
+                        {"intent": "activate_lights_washroom", "slots": {}, "confidence": 0.002},
                     ],
                     "audio_seconds": 1.196,
-                    "model": {"name": "quads-fsc-4bit", "bits": 4, "file_bytes": 3906808},
-                    "timing_ms": {"decode": 2.1, "features": 2.1, "inference": 20.1, "total": 24.8},
+                    "model": {"name": "quads-fsc-4bit", "bits": 4, "file_bytes": 3906840},
+                    "timing_ms": {"decode": 1.8, "features": 0.9, "inference": 21.7, "total": 24.9},
                 },
                 {
                     "understood": False,
@@ -78,13 +78,13 @@ class IntentResponse(BaseModel):
                     "confidence": 0.009,
                     "slots": {},
                     "top_k": [
-                        {"intent": "decrease_heat_none", "slots": {}, "confidence": 0.009},
-                        {"intent": "increase_heat_none", "slots": {}, "confidence": 0.005},
-                        {"intent": "bring_socks_none", "slots": {}, "confidence": 0.004},
+                        {"intent": "deactivate_music_none", "slots": {}, "confidence": 0.009},
+                        {"intent": "change language_English_none", "slots": {}, "confidence": 0.004},
+                        {"intent": "change language_Chinese_none", "slots": {}, "confidence": 0.004},
                     ],
                     "audio_seconds": 1.105,
-                    "model": {"name": "quads-fsc-4bit", "bits": 4, "file_bytes": 3906808},
-                    "timing_ms": {"decode": 3.9, "features": 1.9, "inference": 25.0, "total": 31.1},
+                    "model": {"name": "quads-fsc-4bit", "bits": 4, "file_bytes": 3906840},
+                    "timing_ms": {"decode": 4.3, "features": 0.9, "inference": 15.7, "total": 21.5},
                 },
             ]
         }

@@ -12,7 +12,9 @@ running the same command again after an interruption continues the pipeline):
    that may use the network.
 2. ``corpus``: espeak-ng corpora in the FSC layout (``quads-synth``), voices disjoint across splits:
    ``corpus`` (train/valid/test: sentences of ``contexts/fsc.yaml``, non-commands of
-   ``contexts/not-commands.yaml`` and non-speech sounds, the last two labelled "not understood"),
+   ``contexts/not-commands.yaml`` and Home Assistant's requests for what FSC has not, and
+   non-speech sounds, the last two labelled "not understood"), ``corpus-ood-valid`` (the
+   validation voices asking for Home Assistant request kinds that training never hears),
    ``corpus-paraphrase`` (the test voices saying ``contexts/fsc-held-out.yaml``, wordings training
    never says), ``corpus-ood`` (the test voices saying ``contexts/not-commands-held-out.yaml``, and
    sounds), ``corpus-klatt`` (voices of the held-out Klatt family: a proxy for an engine the model
