@@ -215,7 +215,9 @@ def build_paths(args, clip: bytes, checkpoint_path: Path, order: list, mels_path
     torch.manual_seed(0)
     model = IntentClassifier(dims, N_LABELS).eval()
     model.encoder.load_state_dict(state, strict=False)
-    save_checkpoint(checkpoint_path, model, [f"intent_{i:02d}" for i in range(N_LABELS)], 32, {"purpose": "benchmark"})
+    save_checkpoint(
+        checkpoint_path, model, [f"intent_{i:02d}" for i in range(N_LABELS)], 32, provenance={"purpose": "benchmark"}
+    )
 
     audio = decode_audio(clip)
     mel = log_mel_spectrogram(audio, dims.n_mels)[None]  # (1, 80, 300)

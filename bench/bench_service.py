@@ -63,7 +63,7 @@ def build_model(directory: Path, bits: int = 4) -> Path:
     quantize_model(model, bits)
     labels = [f"intent_{i:02d}" for i in range(N_LABELS)]
     return save_checkpoint(
-        directory / f"bench-tiny-{bits}bit.safetensors", model, labels, bits, {"purpose": "benchmark"}
+        directory / f"bench-tiny-{bits}bit.safetensors", model, labels, bits, provenance={"purpose": "benchmark"}
     )
 
 

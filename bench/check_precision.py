@@ -26,7 +26,7 @@ from core.audio import decode_audio, log_mel_spectrogram
 from core.checkpoint import load_checkpoint
 from core.cpu_features import native_bfloat16
 from service.cpu import resolve_threads
-from service.engine import InferenceEngine
+from service.engine import EngineOptions, InferenceEngine
 from training.datasets import load_samples
 
 DEFAULT_MODEL = Path("models/quads-fsc-4bit.safetensors")
@@ -35,7 +35,7 @@ DEFAULT_MODEL = Path("models/quads-fsc-4bit.safetensors")
 def answers(model_path: Path, clips: list[bytes], threads: int, **engine_options) -> torch.Tensor:
     """(N, n_labels) probabilities of every clip, all submitted at once to one engine."""
     engine = InferenceEngine(
-        load_checkpoint(model_path), threads=threads, max_queue=len(clips), **engine_options
+        load_checkpoint(model_path), EngineOptions(threads=threads, max_queue=len(clips), **engine_options)
     ).start()
     try:
         futures = [engine.submit(clip) for clip in clips]

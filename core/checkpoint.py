@@ -118,6 +118,7 @@ def save_checkpoint(
     model: IntentClassifier,
     labels: list[str],
     bits: int,
+    *,
     provenance: dict | None = None,
     codebooks: Mapping[str, Codebook] | None = None,
     threshold: float = 0.0,

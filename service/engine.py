@@ -88,40 +88,52 @@ def compute_thread(threads: int) -> ThreadPoolExecutor:
     )
 
 
+@dataclass(frozen=True)
+class EngineOptions:
+    """How an engine computes and batches; the service fills it from its ``Settings``.
+
+    ``max_wait_ms``: how long a batch waits to fill (only where batching is exact, see
+    ``batches_exactly``). ``max_audio_seconds`` is capped at what the encoder can hold.
+    """
+
+    threads: int = 1
+    max_batch_size: int = 1
+    max_wait_ms: float = 0.0
+    max_queue: int = 64
+    max_audio_seconds: float = 30.0
+    pad_to_30s: bool = False
+    compute_dtype: str = "float32"
+    onednn: bool = True
+
+
 class InferenceEngine:
     def __init__(
         self,
         checkpoint: Checkpoint,
+        options: EngineOptions | None = None,
         *,
-        threads: int = 1,
-        max_batch_size: int = 1,
-        max_wait_ms: float = 0.0,
-        max_queue: int = 64,
-        max_audio_seconds: float = 30.0,
-        pad_to_30s: bool = False,
-        compute_dtype: str = "float32",
-        onednn: bool = True,
         metrics: ServiceMetrics | None = None,
         compute: ThreadPoolExecutor | None = None,
     ):
         """``compute``: the ``compute_thread`` the checkpoint was loaded in; by default a new one.
         The engine's worker occupies it from ``start`` to ``close``."""
+        options = options or EngineOptions()
         self.checkpoint = checkpoint
-        self.threads = threads
-        self.max_batch_size = max_batch_size
-        self.compute_dtype = check_compute_dtype(compute_dtype)
-        self.onednn = onednn and compute_dtype != "int8"
-        self.max_wait = max_wait_ms / 1000 if batches_exactly(self.compute_dtype) else 0.0
-        self.max_queue = max_queue
+        self.threads = options.threads
+        self.max_batch_size = options.max_batch_size
+        self.compute_dtype = check_compute_dtype(options.compute_dtype)
+        self.onednn = options.onednn and self.compute_dtype != "int8"
+        self.max_wait = options.max_wait_ms / 1000 if batches_exactly(self.compute_dtype) else 0.0
+        self.max_queue = options.max_queue
         # The encoder has n_ctx positions, two mel frames each: 1500 positions = 30 s.
-        self.max_audio_seconds = min(max_audio_seconds, checkpoint.dims.n_ctx * 2 / FRAMES_PER_SECOND)
-        self.pad_to_30s = pad_to_30s
+        self.max_audio_seconds = min(options.max_audio_seconds, checkpoint.dims.n_ctx * 2 / FRAMES_PER_SECOND)
+        self.pad_to_30s = options.pad_to_30s
         self.metrics = metrics
-        self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
+        self._queue: queue.Queue = queue.Queue(maxsize=self.max_queue)
         self._lock = threading.Lock()  # orders "closed" against submissions, so _STOP is queued last
         self._closed = False
         self._owns_compute = compute is None
-        self._compute = compute if compute is not None else compute_thread(threads)
+        self._compute = compute if compute is not None else compute_thread(self.threads)
         self._worker: Future | None = None  # the worker loop, running in the compute thread
         self._heap_trimmer = IdleHeapTrimmer()  # else clips of many lengths grow the heap (service.heap)
         self._last_batch_had_company = True  # until a lone clip was answered, batches wait to fill

@@ -23,7 +23,7 @@ from service.api.schemas import ModelInfo, document_null_intent
 from service.body import BodyLimitMiddleware
 from service.compute_path import choose_compute_path
 from service.cpu import resolve_threads
-from service.engine import EngineDraining, EngineOverloaded, InferenceEngine, compute_thread
+from service.engine import EngineDraining, EngineOptions, EngineOverloaded, InferenceEngine, compute_thread
 from service.heap import heap_allocator, return_freed_heap
 from service.metrics import HttpMetricsMiddleware, ServiceMetrics
 from service.problems import document_problems, install_problem_handlers
@@ -73,8 +73,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Measured on this CPU, in the compute thread, before the engine prepares the model.
     choice = await asyncio.wrap_future(compute.submit(choose_compute_path, checkpoint.model, settings.precision))
     logger.info("compute path: %s", choice.describe())
-    engine = InferenceEngine(
-        checkpoint,
+    options = EngineOptions(
         threads=threads,
         max_batch_size=settings.max_batch_size,
         max_wait_ms=settings.max_wait_ms,
@@ -84,9 +83,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pad_to_30s=settings.pad_to_30s,
         compute_dtype=choice.path.dtype,
         onednn=choice.path.onednn,
-        metrics=app.state.metrics,
-        compute=compute,
-    ).start()
+    )
+    engine = InferenceEngine(checkpoint, options, metrics=app.state.metrics, compute=compute).start()
     app.state.model_info = ModelInfo.of(engine, settings.confidence_threshold)
     app.state.metrics.set_model(app.state.model_info)
     app.state.engine = engine

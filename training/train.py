@@ -25,9 +25,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -40,8 +39,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from core.checkpoint import load_checkpoint
 from core.cpu_features import native_bfloat16
-from core.model import IntentClassifier, ModelDims
-from training.config import Config, ConfigError, load_config
+from core.model import IntentClassifier
+from training.config import Config, load_config
 from training.datasets import DatasetError, label_set, load_samples
 from training.distributed import Processes, all_reduce_mean, setup_processes
 from training.evaluate import evaluate_checkpoint, evaluate_model, summary
@@ -49,10 +48,7 @@ from training.export import export_branch, exported_paths
 from training.features import BadSampleError, MelDataset, MelFeatures, collate
 from training.loop import EpochSettings, PhaseSchedule, TrainStep, distillation_optimizer, train_epoch
 from training.losses import (
-    ChannelMaxPool,
     ClassificationLoss,
-    DistillationLoss,
-    StudentProjection,
 )
 from training.quantization_phase import QuantizationPhase
 from training.run_folder import Run, enter_branch, open_run, plan_info, provenance_of, restore
@@ -60,7 +56,8 @@ from training.run_logging import close_logging
 from training.run_state import RunState, save_state
 from training.schedule import PHASE_NAMES, Epoch, Plan, make_plan
 from training.student import copy_teacher_head, init_student, student_dims
-from training.teacher import Teacher, TeacherCache, TeacherTargets, load_teacher
+from training.teacher import load_teacher
+from training.width_match import WidthMatch, match_widths
 
 log = logging.getLogger("quads.train")
 
@@ -191,69 +188,6 @@ def load_split(cfg: Config, split: str, labels: list[str] | None, *, train: bool
         cache_dir=Path(d.feature_cache).expanduser() if d.feature_cache else None,
         progress=progress,
     )
-
-
-# -------------------------------------------------------------------------- teacher and student
-
-
-@dataclass
-class WidthMatch:
-    """How the student's embedding meets the teacher's: the distillation loss, with a learned
-    ``projection`` or the teacher pooled to the student's width; and where the teacher's targets
-    come from, the cache (``targets``, by dataset item) or the teacher itself, per batch."""
-
-    distill_loss: DistillationLoss
-    projection: StudentProjection | None = None
-    targets: TeacherTargets | None = None
-    online_teacher: Callable[[Tensor, Tensor], TeacherTargets] | None = None
-
-
-def match_widths(
-    cfg: Config, teacher: Teacher | None, dims: ModelDims, train_ds: MelDataset, procs: Processes
-) -> WidthMatch:
-    if cfg.train.strategy == "finetune":
-        return WidthMatch(DistillationLoss(cfg.distill.alpha))
-    if cfg.distill.kl_weight and teacher.label_order(train_ds.labels) is None:
-        raise ConfigError(
-            "distill.kl_weight needs the teacher's logits over the student's labels: a QUADS checkpoint "
-            f"trained on them, and {teacher.source} is a {teacher.kind} teacher of other labels or none"
-        )
-    frame_pool, projection = None, None
-    if cfg.distill.width_match == "maxpool":
-        frame_pool = ChannelMaxPool(teacher.width, dims.n_state)
-    else:
-        torch.manual_seed(cfg.train.seed + 1)
-        projection = StudentProjection(dims.n_state, teacher.width).to(procs.device)
-    log.info(
-        "width match: %s",
-        frame_pool.describe() if frame_pool else f"learned projection {dims.n_state}->{teacher.width}",
-    )
-    loss = DistillationLoss(cfg.distill.alpha, projection, cfg.distill.kl_weight, cfg.distill.temperature)
-    match = WidthMatch(loss, projection)
-    if cfg.teacher.cache:
-        match.targets = teacher_targets(cfg, teacher, train_ds, frame_pool, procs)
-    elif teacher.dims.n_mels != cfg.data.n_mels:
-        raise ConfigError(
-            f"teacher.cache=false runs the teacher on the student's features, but it takes "
-            f"{teacher.dims.n_mels} mel bins and data.n_mels={cfg.data.n_mels}; enable the cache"
-        )
-    else:
-        match.online_teacher = partial(
-            teacher.to(procs.device).targets, frame_pool=frame_pool, label_order=teacher.label_order(train_ds.labels)
-        )
-    return match
-
-
-def teacher_targets(cfg: Config, teacher: Teacher, dataset: MelDataset, frame_pool, procs: Processes) -> TeacherTargets:
-    """Cached teacher embeddings of ``dataset``: rank 0 computes and writes them, the others read them."""
-    cache = TeacherCache(cfg.teacher.cache_dir)
-    kwargs = dict(batch_size=cfg.teacher.batch_size, device=procs.device, progress=cfg.train.progress and procs.main)
-    if procs.main:
-        targets = cache.targets(teacher, dataset, frame_pool, **kwargs)
-    procs.barrier()
-    if not procs.main:
-        targets = cache.targets(teacher, dataset, frame_pool, write=False, **kwargs)
-    return targets
 
 
 # --------------------------------------------------------------------------- phases and epochs

@@ -26,7 +26,7 @@ def quantized(dims, bits, seed=0):
 @pytest.mark.parametrize("bits", [1, 2, 3, 4, 8, 16, 32])
 def test_loaded_model_equals_the_saved_one(tmp_path, bits):
     model = quantized(SMALL, bits)
-    path = save_checkpoint(tmp_path / "m.safetensors", model, LABELS, bits, {"strategy": "test"})
+    path = save_checkpoint(tmp_path / "m.safetensors", model, LABELS, bits, provenance={"strategy": "test"})
     ck = load_checkpoint(path)
     assert ck.labels == LABELS and ck.bits == bits and ck.dims == SMALL and ck.provenance == {"strategy": "test"}
     assert len(ck.sha256) == 64 and ck.file_bytes == path.stat().st_size
@@ -151,7 +151,7 @@ def test_a_header_length_starting_with_a_pickle_byte_is_still_safetensors(tmp_pa
     """safetensors begins with its header length: when that starts with 0x80 it must not pass for a pickle."""
     model = IntentClassifier(ModelDims(n_mels=8, n_ctx=4, n_state=4, n_head=1, n_layer=1), 2)
     for pad in range(256):
-        path = save_checkpoint(tmp_path / "m.safetensors", model, ["a", "b"], 32, {"pad": "x" * pad})
+        path = save_checkpoint(tmp_path / "m.safetensors", model, ["a", "b"], 32, provenance={"pad": "x" * pad})
         if path.read_bytes()[0] == 0x80:
             break
     assert path.read_bytes()[0] == 0x80

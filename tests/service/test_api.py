@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from core.audio import ACCEPTED_FORMATS
 from core.checkpoint import CheckpointError
 from service.api.schemas import IntentResponse
-from service.engine import InferenceEngine
+from service.engine import EngineOptions, InferenceEngine
 from service.main import create_app
 from service.settings import DEFAULT_MODEL_DIR, PROJECT_ROOT, Settings
 from tests.http_checks import PROBLEM, assert_problem, metric_samples
@@ -281,9 +281,8 @@ def test_503_before_the_model_is_loaded(checkpoint_path, speech_wav):
 
 def test_503_overloaded_when_the_queue_is_full(checkpoint_path, speech_wav, served_checkpoint):
     app = create_app(settings_for(checkpoint_path))
-    engine = InferenceEngine(
-        served_checkpoint, max_queue=1, metrics=app.state.metrics
-    )  # not started: nothing drains the queue
+    # Not started: nothing drains the queue.
+    engine = InferenceEngine(served_checkpoint, EngineOptions(max_queue=1), metrics=app.state.metrics)
     app.state.engine = engine
     engine.submit(speech_wav)
     client = TestClient(app)

@@ -18,6 +18,7 @@ from core.cpu_features import native_bfloat16
 from service.cpu import cgroup_cpu_limit, resolve_threads
 from service.engine import (
     EngineDraining,
+    EngineOptions,
     EngineOverloaded,
     InferenceEngine,
     decode_clip,
@@ -46,7 +47,9 @@ def clips(speech) -> list[bytes]:
 def test_batched_answers_equal_answers_alone(checkpoint, clips, served_checkpoint):
     metrics = ServiceMetrics()
     # A long wait makes the worker gather every clip submitted below into one batch.
-    engine = InferenceEngine(served_checkpoint, max_batch_size=len(clips), max_wait_ms=2000, metrics=metrics).start()
+    engine = InferenceEngine(
+        served_checkpoint, EngineOptions(max_batch_size=len(clips), max_wait_ms=2000), metrics=metrics
+    ).start()
     try:
         futures = [engine.submit(clip) for clip in clips]
         batched = [f.result(timeout=30) for f in futures]
@@ -76,7 +79,7 @@ def test_a_batch_of_one_length_runs_without_masks(checkpoint, speech, served_che
         return original_forward(mel, mel_lengths)
 
     monkeypatch.setattr(model, "forward", recording_forward)
-    engine = InferenceEngine(served_checkpoint, max_batch_size=3, max_wait_ms=2000).start()
+    engine = InferenceEngine(served_checkpoint, EngineOptions(max_batch_size=3, max_wait_ms=2000)).start()
     try:
         answers = {}
         for name, batch in (("same", same), ("mixed", mixed)):
@@ -98,7 +101,7 @@ def test_bfloat16_answers_stay_close_to_float32(checkpoint, checkpoint_path, cli
     from core.checkpoint import load_checkpoint
 
     served = load_checkpoint(checkpoint_path)  # the engine casts its model's matrix weights in place
-    engine = InferenceEngine(served, compute_dtype="bfloat16").start()
+    engine = InferenceEngine(served, EngineOptions(compute_dtype="bfloat16")).start()
     matrices = sum(
         p.numel()
         for m in checkpoint.model.modules()
@@ -124,7 +127,7 @@ def test_int8_answers_stay_close_to_float32_and_weights_take_a_byte(checkpoint, 
     from core.checkpoint import load_checkpoint
 
     served = load_checkpoint(checkpoint_path)  # the engine swaps its linear layers in place
-    engine = InferenceEngine(served, compute_dtype="int8", max_batch_size=4).start()
+    engine = InferenceEngine(served, EngineOptions(compute_dtype="int8", max_batch_size=4)).start()
     try:
         alone = [engine.submit(clip).result(timeout=30).probabilities for clip in clips]
         futures = [engine.submit(clip) for clip in clips]
@@ -142,11 +145,11 @@ def test_int8_answers_stay_close_to_float32_and_weights_take_a_byte(checkpoint, 
 
 def test_unknown_compute_dtype_is_refused(served_checkpoint):
     with pytest.raises(ValueError, match="float32, bfloat16, int8"):
-        InferenceEngine(served_checkpoint, compute_dtype="float16")
+        InferenceEngine(served_checkpoint, EngineOptions(compute_dtype="float16"))
 
 
 def test_a_bad_clip_fails_only_its_own_request(checkpoint, clips, served_checkpoint):
-    engine = InferenceEngine(served_checkpoint, max_batch_size=4, max_wait_ms=300).start()
+    engine = InferenceEngine(served_checkpoint, EngineOptions(max_batch_size=4, max_wait_ms=300)).start()
     try:
         good, bad, empty = engine.submit(clips[0]), engine.submit(b"garbage"), engine.submit(b"")
         assert good.result(timeout=30).batch_size == 1
@@ -161,7 +164,9 @@ def test_a_bad_clip_fails_only_its_own_request(checkpoint, clips, served_checkpo
 
 def test_full_queue_is_refused_at_once(clips, served_checkpoint):
     metrics = ServiceMetrics()
-    engine = InferenceEngine(served_checkpoint, max_queue=2, metrics=metrics)  # not started: the queue only fills
+    engine = InferenceEngine(
+        served_checkpoint, EngineOptions(max_queue=2), metrics=metrics
+    )  # not started: the queue only fills
     first, second = engine.submit(clips[0]), engine.submit(clips[1])
     assert engine.queue_depth == 2
     start = time.perf_counter()
@@ -177,7 +182,7 @@ def test_full_queue_is_refused_at_once(clips, served_checkpoint):
 
 def test_close_finishes_queued_work_then_refuses(clips, served_checkpoint):
     metrics = ServiceMetrics()
-    engine = InferenceEngine(served_checkpoint, max_batch_size=2, metrics=metrics).start()
+    engine = InferenceEngine(served_checkpoint, EngineOptions(max_batch_size=2), metrics=metrics).start()
     futures = [engine.submit(clip) for clip in clips]
     engine.close()
     assert all(f.done() and f.exception() is None for f in futures)
@@ -188,7 +193,7 @@ def test_close_finishes_queued_work_then_refuses(clips, served_checkpoint):
 
 
 def test_cancelled_requests_are_skipped(clips, served_checkpoint):
-    engine = InferenceEngine(served_checkpoint, max_batch_size=8, max_wait_ms=300).start()
+    engine = InferenceEngine(served_checkpoint, EngineOptions(max_batch_size=8, max_wait_ms=300)).start()
     try:
         kept, dropped = engine.submit(clips[0]), engine.submit(clips[1])
         assert dropped.cancel()
@@ -212,7 +217,7 @@ def test_predict_does_not_block_the_event_loop(clips, served_checkpoint):
         task.cancel()
         return prediction.batch_size, ticks
 
-    engine = InferenceEngine(served_checkpoint, max_batch_size=4, max_wait_ms=200).start()
+    engine = InferenceEngine(served_checkpoint, EngineOptions(max_batch_size=4, max_wait_ms=200)).start()
     try:
         batch_size, ticks = asyncio.run(predict_while_ticking())
     finally:
@@ -231,7 +236,7 @@ def batch_sizes(engine: InferenceEngine, clips: list[bytes], gap: float = 0.1) -
 
 
 def test_a_batch_waits_to_fill_unless_the_last_one_held_a_lone_clip(clips, served_checkpoint):
-    engine = InferenceEngine(served_checkpoint, max_batch_size=2, max_wait_ms=500).start()
+    engine = InferenceEngine(served_checkpoint, EngineOptions(max_batch_size=2, max_wait_ms=500)).start()
     try:
         assert batch_sizes(engine, clips[:2]) == [2, 2]  # the second came 0.1 s later, within the wait
         assert batch_sizes(engine, clips[:2]) == [2, 2]  # after a batch of two, the next waits again
@@ -244,7 +249,9 @@ def test_a_batch_waits_to_fill_unless_the_last_one_held_a_lone_clip(clips, serve
 
 def test_int8_batches_never_wait(clips, served_checkpoint):
     """int8 runs a batch's clips one by one (service.precision.batches_exactly): waiting would save nothing."""
-    engine = InferenceEngine(served_checkpoint, compute_dtype="int8", max_batch_size=2, max_wait_ms=500).start()
+    engine = InferenceEngine(
+        served_checkpoint, EngineOptions(compute_dtype="int8", max_batch_size=2, max_wait_ms=500)
+    ).start()
     try:
         assert engine.max_wait == 0.0
         assert batch_sizes(engine, clips[:2]) == [1, 1]
@@ -262,7 +269,7 @@ def test_worker_runs_torch_with_the_configured_threads(clips, monkeypatch, serve
 
     monkeypatch.setattr(engine_module, "log_mel_spectrogram", spy)
     expected = 1 if torch.get_num_threads() > 1 else 2
-    engine = InferenceEngine(served_checkpoint, threads=expected).start()
+    engine = InferenceEngine(served_checkpoint, EngineOptions(threads=expected)).start()
     try:
         engine.submit(clips[0]).result(timeout=30)
     finally:
@@ -271,7 +278,7 @@ def test_worker_runs_torch_with_the_configured_threads(clips, monkeypatch, serve
 
 
 def test_padding_to_30s_runs_the_whole_window(checkpoint, clips, served_checkpoint):
-    engine = InferenceEngine(served_checkpoint, pad_to_30s=True).start()
+    engine = InferenceEngine(served_checkpoint, EngineOptions(pad_to_30s=True)).start()
     try:
         padded = engine.submit(clips[0]).result(timeout=30)
     finally:
@@ -306,7 +313,7 @@ def encode_float_wav(samples: np.ndarray) -> bytes:
 
 
 def test_audio_limit_never_exceeds_the_model_context(checkpoint, served_checkpoint):
-    engine = InferenceEngine(served_checkpoint, max_audio_seconds=120)
+    engine = InferenceEngine(served_checkpoint, EngineOptions(max_audio_seconds=120))
     assert engine.max_audio_seconds == checkpoint.dims.n_ctx * 2 / 100 == 30.0
 
 
@@ -353,7 +360,7 @@ def test_threads_follow_the_limit_and_never_oversubscribe(tmp_path, monkeypatch)
 
 
 def test_concurrent_submitters_all_get_answers(checkpoint, clips, served_checkpoint):
-    engine = InferenceEngine(served_checkpoint, max_batch_size=4, max_wait_ms=5, max_queue=64).start()
+    engine = InferenceEngine(served_checkpoint, EngineOptions(max_batch_size=4, max_wait_ms=5, max_queue=64)).start()
     try:
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
             results = list(pool.map(lambda clip: engine.submit(clip).result(timeout=60), clips * 2))

@@ -40,67 +40,75 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("out_dir", type=Path, help="corpus folder (created; an earlier corpus there is replaced)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
+    _add_what_is_said(parser.add_argument_group("what is said"))
+    _add_who_says_it(parser.add_argument_group("who says it"))
+    parser.add_argument("--no-noise", action="store_true", help="clean speech: no background noise or reverberation")
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    return parser
+
+
+def _add_what_is_said(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
         "--context",
         default="fsc",
         help="the commands: a Home Assistant intent file, or a name in contexts/ (default: fsc)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--intents",
         nargs="+",
         metavar="INTENT",
         help="intents of the context (default: all); quote 'change language_...'",
     )
-    parser.add_argument(
-        "--voices-per-split",
-        type=_parse_voice_counts,
-        default=DEFAULT_VOICES_PER_SPLIT,
-        metavar="train=K,valid=K,test=K",
-        help="number of voices per split (default: %(default)s)",
-    )
-    parser.add_argument(
+    group.add_argument(
         "--utterances-per-voice",
         type=int,
         default=DEFAULT_UTTERANCES_PER_VOICE,
         help="utterances of each intent per voice (default: %(default)s)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--not-commands",
         default="not-commands",
         help="speech to refuse: an intent file or a name in contexts/ (default: not-commands)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--not-commands-per-voice",
         type=int,
         default=0,
         help="sentences of --not-commands per voice, labelled none_none_none (default: 0)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--nonspeech-per-voice",
         type=int,
         default=0,
         help="non-speech sounds per voice (silence, noise, tones, music, clicks, hum, babble), "
         "labelled none_none_none (default: 0)",
     )
-    parser.add_argument(
+
+
+def _add_who_says_it(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--voices-per-split",
+        type=_parse_voice_counts,
+        default=DEFAULT_VOICES_PER_SPLIT,
+        metavar="train=K,valid=K,test=K",
+        help="number of voices per split (default: %(default)s)",
+    )
+    group.add_argument(
         "--splits",
         type=lambda t: [x.strip() for x in t.split(",") if x.strip()],
         metavar="test[,valid...]",
         help="write only these splits, with the voices --voices-per-split gives them (so a test corpus "
         "of held-out wordings has the test voices of a full corpus, never its training voices)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--held-out-family",
         type=int,
         metavar="K",
         help=f"instead of --voices-per-split: a test split of K voices of the held-out "
         f"{HELD_OUT_FAMILY} family (an unseen-engine proxy)",
     )
-    parser.add_argument("--no-noise", action="store_true", help="clean speech: no background noise or reverberation")
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
-    return parser
 
 
 def _split_voices(args: argparse.Namespace) -> dict[str, list[str]]:
