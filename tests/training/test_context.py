@@ -67,10 +67,16 @@ def test_sentences_name_the_location_object_and_language_of_their_intent():
 
 def test_held_out_files_share_no_sentence_with_what_training_says():
     fsc_held_out, not_commands = load_context("fsc-held-out"), load_context("not-commands")
-    not_commands_held_out = load_context("not-commands-held-out")
-    assert set(fsc_held_out.names) == set(FSC_INTENTS)
+    not_commands_held_out, fsc_held_out_valid = (
+        load_context("not-commands-held-out"),
+        load_context("fsc-held-out-valid"),
+    )
+    assert set(fsc_held_out.names) == set(fsc_held_out_valid.names) == set(FSC_INTENTS)
     for a, b in (
         (FSC, fsc_held_out),
+        (FSC, fsc_held_out_valid),
+        (fsc_held_out, fsc_held_out_valid),
+        (not_commands, fsc_held_out_valid),
         (FSC, not_commands),
         (FSC, not_commands_held_out),
         (not_commands, not_commands_held_out),

@@ -16,7 +16,8 @@ running the same command again after an interruption continues the pipeline):
    non-speech sounds, the last two labelled "not understood"), ``corpus-ood-valid`` (the
    validation voices asking for Home Assistant request kinds that training never hears),
    ``corpus-paraphrase`` (the test voices saying ``contexts/fsc-held-out.yaml``, wordings training
-   never says), ``corpus-ood`` (the test voices saying ``contexts/not-commands-held-out.yaml``, and
+   never says), ``corpus-paraphrase-valid`` (the validation voices saying other such wordings,
+   ``contexts/fsc-held-out-valid.yaml``), ``corpus-ood`` (the test voices saying ``contexts/not-commands-held-out.yaml``, and
    sounds), ``corpus-klatt`` (voices of the held-out Klatt family: a proxy for an engine the model
    never heard) and ``corpus-noisy-{pink,babble}-{10,5}`` (``corpus``'s valid and test splits at 10
    and 5 dB SNR of pink noise and of babble made from the same split's non-command speech).
@@ -150,9 +151,15 @@ def make_corpora(out: Path, preset: DemoPreset, seed: int, progress: bool) -> No
     from training.corpus.noisy_corpus import NoiseMix, noisy_copy
     from training.corpus.synth import CorpusRecipe, synthesize_corpus
 
-    fsc, held_out = load_context("fsc"), load_context("fsc-held-out")
+    fsc, held_out, held_out_valid = (load_context(n) for n in ("fsc", "fsc-held-out", "fsc-held-out-valid"))
     own_not_commands, not_commands_held_out = load_context("not-commands"), load_context("not-commands-held-out")
-    for a, b in ((fsc, held_out), (own_not_commands, not_commands_held_out), (fsc, not_commands_held_out)):
+    for a, b in (
+        (fsc, held_out),
+        (fsc, held_out_valid),
+        (held_out, held_out_valid),
+        (own_not_commands, not_commands_held_out),
+        (fsc, not_commands_held_out),
+    ):
         check_disjoint(a, b)  # a held-out sentence that training says would not be held out
     ha_train, ha_valid = (
         fsc_home_assistant_requests(split, (fsc, held_out, own_not_commands, not_commands_held_out), seed)
@@ -169,6 +176,11 @@ def make_corpora(out: Path, preset: DemoPreset, seed: int, progress: bool) -> No
     jobs = {
         "corpus": dict(voices=voices, utterances_per_voice=preset.utterances_per_voice, **refusals),
         "corpus-paraphrase": dict(voices={"test": voices["test"]}, context=held_out, utterances_per_voice=1),
+        # Other held-out wordings, said by the validation voices: the choice a recipe makes can
+        # weigh wordings training never says without reading the test's.
+        "corpus-paraphrase-valid": dict(
+            voices={"valid": voices["valid"]}, context=held_out_valid, utterances_per_voice=1
+        ),
         # Twice the refusals per voice of training: enough clips to measure a false-accept rate of 1%.
         "corpus-ood": dict(
             voices={"test": voices["test"]},
