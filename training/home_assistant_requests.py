@@ -17,7 +17,14 @@ and samples the templates. A request is left out when
   a command word means "not understood"; and the things the held-out test non-commands ask for,
   so that those stay unheard), or
 - it is a sentence of one of the ``avoid`` contexts (the commands, and the held-out test
-  sentences, which must stay unheard).
+  sentences, which must stay unheard), or
+- its intent is the context's own in other words, by the share of its sentences that say an
+  excluded word (``own_share``: Home Assistant's "pause the music" for a media player).
+
+An excluded word ending in ``*`` is a prefix ("play*" also excludes "playing"). For a context of
+one's own, ``decisive_words`` gives the words to exclude: every word its sentences say but the
+``FUNCTION_WORDS`` that any request may share (so "turn on the fan" stays a near miss of "turn on
+the tv"), each as a prefix, with ``HELD_OUT_THINGS``.
 
 ``split`` cuts the kept intents in two, disjoint: ``"valid"`` takes every fourth (in name
 order), ``"train"`` the rest, so the validation split measures refusal of *kinds* of request
@@ -94,6 +101,25 @@ RANGE_VALUES = ["one", "two", "five", "ten", "fifteen", "twenty", "thirty", "fif
 # timers' (thousands of durations), where it bounds the time (about 10 s for all of English).
 MAX_EXPANSIONS = 5000
 VALID_EVERY = 4  # every fourth kept intent goes to the "valid" split
+# What the held-out test non-commands (contexts/not-commands-held-out.yaml) ask for: no request
+# that names one is spoken in training, so that those stay unheard.
+HELD_OUT_THINGS = frozenset(
+    {"radio", "fridge", "router", "pillow", "garage door", "garage doors", "microwave", "window", "windows", "sandwich"}
+)
+# Words a request may share with a context's commands and still be none of them: articles,
+# pronouns, politeness, particles and the generic verbs of every device ("turn", "set", "start").
+FUNCTION_WORDS = frozenset(
+    "a an the this that these those it its me my i i'd i'm you your we our us can could would will "
+    "please thanks thank hey okay ok um now for to from in on off up down of at by with and or some "
+    "more less no not turn switch set make put go get start stop like want need mind back again use "
+    "change run is are be".split()
+)
+
+
+def decisive_words(context: Context) -> set[str]:
+    """The words of ``context``'s sentences that decide its labels, as prefixes (module docstring)."""
+    said = {w for phrases in context.intents.values() for p in phrases for w in normalize(p.text).split()}
+    return {f"{w}*" for w in said - FUNCTION_WORDS} | set(HELD_OUT_THINGS)
 
 
 def home_assistant_requests(
@@ -103,6 +129,7 @@ def home_assistant_requests(
     avoid: tuple[Context, ...] = (),
     split: str = "train",
     per_template: int = 6,
+    own_share: float = 1.0,
     seed: int = 0,
 ) -> Context:
     """Sampled English sentences of Home Assistant's intents that are none of a context's
@@ -128,18 +155,23 @@ def home_assistant_requests(
     for name in chosen:
         rng = np.random.default_rng([seed, sum(map(ord, name))])
         phrases: dict[str, Phrase] = {}
+        sampled = said_banned = 0
         for block in intents.intents[name].data:
             for template in block.sentence_texts:
                 sentence = parse_sentence(template, keep_text=True)
                 texts = itertools.islice(sample_sentence(sentence, lists, intents.expansion_rules), MAX_EXPANSIONS)
-                pool = [t for t in dict.fromkeys(" ".join(t.split()) for t in texts) if _allowed(t, banned, avoided)]
+                texts = list(dict.fromkeys(" ".join(t.split()) for t in texts))
+                pool = [t for t in texts if _allowed(t, banned, avoided)]
+                sampled, said_banned = sampled + len(texts), said_banned + sum(_says(t, banned) for t in texts)
                 for i in rng.permutation(len(pool))[:per_template]:
                     phrases.setdefault(normalize(pool[i]), Phrase(pool[i]))
-        if phrases:
+        if phrases and (own_share >= 1.0 or said_banned < own_share * sampled):
             expanded[name] = list(phrases.values())
     settings = dict(
         exclude_intents=sorted(exclude_intents), exclude_words=sorted(banned), split=split, per_template=per_template
     )
+    if own_share < 1.0:  # the FSC recipe's digest stays what it was
+        settings["own_share"] = own_share
     digest = hashlib.sha256(json.dumps([data, settings, sorted(avoided), seed], sort_keys=True).encode()).hexdigest()
     return Context(Path(f"home-assistant-intents-{split}"), "en", expanded, digest)
 
@@ -160,6 +192,12 @@ def slot_lists(data: dict, intents) -> dict:
 
 
 def _allowed(text: str, banned: set[str], avoided: set[str]) -> bool:
-    """Whether a sampled request says nothing of ``banned`` (whole words) and is not ``avoided``."""
+    """Whether a sampled request says nothing of ``banned`` and is not ``avoided``."""
     key = normalize(text)
-    return bool(key) and key not in avoided and not any(f" {w} " in f" {key} " for w in banned)
+    return bool(key) and key not in avoided and not _says(text, banned)
+
+
+def _says(text: str, banned: set[str]) -> bool:
+    """Whether ``text`` says a word or phrase of ``banned`` (whole words; ``w*`` a word beginning ``w``)."""
+    key = f" {normalize(text)} "
+    return any(f" {w[:-1]}" in key if w.endswith("*") else f" {w} " in key for w in banned)

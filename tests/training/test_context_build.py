@@ -135,3 +135,23 @@ def test_out_of_domain_speech_leaves_out_what_the_context_says():
     said = {normalize(p.text) for phrases in media.intents.values() for p in phrases}
     assert not any(normalize(p.text) in said for phrases in ood.intents.values() for p in phrases)
     assert len(fsc_left) == 31 - 4
+
+
+def test_home_assistant_near_misses_share_no_deciding_word_of_the_context():
+    import re
+
+    from training.context import load_context, normalize
+    from training.experiments.context_build import HOME_ASSISTANT_WEIGHT, home_assistant_near_misses
+
+    media = load_context("media-player")
+    requests = home_assistant_near_misses(media, seed=0)
+    intents = {name.split("/")[0] for name in requests.names}
+    # Home Assistant's media intents are the media player's own commands in other words.
+    assert not {i for i in intents if i.startswith("HassMedia") or "Volume" in i}
+    assert {"HassTurnOn", "HassTurnOff", "HassGetCurrentTime"} <= intents  # "turn on the fan" stays a near miss
+    said = [normalize(p.text) for phrases in requests.intents.values() for p in phrases]
+    # By hand, not with the module's word list: no request says "play", "playing", "tv", "channel"...
+    for word in ("play", "pause", "tv", "channel", "volume", "song", "track", "mute", "radio"):
+        assert not any(re.search(rf"\b{word}", s) for s in said), word
+    assert any(s.startswith("turn on") for s in said)
+    assert len(requests.names) <= HOME_ASSISTANT_WEIGHT * len(intents)

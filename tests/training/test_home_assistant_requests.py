@@ -81,3 +81,15 @@ def test_same_seed_same_sentences_and_exclusions_apply():
 def test_unknown_split_is_refused():
     with pytest.raises(ValueError, match="split"):
         home_assistant_requests(exclude_intents=set(), exclude_words=set(), split="test")
+
+
+def test_decisive_words_are_prefixes_of_every_word_but_the_function_words(tmp_path):
+    from training.home_assistant_requests import HELD_OUT_THINGS, _says, decisive_words
+
+    path = tmp_path / "fan.yaml"
+    path.write_text('language: en\nintents:\n  FanOn:\n    data:\n      - sentences: ["please turn on the fan"]\n')
+    words = decisive_words(load_context(path))
+    assert words == {"fan*"} | HELD_OUT_THINGS  # "please", "turn", "on", "the" may be shared
+    assert _says("switch the fans off", words) and _says("Fan on!", words)
+    assert not _says("turn on the heater", words) and not _says("a defan", words)
+    assert _says("open the garage door", {"garage door"}) and not _says("the garage", {"garage door"})

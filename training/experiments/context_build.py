@@ -50,6 +50,10 @@ HELD_OUT_SHARE, HELD_OUT_MIN = 0.1, 20
 # A head row per frame costs nothing; the clips do: each frame needs its own training clips, so
 # the budget, not the model, sets this bound (docs/contexts.md says how the time scales).
 MAX_FRAMES = 500
+# Home Assistant's requests as near misses: an intent of theirs is the context's own in other
+# words when this share of its sentences says one of the context's deciding words (it is left
+# out), and each kept intent weighs as this many templates of the out-of-domain sentences.
+OWN_SHARE, HOME_ASSISTANT_WEIGHT = 0.25, 4
 
 
 @dataclass(frozen=True)
@@ -137,11 +141,28 @@ def hold_out(context: Context, seed: int) -> tuple[Context, Context | None]:
     return (context.subset(lambda i, p: (i, p.text) not in held), context.subset(lambda i, p: (i, p.text) in held))
 
 
-def out_of_domain(context: Context, non_commands: str, commands: str) -> Context:
+def home_assistant_near_misses(context: Context, seed: int) -> Context:
+    """Home Assistant's requests that share none of ``context``'s deciding words (and are none of
+    the held-out test sentences), each intent split in ``HOME_ASSISTANT_WEIGHT`` template groups
+    so that they are about a fifth of the out-of-domain sentences (``choose_phrase`` weighs groups
+    alike)."""
+    from training.home_assistant_requests import decisive_words, home_assistant_requests
+
+    avoid = (context, load_context("not-commands-held-out"), load_context("fsc-held-out"))
+    requests = home_assistant_requests(
+        exclude_intents=set(), exclude_words=decisive_words(context), avoid=avoid, own_share=OWN_SHARE, seed=seed
+    )
+    k = HOME_ASSISTANT_WEIGHT
+    groups = {f"{name}/{j}": phrases[j::k] for name, phrases in requests.intents.items() for j in range(k)}
+    return Context(requests.path, requests.language, {n: g for n, g in groups.items() if g}, requests.sha256)
+
+
+def out_of_domain(context: Context, non_commands: str, commands: str, requests: Context | None = None) -> Context:
     """Speech to refuse: the non-commands that are no sentence of the context (held out or not),
     and the commands of another context less every intent of theirs that the context says in any
     wording: a media player that says "turn the volume up" makes every wording of FSC's
-    increase_volume_none its own, and none of them may teach it to refuse."""
+    increase_volume_none its own, and none of them may teach it to refuse. ``requests``, when
+    given, are more sentences to refuse (``home_assistant_near_misses``)."""
     said = {normalize(p.text) for phrases in context.intents.values() for p in phrases}
     others = load_context(commands)
     shared = {name for name, phrases in others.intents.items() if any(normalize(p.text) in said for p in phrases)}
@@ -150,9 +171,8 @@ def out_of_domain(context: Context, non_commands: str, commands: str) -> Context
             "out-of-domain: %s's intents %s are commands of the context too: left out", others.path.stem, sorted(shared)
         )
     others = others.subset(lambda name, _: name not in shared)
-    return combined("out-of-domain", load_context(non_commands), others).subset(
-        lambda _, p: normalize(p.text) not in said
-    )
+    parts = (load_context(non_commands), others) + ((requests,) if requests is not None else ())
+    return combined("out-of-domain", *parts).subset(lambda _, p: normalize(p.text) not in said)
 
 
 def make_corpora(out: Path, context: Context, preset: BuildPreset, seed: int, progress: bool) -> None:
@@ -161,7 +181,7 @@ def make_corpora(out: Path, context: Context, preset: BuildPreset, seed: int, pr
     from training.corpus.synth import CorpusRecipe, synthesize_corpus
 
     voices = default_voices(preset.voices, seed)
-    training_ood = out_of_domain(context, "not-commands", "fsc")
+    training_ood = out_of_domain(context, "not-commands", "fsc", home_assistant_near_misses(context, seed))
     test_ood = out_of_domain(context, "not-commands-held-out", "fsc-held-out")
     context, held_out = hold_out(context, seed)
     if held_out is not None and not corpus_complete(out / "corpus-held-out"):

